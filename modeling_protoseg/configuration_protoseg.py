@@ -1,0 +1,133 @@
+"""ProtoSeg configuration: an encoder sub-config plus the prototype method's knobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig, SegformerConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
+
+
+def _encoder_kind(encoder_config: PretrainedConfig) -> str:
+    """Return "segformer" or "backbone" for a supported encoder config, else raise."""
+    if encoder_config.model_type == "segformer":
+        return "segformer"
+    if encoder_config.model_type in MODEL_FOR_BACKBONE_MAPPING_NAMES:
+        return "backbone"
+    supported = ["segformer", *sorted(MODEL_FOR_BACKBONE_MAPPING_NAMES)]
+    raise ValueError(
+        f"encoder_config: unsupported encoder type {encoder_config.model_type!r}; expected a SegFormer (MiT) "
+        f"config or a transformers AutoBackbone config, one of: {', '.join(supported)}"
+    )
+
+
+class ProtoSegConfig(PretrainedConfig):
+    r"""
+    Configuration of [`ProtoSegForSemanticSegmentation`].
+
+    Arguments:
+        encoder_config (`PretrainedConfig` or `dict`, *optional*):
+            The hierarchical encoder: a `SegformerConfig` (MiT), a `SwinConfig`, or any transformers
+            `AutoBackbone` config (ResNet, ConvNeXt, ...). A dict must carry its `model_type`.
+            Defaults to `SegformerConfig()` (MiT-B0).
+        decoder_hidden_size (`int`): width of the all-MLP decoder that fuses the four feature maps.
+        embedding_dim (`int`): size D of the pixel embeddings and of the prototypes.
+        num_prototypes_per_class (`int`): K, non-learnable prototypes per class (paper: 10).
+        prototype_momentum (`float`): mu in `p <- mu * p + (1 - mu) * mean` (paper: 0.999), in [0, 1).
+        sinkhorn_iterations (`int`): Sinkhorn-Knopp iterations of the online clustering (paper: 3).
+        sinkhorn_epsilon (`float`): kappa, the entropy weight of the clustering (paper: 0.05), > 0.
+        ppc_temperature (`float`): tau of the pixel-prototype contrastive loss (paper: 0.1), > 0.
+        ppc_loss_weight (`float`): lambda1 (paper: 0.01).
+        ppd_loss_weight (`float`): lambda2 (paper: 0.01).
+        semantic_loss_ignore_index (`int`): label value of pixels that take part in nothing.
+        update_prototypes_with_correct_only (`bool`): as the official code, move prototypes only with
+            pixels the model already classifies correctly.
+        classifier_dropout_prob (`float`): dropout after the decoder fusion.
+        initializer_range (`float`): std of the truncated-normal init of weights and prototypes.
+    """
+
+    model_type = "protoseg"
+    sub_configs = {"encoder_config": AutoConfig}
+
+    def __init__(
+        self,
+        encoder_config: PretrainedConfig | dict[str, Any] | None = None,
+        decoder_hidden_size: int = 256,
+        embedding_dim: int = 256,
+        num_prototypes_per_class: int = 10,
+        prototype_momentum: float = 0.999,
+        sinkhorn_iterations: int = 3,
+        sinkhorn_epsilon: float = 0.05,
+        ppc_temperature: float = 0.1,
+        ppc_loss_weight: float = 0.01,
+        ppd_loss_weight: float = 0.01,
+        semantic_loss_ignore_index: int = 255,
+        update_prototypes_with_correct_only: bool = True,
+        classifier_dropout_prob: float = 0.1,
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ) -> None:
+        if encoder_config is None:
+            encoder_config = SegformerConfig()
+        elif isinstance(encoder_config, dict):
+            encoder_config = dict(encoder_config)
+            if "model_type" not in encoder_config:
+                raise ValueError("encoder_config: a dict encoder config must contain its 'model_type'")
+            model_type = encoder_config.pop("model_type")
+            try:
+                encoder_config = AutoConfig.for_model(model_type, **encoder_config)
+            except ValueError as error:
+                raise ValueError(f"encoder_config: unknown encoder model_type {model_type!r}") from error
+        elif not isinstance(encoder_config, PretrainedConfig):
+            raise ValueError(
+                f"encoder_config: expected a PretrainedConfig or a dict, got {type(encoder_config).__name__}"
+            )
+        _encoder_kind(encoder_config)
+        self.encoder_config = encoder_config
+
+        self.decoder_hidden_size = decoder_hidden_size
+        self.embedding_dim = embedding_dim
+        self.num_prototypes_per_class = num_prototypes_per_class
+        self.prototype_momentum = prototype_momentum
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.ppc_temperature = ppc_temperature
+        self.ppc_loss_weight = ppc_loss_weight
+        self.ppd_loss_weight = ppd_loss_weight
+        self.semantic_loss_ignore_index = semantic_loss_ignore_index
+        self.update_prototypes_with_correct_only = update_prototypes_with_correct_only
+        self.classifier_dropout_prob = classifier_dropout_prob
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        self._validate_method_values()
+
+    def _validate_method_values(self) -> None:
+        """Raise a ValueError naming the first field whose value the method cannot use."""
+        checks = [
+            ("num_prototypes_per_class", self.num_prototypes_per_class, self.num_prototypes_per_class >= 1, ">= 1"),
+            ("prototype_momentum", self.prototype_momentum, 0.0 <= self.prototype_momentum < 1.0, "in [0, 1)"),
+            ("sinkhorn_iterations", self.sinkhorn_iterations, self.sinkhorn_iterations >= 1, ">= 1"),
+            ("sinkhorn_epsilon", self.sinkhorn_epsilon, self.sinkhorn_epsilon > 0, "> 0"),
+            ("ppc_temperature", self.ppc_temperature, self.ppc_temperature > 0, "> 0"),
+            ("ppc_loss_weight", self.ppc_loss_weight, self.ppc_loss_weight >= 0, ">= 0"),
+            ("ppd_loss_weight", self.ppd_loss_weight, self.ppd_loss_weight >= 0, ">= 0"),
+            ("embedding_dim", self.embedding_dim, self.embedding_dim >= 1, ">= 1"),
+            ("decoder_hidden_size", self.decoder_hidden_size, self.decoder_hidden_size >= 1, ">= 1"),
+            ("num_labels", self.num_labels, self.num_labels >= 1, ">= 1"),
+        ]
+        for field, value, valid, expected in checks:
+            if not valid:
+                raise ValueError(f"{field} must be {expected}, got {value!r}")
+        if 0 <= self.semantic_loss_ignore_index < self.num_labels:
+            raise ValueError(
+                f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) collides with a class index "
+                f"(num_labels = {self.num_labels}); use a value outside [0, {self.num_labels})"
+            )
+
+    @property
+    def encoder_kind(self) -> str:
+        """"segformer" for MiT encoders, "backbone" for transformers AutoBackbone encoders."""
+        return _encoder_kind(self.encoder_config)
+
+
+__all__ = ["ProtoSegConfig"]

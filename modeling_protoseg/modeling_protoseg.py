@@ -1,0 +1,383 @@
+"""ProtoSeg: semantic segmentation by nearest non-learnable prototype (Zhou et al., CVPR 2022).
+
+Pipeline of `ProtoSegForSemanticSegmentation.forward`:
+    encoder (MiT / Swin / any AutoBackbone)      -> 4 feature maps at strides 4, 8, 16, 32
+    ProtoSegDecodeHead (SegFormer all-MLP)       -> (B, decoder_hidden_size, H/4, W/4)
+    ProtoSegProjectionHead + LayerNorm + L2 norm -> pixel embeddings (B, D, H/4, W/4), unit length along D
+    cosine similarity to the C*K prototypes, max over the K of each class, LayerNorm over the C class
+    scores (a learned per-class temperature, as the official code) -> logits (B, C, H/4, W/4)
+In training mode with labels, the same forward clusters each class's pixels onto its K prototypes
+(Sinkhorn), computes CE + PPC + PPD, and moves the prototypes by momentum (no gradient reaches them).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, PreTrainedModel, SegformerModel
+from transformers import initialization as init
+from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
+from transformers.utils import ModelOutput
+
+from .configuration_protoseg import ProtoSegConfig
+from .losses import pixel_cross_entropy, pixel_prototype_losses
+from .prototypes import momentum_update_prototypes, sinkhorn_assign_pixels
+
+
+@dataclass
+class ProtoSegSemanticSegmenterOutput(ModelOutput):
+    """Output of [`ProtoSegForSemanticSegmentation`].
+
+    Arguments:
+        loss: CE + ppc_loss_weight * PPC + ppd_loss_weight * PPD (CE only in eval mode), when labels are given.
+        logits: (B, C, H/4, W/4) class logits, as `SegformerForSemanticSegmentation`.
+        ce_loss, ppc_loss, ppd_loss: the unweighted loss terms, for logging (PPC/PPD in training mode only).
+        hidden_states: the encoder's feature maps, when `output_hidden_states=True`.
+        pixel_embeddings: (B, D, H/4, W/4) L2-normalised embeddings, when `output_pixel_embeddings=True`.
+        nearest_prototype_class, nearest_prototype_index: (B, H/4, W/4) long, class and index within
+            the class of each pixel's most similar prototype, when `output_nearest_prototypes=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    ce_loss: torch.FloatTensor | None = None
+    ppc_loss: torch.FloatTensor | None = None
+    ppd_loss: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    pixel_embeddings: torch.FloatTensor | None = None
+    nearest_prototype_class: torch.LongTensor | None = None
+    nearest_prototype_index: torch.LongTensor | None = None
+
+
+def build_encoder(encoder_config) -> nn.Module:
+    """A randomly initialised encoder returning 4 feature maps: `SegformerModel` or an `AutoBackbone`."""
+    if encoder_config.model_type == "segformer":
+        return SegformerModel(encoder_config)
+    backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(encoder_config)]
+    return backbone_class(_four_stage_backbone_config(encoder_config))
+
+
+def _four_stage_backbone_config(encoder_config):
+    """Copy of a backbone config whose `out_features` are its last four stages (strides 4..32)."""
+    stage_names = getattr(encoder_config, "stage_names", None)
+    if stage_names is None or len(stage_names) < 5:
+        raise ValueError(
+            f"encoder_config: a {encoder_config.model_type!r} backbone must have a stem and at least 4 stages, "
+            f"got stage_names={stage_names}"
+        )
+    if list(getattr(encoder_config, "out_features", None) or []) == list(stage_names[-4:]):
+        return encoder_config
+    config = copy.deepcopy(encoder_config)
+    config.out_indices = None
+    config.out_features = list(stage_names[-4:])
+    if hasattr(config, "_out_features"):  # keep out_indices consistent with out_features
+        config.out_indices = [stage_names.index(name) for name in config.out_features]
+    return config
+
+
+def encoder_channels(encoder: nn.Module) -> list[int]:
+    """Channel counts of the 4 feature maps an encoder from `build_encoder` returns."""
+    if isinstance(encoder, SegformerModel):
+        return list(encoder.config.hidden_sizes)
+    return list(encoder.channels)
+
+
+class ProtoSegDecodeHead(nn.Module):
+    """SegFormer's all-MLP decoder without its classifier: fuse 4 maps at stride 4."""
+
+    def __init__(self, *, in_channels: list[int], hidden_size: int, dropout_prob: float) -> None:
+        super().__init__()
+        # 1x1 convolutions = SegFormer's per-pixel linear projections to a common width
+        self.linear_projections = nn.ModuleList(nn.Conv2d(c, hidden_size, kernel_size=1) for c in in_channels)
+        self.linear_fuse = nn.Conv2d(hidden_size * len(in_channels), hidden_size, kernel_size=1, bias=False)
+        self.batch_norm = nn.BatchNorm2d(hidden_size)
+        self.activation = nn.ReLU()
+        self.dropout = nn.Dropout(dropout_prob)
+
+    def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+        target_size = feature_maps[0].shape[-2:]  # (H/4, W/4)
+        projected = [
+            F.interpolate(projection(feature_map), size=target_size, mode="bilinear", align_corners=False)
+            for feature_map, projection in zip(feature_maps, self.linear_projections)
+        ]
+        fused = self.linear_fuse(torch.cat(projected[::-1], dim=1))
+        return self.dropout(self.activation(self.batch_norm(fused)))  # (B, hidden, H/4, W/4)
+
+
+class ProtoSegProjectionHead(nn.Module):
+    """Two-layer 1x1-conv MLP from the decoder to D-dim pixel embeddings, L2-normalised along channels."""
+
+    def __init__(self, *, hidden_size: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.hidden = nn.Conv2d(hidden_size, hidden_size, kernel_size=1)
+        self.batch_norm = nn.BatchNorm2d(hidden_size)
+        self.activation = nn.ReLU()
+        self.output = nn.Conv2d(hidden_size, embedding_dim, kernel_size=1)
+        self.layer_norm = nn.LayerNorm(embedding_dim)
+
+    def forward(self, decoded: torch.Tensor) -> torch.Tensor:
+        embeddings = self.output(self.activation(self.batch_norm(self.hidden(decoded))))  # (B, D, h, w)
+        embeddings = self.layer_norm(embeddings.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return F.normalize(embeddings, dim=1)  # unit length along D (channels), not along the width
+
+
+class ProtoSegPrototypeBank(nn.Module):
+    """Holds the (C, K, D) prototypes as a persistent float32 buffer.
+
+    The buffer is saved in `model.safetensors`, restored by `from_pretrained`, never in `parameters()`,
+    and stays float32 when the model is cast to bf16/fp16 (`_apply` casts it back).
+    """
+
+    def __init__(self, *, num_classes: int, num_prototypes_per_class: int, embedding_dim: int) -> None:
+        super().__init__()
+        shape = (num_classes, num_prototypes_per_class, embedding_dim)
+        self.register_buffer("prototypes", torch.zeros(shape, dtype=torch.float32), persistent=True)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.prototypes.is_floating_point() and self.prototypes.dtype != torch.float32:
+            self.prototypes = self.prototypes.float()
+        return self
+
+
+class ProtoSegPreTrainedModel(PreTrainedModel):
+    config: ProtoSegConfig
+    config_class = ProtoSegConfig
+    base_model_prefix = "protoseg"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _keep_in_fp32_modules_strict = ["prototype_bank"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, ProtoSegPrototypeBank):
+            random_directions = torch.randn(module.prototypes.shape, device=module.prototypes.device)
+            init.copy_(module.prototypes, F.normalize(random_directions, dim=-1))
+
+
+class ProtoSegForSemanticSegmentation(ProtoSegPreTrainedModel):
+    """Encoder + all-MLP decoder + projection head, classifying each pixel by its nearest prototype."""
+
+    def __init__(self, config: ProtoSegConfig) -> None:
+        super().__init__(config)
+        self.encoder = build_encoder(config.encoder_config)
+        self.decode_head = ProtoSegDecodeHead(
+            in_channels=encoder_channels(self.encoder),
+            hidden_size=config.decoder_hidden_size,
+            dropout_prob=config.classifier_dropout_prob,
+        )
+        self.projection_head = ProtoSegProjectionHead(
+            hidden_size=config.decoder_hidden_size, embedding_dim=config.embedding_dim
+        )
+        self.prototype_bank = ProtoSegPrototypeBank(
+            num_classes=config.num_labels,
+            num_prototypes_per_class=config.num_prototypes_per_class,
+            embedding_dim=config.embedding_dim,
+        )
+        # LayerNorm over the C class scores: the official code's "mask_norm", a learned temperature.
+        self.class_score_norm = nn.LayerNorm(config.num_labels)
+        self.post_init()
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        """(C, K, D) float32 L2-normalised prototypes (the persistent buffer itself)."""
+        return self.prototype_bank.prototypes
+
+    @classmethod
+    def from_pretrained_encoder(
+        cls, encoder_name_or_path: str, **config_kwargs
+    ) -> "ProtoSegForSemanticSegmentation":
+        """A new ProtoSeg model whose encoder weights come from a SegFormer/MiT, Swin or other backbone
+        checkpoint (Hub id or local folder); decoder, projection head and prototypes are freshly initialised.
+
+        `config_kwargs` go to `ProtoSegConfig` (e.g. `id2label`, `num_prototypes_per_class`).
+        Example: `ProtoSegForSemanticSegmentation.from_pretrained_encoder("nvidia/mit-b0", id2label=...)`.
+        """
+        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path)
+        if encoder_config.model_type == "segformer":
+            pretrained_encoder = SegformerModel.from_pretrained(encoder_name_or_path)
+        elif type(encoder_config) in MODEL_FOR_BACKBONE_MAPPING:
+            backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(encoder_config)]
+            backbone_config = _four_stage_backbone_config(encoder_config)
+            pretrained_encoder = backbone_class.from_pretrained(encoder_name_or_path, config=backbone_config)
+        else:
+            ProtoSegConfig(encoder_config=encoder_config)  # raises the ValueError naming the field
+            raise AssertionError("unreachable")
+        model = cls(ProtoSegConfig(encoder_config=pretrained_encoder.config, **config_kwargs))
+        model.encoder.load_state_dict(pretrained_encoder.state_dict())
+        return model
+
+    def _check_inputs(self, pixel_values: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Raise a ValueError on malformed inputs, before anything (prototypes included) is touched."""
+        num_channels = getattr(self.config.encoder_config, "num_channels", 3)
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
+            raise ValueError(
+                f"pixel_values must be a 4-D tensor (batch, {num_channels}, height, width), "
+                f"got shape {tuple(pixel_values.shape)}"
+            )
+        if labels is None:
+            return
+        expected_shape = (pixel_values.shape[0], *pixel_values.shape[2:])
+        if tuple(labels.shape) != expected_shape:
+            raise ValueError(
+                f"labels must have shape (batch, height, width) = {expected_shape} to match pixel_values, "
+                f"got {tuple(labels.shape)}"
+            )
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
+        ignore_index = self.config.semantic_loss_ignore_index
+        invalid = ((labels < 0) | (labels >= self.config.num_labels)) & (labels != ignore_index)
+        if invalid.any():  # one host synchronisation per step, for a clear error
+            bad_values = torch.unique(labels[invalid]).tolist()[:10]
+            raise ValueError(
+                f"labels must be class indices in [0, {self.config.num_labels - 1}] or the ignore index "
+                f"{ignore_index}; got values {bad_values}"
+            )
+
+    def _encode(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encoder's 4 feature maps, strides 4..32, each (B, C_i, H_i, W_i)."""
+        if isinstance(self.encoder, SegformerModel):
+            return tuple(self.encoder(pixel_values, output_hidden_states=True).hidden_states)
+        return tuple(self.encoder(pixel_values).feature_maps)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_pixel_embeddings: bool = False,
+        output_nearest_prototypes: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ProtoSegSemanticSegmenterOutput | tuple:
+        r"""
+        Arguments:
+            pixel_values: (B, 3, H, W) normalised images.
+            labels: (B, H, W) class indices, `config.semantic_loss_ignore_index` for ignored pixels. In
+                training mode they also drive the online clustering and the in-place prototype update.
+        """
+        self._check_inputs(pixel_values, labels)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        feature_maps = self._encode(pixel_values)
+        embeddings = self.projection_head(self.decode_head(list(feature_maps)))  # (B, D, h, w)
+        batch_size, embedding_dim, height, width = embeddings.shape
+        num_classes, num_prototypes = self.config.num_labels, self.config.num_prototypes_per_class
+        updates_prototypes = self.training and labels is not None
+
+        pixel_embeddings = embeddings.permute(0, 2, 3, 1).reshape(-1, embedding_dim)  # (N, D), N = B*h*w
+        prototypes = self.prototypes.to(pixel_embeddings.dtype)
+        if updates_prototypes and prototypes is self.prototypes:
+            prototypes = prototypes.clone()  # autograd keeps it for backward; the buffer moves in place below
+        # One GEMM against all C*K prototypes: (N, D) @ (D, C*K)
+        similarities = pixel_embeddings @ prototypes.reshape(num_classes * num_prototypes, embedding_dim).T
+        class_scores = similarities.view(-1, num_classes, num_prototypes).amax(dim=-1)  # (N, C)
+        pixel_logits = self.class_score_norm(class_scores)  # (N, C)
+        logits = pixel_logits.view(batch_size, height, width, num_classes).permute(0, 3, 1, 2).contiguous()
+
+        loss = ce_loss = ppc_loss = ppd_loss = None
+        if labels is not None:
+            ce_loss = pixel_cross_entropy(logits, labels, self.config.semantic_loss_ignore_index)
+            loss = ce_loss
+        if updates_prototypes:
+            ppc_loss, ppd_loss = self._learn_prototypes(pixel_embeddings, similarities, pixel_logits, labels, height, width)
+            loss = ce_loss + self.config.ppc_loss_weight * ppc_loss + self.config.ppd_loss_weight * ppd_loss
+
+        nearest_class = nearest_index = None
+        if output_nearest_prototypes:
+            nearest_flat = similarities.detach().argmax(dim=-1).view(batch_size, height, width)
+            nearest_class, nearest_index = nearest_flat // num_prototypes, nearest_flat % num_prototypes
+
+        output = ProtoSegSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            ce_loss=ce_loss,
+            ppc_loss=ppc_loss,
+            ppd_loss=ppd_loss,
+            hidden_states=feature_maps if output_hidden_states else None,
+            pixel_embeddings=embeddings if output_pixel_embeddings else None,
+            nearest_prototype_class=nearest_class,
+            nearest_prototype_index=nearest_index,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _learn_prototypes(
+        self,
+        pixel_embeddings: torch.Tensor,
+        similarities: torch.Tensor,
+        pixel_logits: torch.Tensor,
+        labels: torch.Tensor,
+        height: int,
+        width: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cluster each class's pixels onto its K prototypes, return (PPC, PPD), update prototypes in place.
+
+        Arguments:
+            pixel_embeddings: (N, D) unit embeddings; similarities: (N, C*K); pixel_logits: (N, C).
+            labels: (B, H, W) at input resolution, resized here to (B, h, w) by nearest neighbour.
+        """
+        config = self.config
+        num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
+        pixel_labels = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")
+        pixel_labels = pixel_labels.long().reshape(-1)  # (N,)
+        labelled = pixel_labels != config.semantic_loss_ignore_index
+        pixel_classes = torch.where(labelled, pixel_labels, torch.zeros_like(pixel_labels))  # (N,) in [0, C)
+
+        with torch.no_grad():
+            # Clustering in float32: recompute the similarities if the forward ran in bf16/fp16.
+            if similarities.dtype == torch.float32:
+                similarities32 = similarities.detach()
+            else:
+                with torch.autocast(device_type=similarities.device.type, enabled=False):
+                    flat_prototypes = self.prototypes.reshape(num_classes * num_prototypes, -1)
+                    similarities32 = pixel_embeddings.detach().float() @ flat_prototypes.T
+            own_class_similarities = similarities32.view(-1, num_classes, num_prototypes)
+            own_class_similarities = own_class_similarities.gather(
+                1, pixel_classes[:, None, None].expand(-1, 1, num_prototypes)
+            ).squeeze(1)  # (N, K)
+            # Ignored pixels go to an extra group C, so they never weigh on a real class's marginals.
+            groups = torch.where(labelled, pixel_classes, torch.full_like(pixel_classes, num_classes))
+            assignments, _ = sinkhorn_assign_pixels(
+                own_class_similarities,
+                groups,
+                num_classes + 1,
+                iterations=config.sinkhorn_iterations,
+                epsilon=config.sinkhorn_epsilon,
+            )
+        target_prototypes = pixel_classes * num_prototypes + assignments  # (N,) flat index in [0, C*K)
+        ppc_loss, ppd_loss = pixel_prototype_losses(
+            similarities, target_prototypes, labelled.float(), temperature=config.ppc_temperature
+        )
+
+        with torch.no_grad():
+            update_weights = labelled
+            if config.update_prototypes_with_correct_only:
+                update_weights = update_weights & (pixel_logits.detach().argmax(dim=-1) == pixel_labels)
+            updated = momentum_update_prototypes(
+                self.prototypes,
+                pixel_embeddings.detach(),
+                pixel_classes,
+                assignments,
+                momentum=config.prototype_momentum,
+                pixel_weights=update_weights.float(),
+            )
+            self.prototypes.copy_(updated)
+        return ppc_loss, ppd_loss
+
+
+__all__ = [
+    "ProtoSegDecodeHead",
+    "ProtoSegForSemanticSegmentation",
+    "ProtoSegPreTrainedModel",
+    "ProtoSegProjectionHead",
+    "ProtoSegPrototypeBank",
+    "ProtoSegSemanticSegmenterOutput",
+    "build_encoder",
+    "encoder_channels",
+]
