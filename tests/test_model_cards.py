@@ -1,0 +1,172 @@
+"""The model card: rendered from config.json + eval_results.json, parsed back with huggingface_hub."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from checkpoint_folder import CLASS_NAMES, EVAL_RESULTS, TRAINING_SUMMARY, build_model, save_checkpoint_folder
+from model_cards import ModelCardInputError, render_model_card, write_model_card
+from model_cards.card import main as card_main
+
+
+@pytest.fixture(scope="module")
+def saved_model_and_folder(tmp_path_factory: pytest.TempPathFactory):
+    model = build_model()
+    folder = save_checkpoint_folder(tmp_path_factory.mktemp("card") / "protoseg-tiny", model)
+    return model, folder
+
+
+@pytest.fixture
+def checkpoint(saved_model_and_folder, tmp_path: Path) -> Path:
+    """A fresh copy of the saved checkpoint folder (tests may change its files)."""
+    import shutil
+
+    _, folder = saved_model_and_folder
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def _write_eval_results(folder: Path, **changes) -> None:
+    results = {**EVAL_RESULTS, **changes}
+    (folder / "eval_results.json").write_text(json.dumps(results), encoding="utf-8")
+
+
+def test_card_metadata_round_trips_through_huggingface_hub(checkpoint: Path) -> None:
+    card_path = write_model_card(checkpoint, TRAINING_SUMMARY)
+    assert card_path == checkpoint / "README.md"
+
+    card = ModelCard.load(card_path)
+    data = card.data
+    assert data.library_name == "transformers"
+    assert data.pipeline_tag == "image-segmentation"
+    assert data.license == "other"
+    assert data.base_model == "nvidia/mit-b0"
+    assert data.datasets == ["camvid"]
+    assert {"protoseg", "image-segmentation", "semantic-segmentation", "segformer"} <= set(data.tags)
+
+    results = {result.metric_type: result for result in data.eval_results}
+    assert set(results) == {"mean_iou", "accuracy"}
+    mean_iou = results["mean_iou"]
+    assert mean_iou.metric_value == EVAL_RESULTS["mean_iou"]  # the exact measured number, not rounded
+    assert mean_iou.task_type == "image-segmentation"
+    assert mean_iou.dataset_type == "camvid"
+    assert mean_iou.dataset_split == "validation"
+    assert results["accuracy"].metric_value == EVAL_RESULTS["overall_accuracy"]
+
+
+def test_card_body_shows_the_measured_numbers_and_model_facts(checkpoint: Path, saved_model_and_folder) -> None:
+    model, _ = saved_model_and_folder
+    text = write_model_card(checkpoint, TRAINING_SUMMARY).read_text(encoding="utf-8")
+
+    for name, iou, accuracy in zip(CLASS_NAMES, EVAL_RESULTS["per_category_iou"], EVAL_RESULTS["per_category_accuracy"]):
+        assert f"| {name} | {100 * iou:.2f} | {100 * accuracy:.2f} |" in text
+    assert f"| mIoU (%) | {100 * EVAL_RESULTS['mean_iou']:.2f} |" in text
+    assert "| mIoU (%) | 45.67 |" in text
+    assert "| Pixel accuracy (%) | 90.12 |" in text
+    assert "Measured on the validation split of camvid." in text
+
+    num_classes, num_prototypes, embedding_dim = model.prototypes.shape
+    assert f"| Prototypes per class K | {num_prototypes} |" in text
+    assert f"| Classes C | {num_classes} |" in text
+    assert f"({num_classes}, {num_prototypes}, {embedding_dim})" in text
+    # weight counts come from the safetensors header and match the saved state dict
+    state = model.state_dict()
+    other_values = sum(tensor.numel() for name, tensor in state.items() if not name.endswith("prototypes"))
+    assert f"| Stored weights (without prototypes) | {other_values:,} |" in text
+    assert f"= {model.prototypes.numel():,} values |" in text
+
+    for class_id, name in enumerate(CLASS_NAMES):
+        assert f"| {class_id} | {name} |" in text
+    assert 'pipeline("image-segmentation", model="protoseg-tiny", trust_remote_code=True)' in text
+    assert "AutoModelForSemanticSegmentation.from_pretrained(\"protoseg-tiny\", trust_remote_code=True)" in text
+    assert "Rethinking Semantic Segmentation: A Prototype View" in text
+    assert "Zhou, Tianfei and Wang, Wenguan and Konukoglu, Ender and Van Gool, Luc" in text
+    assert "2203.15102" in text
+    assert "## Limitations" in text
+
+    body = text.split("\n---\n", 1)[1]
+    for placeholder in ("{{", "}}", "{%", "More Information Needed", "None", "nan", "TODO"):
+        assert placeholder not in body, placeholder
+
+
+def test_training_table_renders_present_keys_only_and_is_saved_for_rerendering(checkpoint: Path) -> None:
+    text = write_model_card(checkpoint, TRAINING_SUMMARY).read_text(encoding="utf-8")
+    assert "| Training steps | 200 |" in text
+    assert "| Batch size (total) | 8 |" in text
+    assert "| Crop size | 64 × 64 |" in text
+    assert "| Optimizer | AdamW |" in text
+    assert "| Learning rate | 6e-05 |" in text
+    assert "| Wall time | 1 h 02 min |" in text
+    assert "| Encoder initialised from | nvidia/mit-b0 |" in text
+    for absent in ("Epochs", "Seed", "Weight decay", "Warm-up", "Mixed precision"):
+        assert absent not in text
+
+    saved_summary = json.loads((checkpoint / "training_summary.json").read_text(encoding="utf-8"))
+    assert saved_summary == TRAINING_SUMMARY
+    (checkpoint / "README.md").unlink()
+    assert card_main([str(checkpoint)]) == 0  # CLI re-render reads training_summary.json
+    assert (checkpoint / "README.md").read_text(encoding="utf-8") == text
+
+
+def test_card_without_training_summary_omits_training_facts(checkpoint: Path) -> None:
+    card = render_model_card(checkpoint)
+    assert "No training details were recorded with this checkpoint." in card.text
+    assert card.data.base_model is None
+    assert "Training steps" not in card.text
+
+
+def test_missing_eval_results_is_a_clear_error(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (checkpoint / "eval_results.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"eval_results\.json is missing.*evaluate the checkpoint"):
+        write_model_card(checkpoint, TRAINING_SUMMARY)
+    assert not (checkpoint / "README.md").exists()
+    assert card_main([str(checkpoint)]) == 2
+    assert "eval_results.json is missing" in capsys.readouterr().err
+
+
+def test_per_class_iou_by_name_with_classes_absent_from_the_evaluation_set(checkpoint: Path) -> None:
+    _write_eval_results(
+        checkpoint,
+        mean_iou=0.5,
+        per_category_iou={"sky": 0.5, "car": math.nan},
+        per_category_accuracy=None,
+    )
+    text = render_model_card(checkpoint).text
+    assert "| sky | 50.00 |" in text
+    assert "| road | n/a |" in text
+    assert "| car | n/a |" in text
+    assert "n/a: the class does not occur in the evaluation set." in text
+    assert "pixel accuracy (%)" not in text
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mean_iou": 45.67}, "fraction in"),
+        ({"mean_iou": math.nan}, "fraction in"),
+        ({"per_category_iou": [0.5, 0.5]}, "has 2 values but config.json has 3 classes"),
+        ({"per_category_iou": {"bicycle": 0.5}}, "names classes not in config.json"),
+        ({"per_category_iou": [0.5, 1.5, 0.2]}, "must be a fraction"),
+    ],
+)
+def test_malformed_eval_results_are_rejected(checkpoint: Path, changes: dict, message: str) -> None:
+    _write_eval_results(checkpoint, **changes)
+    with pytest.raises(ModelCardInputError, match=re.escape(message)):
+        render_model_card(checkpoint)
+
+
+def test_local_dataset_path_is_reduced_to_its_name(checkpoint: Path) -> None:
+    _write_eval_results(checkpoint, dataset_name="../shared/datasets/camvid/")
+    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset_name": "/data/camvid"}, repo_id="someone/protoseg")
+    assert card.data.datasets == ["camvid"]
+    assert card.data.eval_results[0].dataset_type == "camvid"
+    assert "shared/datasets" not in card.text and "/data/camvid" not in card.text
+    assert 'model="someone/protoseg"' in card.text
+    assert card.data.model_name == "protoseg"
