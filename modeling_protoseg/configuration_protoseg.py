@@ -99,6 +99,8 @@ class ProtoSegConfig(PretrainedConfig):
         self.classifier_dropout_prob = classifier_dropout_prob
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
+        if self.id2label is not None and not self.label2id:  # transformers 5 leaves it None
+            self.label2id = {label: index for index, label in self.id2label.items()}
         self._validate_method_values()
 
     def _validate_method_values(self) -> None:

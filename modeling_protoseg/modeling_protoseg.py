@@ -23,6 +23,7 @@ from transformers import initialization as init
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 from transformers.utils import ModelOutput
 
+from .class_enrolment import ProtoSegClassEnrolmentMixin
 from .configuration_protoseg import ProtoSegConfig
 from .losses import pixel_cross_entropy, pixel_prototype_losses
 from .prototypes import momentum_update_prototypes, sinkhorn_assign_pixels
@@ -161,7 +162,7 @@ class ProtoSegPreTrainedModel(PreTrainedModel):
             init.copy_(module.prototypes, F.normalize(random_directions, dim=-1))
 
 
-class ProtoSegForSemanticSegmentation(ProtoSegPreTrainedModel):
+class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTrainedModel):
     """Encoder + all-MLP decoder + projection head, classifying each pixel by its nearest prototype."""
 
     def __init__(self, config: ProtoSegConfig) -> None:
