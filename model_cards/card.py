@@ -1,13 +1,17 @@
-"""Render the ProtoSeg model card (README.md) of a checkpoint folder from its real numbers.
+"""Render the model card (README.md) of a checkpoint folder from its real numbers.
 
 Inputs read from the folder:
-  - `config.json` (written by `ProtoSegConfig.save_pretrained`): classes, K, encoder, embedding size;
+  - `config.json` (written by `save_pretrained`): classes, K, encoder, embedding size. Cards are
+    rendered for ProtoSeg models (`model_type: protoseg`) and for the linear SegFormer baseline that
+    training/train.py trains for comparison (`model_type: segformer`);
   - `eval_results.json` (written by the evaluation): `mean_iou`, `per_category_iou` (list in class-id
-    order, or dict by class name), optionally `overall_accuracy`, `mean_accuracy`,
-    `per_category_accuracy`, `dataset_name`, `dataset_id`, `split`. IoU and accuracy values are
-    fractions in [0, 1], as returned by `evaluate`'s `mean_iou`;
-  - `training_summary.json` if present (or the `training_summary` argument, which is then saved there);
-  - `model.safetensors` header (tensor shapes only, no torch needed) for the weight counts.
+    order, or dict by class name; `null`/NaN for classes absent from the evaluation set), optionally
+    `overall_accuracy`, `mean_accuracy`, `per_category_accuracy`, `dataset_name` (or `dataset`),
+    `dataset_id`, `split` (or `eval_split`), `eval_mode`, `num_images` (or `num_samples`). IoU and
+    accuracy values are fractions in [0, 1], as returned by `evaluate`'s `mean_iou`;
+  - `training_summary.json` if present (or the `training_summary` argument, which is then saved there,
+    with secrets such as `--hub_token` values redacted);
+  - the `model.safetensors` header (tensor shapes only, no torch needed) for the weight counts.
 
 Nothing here imports torch or the model package: the card can be rendered (and re-rendered) anywhere.
 
@@ -20,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import struct
 import sys
 from pathlib import Path
@@ -34,9 +39,8 @@ CARD_FILE = "README.md"
 # Written into every card rendered here, so `publish_folder` can tell our card from a hand-written
 # or generic one (ours is re-rendered with the repo id before upload, a hand-written one is kept).
 GENERATED_MARKER = "model card rendered by model_cards from config.json and eval_results.json"
-
-PAPER_ARXIV_ID = "2203.15102"
 DEFAULT_LICENSE = "other"
+SUPPORTED_MODEL_TYPES = ("protoseg", "segformer")
 
 # SegFormer Mix-Transformer sizes: (hidden_sizes, depths) -> name used by the original checkpoints.
 MIT_VARIANTS: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {
@@ -48,17 +52,23 @@ MIT_VARIANTS: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {
     ((64, 128, 320, 512), (3, 6, 40, 3)): "MiT-b5",
 }
 
+# Alternative key names accepted in the inputs (training/train.py's names on the right).
+EVAL_RESULTS_ALIASES = {"split": "eval_split", "dataset_name": "dataset", "num_images": "num_samples"}
+SUMMARY_ALIASES = {"encoder_name": "encoder", "dataset_name": "dataset"}
+
 # training_summary keys with a readable name, in display order. Other keys are shown after these.
 TRAINING_SUMMARY_LABELS: dict[str, str] = {
     "dataset_name": "Training data",
+    "dataset": "Training data",
     "dataset_id": "Training dataset id",
+    "preset": "Preset",
     "train_split": "Training split",
     "num_train_images": "Training images",
-    "encoder_name": "Encoder initialised from",
     "num_train_steps": "Training steps",
     "max_steps": "Training steps",
     "steps": "Training steps",
     "epochs": "Epochs",
+    "global_batch_size": "Batch size (total)",
     "batch_size": "Batch size (total)",
     "per_device_batch_size": "Batch size per device",
     "num_processes": "Processes",
@@ -71,9 +81,8 @@ TRAINING_SUMMARY_LABELS: dict[str, str] = {
     "lr_schedule": "Learning-rate schedule",
     "warmup_steps": "Warm-up steps",
     "mixed_precision": "Mixed precision",
-    "loss_weights": "Loss weights",
-    "ppc_weight": "PPC loss weight",
-    "ppd_weight": "PPD loss weight",
+    "ppc_loss_weight": "PPC loss weight",
+    "ppd_loss_weight": "PPD loss weight",
     "prototype_momentum": "Prototype momentum",
     "sinkhorn_iterations": "Sinkhorn iterations",
     "sinkhorn_epsilon": "Sinkhorn kappa",
@@ -81,18 +90,22 @@ TRAINING_SUMMARY_LABELS: dict[str, str] = {
     "hardware": "Hardware",
     "device": "Hardware",
     "seed": "Seed",
+    "train_runtime_seconds": "Wall time",
     "wall_time_seconds": "Wall time",
-    "wall_time_s": "Wall time",
     "wall_time": "Wall time",
 }
-# Keys used for metadata only, never shown in the training table.
-METADATA_ONLY_KEYS = {"license", "license_name", "license_link", "model_name", "language", "tags"}
-# Keys shown in "Model details" instead of the training table.
-MODEL_DETAIL_KEYS = {"encoder_name"}
-# Local paths of the training machine: never shown.
-LOCAL_PATH_KEYS = {"output_dir", "logging_dir", "cache_dir", "resume_from_checkpoint"}
-# Values that may be local dataset folders: shown as the folder's own name.
-DATASET_KEYS = {"dataset_name", "dataset_id"}
+WALL_TIME_KEYS = {"train_runtime_seconds", "wall_time_seconds", "wall_time"}
+# Summary keys never shown in the training table: metadata, facts shown elsewhere, local paths.
+HIDDEN_SUMMARY_KEYS = {
+    "license", "license_name", "license_link", "model_name", "language", "tags",  # metadata
+    "encoder", "encoder_name", "encoder_pretrained", "head", "num_labels", "num_prototypes_per_class",  # details
+    "eval_split", "eval_mode", "command",  # evaluation section / reproduction block
+    "output_dir", "logging_dir", "cache_dir", "resume_from_checkpoint", "hub_token", "token",  # local / secret
+}
+DATASET_KEYS = {"dataset_name", "dataset", "dataset_id"}
+# Secrets that must never reach a card or training_summary.json (e.g. a command line with --hub_token).
+_TOKEN_ARGUMENT = re.compile(r"(--(?:hub[_-])?token[= ])\S+")
+_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
 
 
 class ModelCardInputError(ValueError):
@@ -106,36 +119,58 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ModelCardInputError(f"{path} is not valid JSON: {error}") from error
 
 
-def read_eval_results(folder: Path) -> dict[str, Any]:
-    """Load and check `eval_results.json`; raise a clear error if it is missing or malformed."""
+def _with_aliases(values: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
+    """Copy of `values` where each canonical key takes its alias's value when it is itself absent."""
+    merged = dict(values)
+    for canonical, alias in aliases.items():
+        if merged.get(canonical) is None and merged.get(alias) is not None:
+            merged[canonical] = merged[alias]
+    return merged
+
+
+def redact_secrets(value: Any) -> Any:
+    """`value` with Hub tokens removed from every string in it (lists and dicts walked)."""
+    if isinstance(value, str):
+        return _TOKEN_VALUE.sub("<redacted>", _TOKEN_ARGUMENT.sub(r"\1<redacted>", value))
+    if isinstance(value, dict):
+        return {key: redact_secrets(item) for key, item in value.items() if key not in ("hub_token", "token")}
+    if isinstance(value, (list, tuple)):
+        return [redact_secrets(item) for item in value]
+    return value
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def read_eval_results(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and check `eval_results.json` (aliases resolved); raise a clear error if missing or malformed."""
+    folder = Path(folder)
     path = folder / EVAL_RESULTS_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing. The model card is rendered only from measured numbers: evaluate the "
-            f"checkpoint first (the training script writes {EVAL_RESULTS_FILE} after its final "
-            "evaluation), then render the card with `python -m model_cards.card "
-            f"{folder}`."
+            f"checkpoint first (training/train.py writes {EVAL_RESULTS_FILE} after its final evaluation), "
+            f"then render the card with `python -m model_cards.card {folder}`."
         )
-    results = _read_json(path)
+    results = _with_aliases(_read_json(path), EVAL_RESULTS_ALIASES)
     for key in ("mean_iou", "per_category_iou"):
         if key not in results:
             raise ModelCardInputError(f"{path} has no '{key}' (keys found: {sorted(results)}).")
-    mean_iou = results["mean_iou"]
-    if not isinstance(mean_iou, (int, float)) or not math.isfinite(mean_iou) or not 0.0 <= mean_iou <= 1.0:
+    if not _is_fraction(results["mean_iou"]):
         raise ModelCardInputError(
             f"{path}: mean_iou must be a finite fraction in [0, 1] (as returned by evaluate's mean_iou), "
-            f"got {mean_iou!r}."
+            f"got {results['mean_iou']!r}."
         )
     for key in ("overall_accuracy", "mean_accuracy"):
-        value = results.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0):
-            raise ModelCardInputError(f"{path}: {key} must be a fraction in [0, 1], got {value!r}.")
+        if results.get(key) is not None and not _is_fraction(results[key]):
+            raise ModelCardInputError(f"{path}: {key} must be a fraction in [0, 1], got {results[key]!r}.")
     return results
 
 
-def read_training_summary(folder: Path) -> dict[str, Any]:
+def read_training_summary(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Load `training_summary.json` from the folder, or an empty dict if there is none."""
-    path = folder / TRAINING_SUMMARY_FILE
+    path = Path(folder) / TRAINING_SUMMARY_FILE
     return _read_json(path) if path.is_file() else {}
 
 
@@ -168,7 +203,7 @@ def _per_class_values(values: Any, class_names: list[str], key: str) -> list[flo
     for name, value in zip(class_names, aligned):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             cleaned.append(None)
-        elif isinstance(value, (int, float)) and 0.0 <= value <= 1.0:
+        elif _is_fraction(value):
             cleaned.append(float(value))
         else:
             raise ModelCardInputError(f"eval_results.json {key}[{name!r}] must be a fraction in [0, 1], got {value!r}.")
@@ -185,7 +220,7 @@ def _escape_table_cell(text: Any) -> str:
 
 def _format_value(key: str, value: Any) -> str:
     """Readable text for one training-summary value."""
-    if key.startswith("wall_time") and isinstance(value, (int, float)):
+    if key in WALL_TIME_KEYS and isinstance(value, (int, float)):
         seconds = int(round(value))
         hours, rest = divmod(seconds, 3600)
         minutes, seconds = divmod(rest, 60)
@@ -204,23 +239,23 @@ def _format_value(key: str, value: Any) -> str:
 def _training_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     shown_labels: set[str] = set()
-    hidden = METADATA_ONLY_KEYS | MODEL_DETAIL_KEYS | LOCAL_PATH_KEYS
-    known = [key for key in TRAINING_SUMMARY_LABELS if key in summary and key not in hidden]
-    others = sorted(key for key in summary if key not in TRAINING_SUMMARY_LABELS and key not in hidden)
+    known = [key for key in TRAINING_SUMMARY_LABELS if key in summary and key not in HIDDEN_SUMMARY_KEYS]
+    others = sorted(key for key in summary if key not in TRAINING_SUMMARY_LABELS and key not in HIDDEN_SUMMARY_KEYS)
     for key in known + others:
-        value = _short_dataset_name(summary[key]) if key in DATASET_KEYS else summary[key]
+        value = _short_name(summary[key]) if key in DATASET_KEYS else summary[key]
         if value is None or value == "" or value == [] or value == {}:
             continue
         label = TRAINING_SUMMARY_LABELS.get(key, key.replace("_", " ").capitalize())
-        if label in shown_labels:  # e.g. both `steps` and `max_steps`: keep the first
+        if label in shown_labels:  # e.g. both `dataset` and `dataset_name`: keep the first
             continue
         shown_labels.add(label)
         rows.append((_escape_table_cell(label), _escape_table_cell(_format_value(key, value))))
     return rows
 
 
-def read_safetensors_shapes(folder: Path) -> dict[str, list[int]]:
+def read_safetensors_shapes(folder: str | os.PathLike[str]) -> dict[str, list[int]]:
     """Tensor name -> shape from the header(s) of the folder's safetensors weights (no tensor data read)."""
+    folder = Path(folder)
     index_path = folder / "model.safetensors.index.json"
     if index_path.is_file():
         weight_files = sorted(set(_read_json(index_path)["weight_map"].values()))
@@ -255,6 +290,9 @@ def _encoder_description(encoder_config: dict[str, Any]) -> str:
 
 
 def _encoder_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The encoder's config: the nested one of ProtoSeg, or the SegFormer config itself for the baseline."""
+    if config.get("model_type") == "segformer":
+        return config
     for key in ("encoder_config", "backbone_config"):
         if isinstance(config.get(key), dict):
             return config[key]
@@ -262,13 +300,24 @@ def _encoder_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_hub_id(name: str) -> bool:
-    """True for 'owner/name'-style ids, false for local paths."""
+    """True for 'owner/name'-style ids, false for local paths and plain names."""
     return (
         name.count("/") == 1
         and not name.startswith((".", "/", "~"))
+        and not name.endswith("/")
         and not os.path.exists(name)
         and " " not in name
     )
+
+
+def _short_name(name: Any) -> str | None:
+    """A dataset or checkpoint name as shown in text: local folders are reduced to their own name."""
+    if name is None or name == "":
+        return None
+    name = str(name)
+    if not _is_hub_id(name) and ("/" in name or os.sep in name):
+        return Path(name.rstrip("/")).name
+    return name
 
 
 def _dataset_identity(eval_results: dict[str, Any], summary: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -278,19 +327,24 @@ def _dataset_identity(eval_results: dict[str, Any], summary: dict[str, Any]) -> 
     folder's own name when it is a local path (never a path of the machine that trained the model).
     """
     raw_id = eval_results.get("dataset_id") or summary.get("dataset_id")
-    display_name = _short_dataset_name(eval_results.get("dataset_name") or summary.get("dataset_name") or raw_id)
-    dataset_id = _short_dataset_name(raw_id) or display_name
+    display_name = _short_name(eval_results.get("dataset_name") or summary.get("dataset_name") or raw_id)
+    dataset_id = _short_name(raw_id) or display_name
     return dataset_id, display_name
 
 
-def _short_dataset_name(name: Any) -> str | None:
-    """A dataset name as shown in text: local folders are reduced to their own name."""
-    if not name:
-        return None
-    name = str(name)
-    if not _is_hub_id(name) and ("/" in name or os.sep in name):
-        return Path(name.rstrip("/")).name
-    return name
+def _encoder_origin(summary: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(base_model Hub id or None, text for the "Encoder weights" row or None)."""
+    encoder_name = summary.get("encoder_name")
+    pretrained = summary.get("encoder_pretrained")
+    if pretrained is False:
+        return None, "random initialisation" + (f" (`{_short_name(encoder_name)}` architecture)" if encoder_name else "")
+    if not encoder_name:
+        return None, None
+    if _is_hub_id(str(encoder_name)):
+        return str(encoder_name), f"pretrained `{encoder_name}`"
+    if "/" in str(encoder_name) or os.sep in str(encoder_name):
+        return None, f"local checkpoint `{_short_name(encoder_name)}`"
+    return None, f"`{encoder_name}` (as named to the training script)"
 
 
 def _license_note(card_data: ModelCardData) -> str:
@@ -298,30 +352,32 @@ def _license_note(card_data: ModelCardData) -> str:
     if card_data.license == DEFAULT_LICENSE and not card_data.license_name:
         return (
             "No licence was chosen for these weights when they were published (`license: other`). They "
-            "derive from the encoder's pretrained weights and from the training data, so their terms apply: "
-            "check both before any use, in particular commercial use."
+            "derive from the encoder's initial weights and from the training data, so the terms of both "
+            "apply: check them before any use, in particular commercial use."
         )
-    if card_data.license_link:
-        return f"{card_data.license_name or card_data.license}: {card_data.license_link}"
-    return f"Licence: `{card_data.license_name or card_data.license}`."
+    name = card_data.license_name or card_data.license
+    return f"`{name}`: {card_data.license_link}" if card_data.license_link else f"`{name}`."
 
 
 def _limitations(
-    num_classes: int, training_dataset: str | None, split: str | None, has_missing_classes: bool
+    *, is_protoseg: bool, num_classes: int, training_dataset: str | None, split: str | None, has_missing_classes: bool
 ) -> list[str]:
     trained_on = f"on {training_dataset}" if training_dataset else "on a single dataset"
     limitations = [
         f"Closed set: the model was trained {trained_on} and can only output its {num_classes} classes; "
         "every pixel is given one of them, including objects of classes it has never seen.",
-        "Accuracy outside the training distribution (other cameras, cities, weather, image sizes) was not "
+        "Accuracy outside the training distribution (other cameras, places, weather, image sizes) was not "
         "measured; the numbers above hold for "
         + (f"the {split} split only." if split else "the evaluation set named above only."),
         "Logits are predicted at a quarter of the input resolution and upsampled, so thin structures "
         "and small objects are the least accurate.",
-        "Loading runs the Python code stored in this repository (`trust_remote_code=True`).",
-        "`pipeline(\"image-segmentation\")` logs a harmless message that the custom model class is not "
-        "in its list of supported models; the output is correct.",
     ]
+    if is_protoseg:
+        limitations += [
+            "Loading runs the Python code stored in this repository (`trust_remote_code=True`).",
+            '`pipeline("image-segmentation")` logs that the custom model class is not in its list of '
+            "supported models; the message is harmless and the output is correct.",
+        ]
     if has_missing_classes:
         limitations.append("Some classes have no IoU (n/a): they do not occur in the evaluation set.")
     return limitations
@@ -346,8 +402,16 @@ def render_model_card(
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: save the model with save_pretrained first.")
     config = _read_json(config_path)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelCardInputError(
+            f"config.json has model_type {model_type!r}; model_cards renders cards for ProtoSeg models "
+            "('protoseg') and the linear SegFormer baseline ('segformer')."
+        )
+    is_protoseg = model_type == "protoseg"
     eval_results = read_eval_results(folder)
-    summary = dict(training_summary) if training_summary is not None else read_training_summary(folder)
+    raw_summary = training_summary if training_summary is not None else read_training_summary(folder)
+    summary = _with_aliases(redact_secrets(dict(raw_summary)), SUMMARY_ALIASES)
 
     class_names = _class_names(config)
     num_classes = len(class_names)
@@ -357,44 +421,49 @@ def render_model_card(
         if eval_results.get("per_category_accuracy") is not None
         else None
     )
-    num_prototypes_per_class = config.get("num_prototypes_per_class")
     shapes = read_safetensors_shapes(folder)
     prototype_shapes = {name: shape for name, shape in shapes.items() if name.split(".")[-1] == "prototypes"}
     prototype_shape = next(iter(prototype_shapes.values()), None)
-    embedding_dim = config.get("embedding_dim") or (prototype_shape[-1] if prototype_shape else None)
-    if num_prototypes_per_class is None and prototype_shape is not None:
-        num_prototypes_per_class = prototype_shape[1]
-    if num_prototypes_per_class is None:
-        raise ModelCardInputError("config.json has no num_prototypes_per_class and the weights hold no prototypes.")
+    num_prototypes_per_class = embedding_dim = None
+    if is_protoseg:
+        num_prototypes_per_class = config.get("num_prototypes_per_class") or (prototype_shape or [None] * 3)[1]
+        embedding_dim = config.get("embedding_dim") or (prototype_shape or [None] * 3)[2]
+        if num_prototypes_per_class is None or embedding_dim is None:
+            raise ModelCardInputError(
+                "config.json has no num_prototypes_per_class/embedding_dim and the weights hold no prototypes."
+            )
+    prototype_shape_text = f"({num_classes}, {num_prototypes_per_class}, {embedding_dim})"
 
     encoder_config = _encoder_config(config)
-    encoder_text = _encoder_description(encoder_config) if encoder_config else str(config.get("model_type"))
-    encoder_name = summary.get("encoder_name") or encoder_config.get("_name_or_path") or None
-    base_model = encoder_name if encoder_name and _is_hub_id(str(encoder_name)) else None
+    encoder_text = _encoder_description(encoder_config) if encoder_config else str(model_type)
+    base_model, encoder_origin = _encoder_origin(summary)
     dataset_id, dataset_display_name = _dataset_identity(eval_results, summary)
-    split = eval_results.get("split")
-    model_id = repo_id or folder.resolve().name
+    split = eval_results.get("split") or summary.get("eval_split")
+    summary_model_name = str(summary.get("model_name") or "")
+    model_id = repo_id or (summary_model_name if _is_hub_id(summary_model_name) else folder.resolve().name)
 
-    prototype_shape_text = (
-        f"({num_classes}, {num_prototypes_per_class}, {embedding_dim})"
-        if embedding_dim
-        else f"({num_classes}, {num_prototypes_per_class}, D)"
-    )
-    model_details: list[tuple[str, str]] = [("Architecture", "ProtoSeg: encoder + decoder + non-learnable prototypes")]
+    if is_protoseg:
+        model_details: list[tuple[str, str]] = [("Architecture", "ProtoSeg: encoder, decoder, non-learnable prototypes")]
+    else:
+        model_details = [("Architecture", "SegFormer: encoder, all-MLP decoder, linear (1×1 conv) classifier")]
     model_details.append(("Encoder", _escape_table_cell(encoder_text)))
-    if base_model or encoder_name:
-        model_details.append(("Encoder initialised from", _escape_table_cell(base_model or encoder_name)))
+    if encoder_origin:
+        model_details.append(("Encoder weights before training", _escape_table_cell(encoder_origin)))
     if config.get("decoder_hidden_size"):
         model_details.append(("Decoder width", str(config["decoder_hidden_size"])))
-    if embedding_dim:
+    if is_protoseg:
         model_details.append(("Pixel embedding size D", str(embedding_dim)))
     model_details.append(("Classes C", str(num_classes)))
-    model_details.append(("Prototypes per class K", str(num_prototypes_per_class)))
+    if is_protoseg:
+        model_details.append(("Prototypes per class K", str(num_prototypes_per_class)))
     if shapes:
         prototype_values = sum(math.prod(shape) for shape in prototype_shapes.values())
         other_values = sum(math.prod(shape) for name, shape in shapes.items() if name not in prototype_shapes)
-        model_details.append(("Stored weights (without prototypes)", f"{other_values:,}"))
-        model_details.append(("Prototype buffer", f"{prototype_shape_text} = {prototype_values:,} values"))
+        if is_protoseg:
+            model_details.append(("Stored weights (without prototypes)", f"{other_values:,}"))
+            model_details.append(("Prototype buffer", f"{prototype_shape_text} = {prototype_values:,} values"))
+        else:
+            model_details.append(("Stored weights", f"{other_values:,}"))
     model_details.append(("Output", f"logits (batch, {num_classes}, height / 4, width / 4)"))
 
     evaluation_rows: list[tuple[str, str]] = [("mIoU (%)", _percent(float(eval_results["mean_iou"])))]
@@ -402,9 +471,11 @@ def render_model_card(
         evaluation_rows.append(("Pixel accuracy (%)", _percent(float(eval_results["overall_accuracy"]))))
     if eval_results.get("mean_accuracy") is not None:
         evaluation_rows.append(("Mean class accuracy (%)", _percent(float(eval_results["mean_accuracy"]))))
-    for key, label in (("eval_mode", "Inference"), ("num_images", "Images evaluated")):
-        if eval_results.get(key) is not None:
-            evaluation_rows.append((label, _escape_table_cell(eval_results[key])))
+    eval_mode = eval_results.get("eval_mode") or summary.get("eval_mode")
+    if eval_mode:
+        evaluation_rows.append(("Inference", _escape_table_cell(eval_mode)))
+    if eval_results.get("num_images") is not None:
+        evaluation_rows.append(("Images evaluated", _escape_table_cell(eval_results["num_images"])))
 
     target_parts = [f"the {split} split of" if split else None, dataset_display_name or "the evaluation data"]
     evaluation_target = " ".join(part for part in target_parts if part)
@@ -439,12 +510,17 @@ def render_model_card(
                     **common,
                 )
             )
+    if is_protoseg:
+        tags = ["image-segmentation", "semantic-segmentation", "protoseg", "prototype-learning", "vision", "custom_code"]
+    else:
+        tags = ["image-segmentation", "semantic-segmentation", "protoseg-baseline", "vision"]
     encoder_type = encoder_config.get("model_type")
-    tags = ["image-segmentation", "semantic-segmentation", "protoseg", "prototype-learning", "vision", "custom_code"]
-    if encoder_type:
+    if encoder_type and encoder_type not in tags:
         tags.append(str(encoder_type))
     tags += [str(tag) for tag in summary.get("tags", []) if str(tag) not in tags]
-    model_name = summary.get("model_name") or (repo_id.split("/")[-1] if repo_id else folder.resolve().name)
+    model_name = (_short_name(summary.get("model_name")) or folder.resolve().name).split("/")[-1]
+    if repo_id:
+        model_name = repo_id.split("/")[-1]
     card_data = ModelCardData(
         model_name=model_name,
         library_name="transformers",
@@ -458,30 +534,38 @@ def render_model_card(
         metrics=["mean_iou"],
         eval_results=eval_result_entries or None,
     )
-    title_parts = ["ProtoSeg", f"with {encoder_text.split(' (')[0]}"]
+    title_parts = ["ProtoSeg" if is_protoseg else "Linear SegFormer baseline", f"with {encoder_text.split(' (')[0]}"]
     if dataset_display_name:
         title_parts.append(f"on {dataset_display_name}")
+    command = summary.get("command")
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
         generated_marker=GENERATED_MARKER,
+        is_protoseg=is_protoseg,
         title=" ".join(title_parts),
         num_classes=num_classes,
         dataset_display_name=dataset_display_name,
         num_prototypes_per_class=num_prototypes_per_class,
-        embedding_dim_text=f"{embedding_dim}-dimensional" if embedding_dim else "fixed-size",
+        embedding_dim=embedding_dim,
         prototype_shape_text=prototype_shape_text,
         model_details=model_details,
         classes=[(class_id, _escape_table_cell(name)) for class_id, name in enumerate(class_names)],
         training_rows=_training_rows(summary),
+        training_command=str(command).replace("```", "'''") if command else "",
         evaluation_target=evaluation_target,
         evaluation_rows=evaluation_rows,
         per_class_rows=per_class_rows,
         per_class_has_accuracy=per_class_accuracy is not None,
         per_class_note="n/a: the class does not occur in the evaluation set." if has_missing_classes else "",
         model_id=model_id,
+        remote_code_argument=", trust_remote_code=True" if is_protoseg else "",
         limitations=_limitations(
-            num_classes, _short_dataset_name(summary.get("dataset_name")) or dataset_display_name, split, has_missing_classes
+            is_protoseg=is_protoseg,
+            num_classes=num_classes,
+            training_dataset=_short_name(summary.get("dataset_name")) or dataset_display_name,
+            split=split,
+            has_missing_classes=has_missing_classes,
         ),
         license_note=_license_note(card_data),
     )
@@ -497,8 +581,9 @@ def write_model_card(
     Arguments:
         folder: checkpoint folder with `config.json` and `eval_results.json` (required).
         training_summary: training facts (dataset, encoder, steps, batch size, crop size, optimizer,
-            lr, wall time, ...). Only present keys are rendered. When given, it is also saved as
-            `training_summary.json` so the card can be re-rendered later; when None, that file is read.
+            lr, wall time, ...). Only present keys are rendered. When given, it is also saved (with
+            tokens redacted) as `training_summary.json` so the card can be re-rendered later; when
+            None, that file is read.
         repo_id: Hub repository id used in the code snippets (defaults to the folder's name).
     Returns:
         path of the written README.md.
@@ -507,15 +592,17 @@ def write_model_card(
     card = render_model_card(folder, training_summary=training_summary, repo_id=repo_id)
     if training_summary is not None:
         (folder / TRAINING_SUMMARY_FILE).write_text(
-            json.dumps(training_summary, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+            json.dumps(redact_secrets(dict(training_summary)), indent=2, sort_keys=True, default=str) + "\n",
+            encoding="utf-8",
         )
     card_path = folder / CARD_FILE
     card.save(card_path)
     return card_path
 
 
-def is_generated_card(card_path: Path) -> bool:
+def is_generated_card(card_path: str | os.PathLike[str]) -> bool:
     """True if `card_path` is a card rendered by this module (and so safe to re-render)."""
+    card_path = Path(card_path)
     return card_path.is_file() and GENERATED_MARKER in card_path.read_text(encoding="utf-8")
 
 
@@ -523,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: (re-)render README.md of a checkpoint folder."""
     parser = argparse.ArgumentParser(
         prog="python -m model_cards.card",
-        description="Render the ProtoSeg model card (README.md) of a checkpoint folder from eval_results.json.",
+        description="Render the model card (README.md) of a ProtoSeg checkpoint folder from eval_results.json.",
     )
     parser.add_argument("folder", type=Path, help="checkpoint folder (config.json, eval_results.json, weights)")
     parser.add_argument("--repo-id", default=None, help="Hub repository id to show in the usage snippets")

@@ -47,6 +47,7 @@ EXCLUDED_PATTERNS = (
     "__pycache__",
     "*.pyc",
     "checkpoint-*",
+    "checkpoints",
     "runs",
     "logs",
     "optimizer*.pt",
@@ -140,12 +141,19 @@ def find_missing_files(folder: str | os.PathLike[str]) -> list[str]:
         return [f"{folder} (the checkpoint folder itself does not exist)"]
     missing: list[str] = []
     config_path = folder / "config.json"
+    is_protoseg = True
     if not config_path.is_file():
         missing.append("config.json (save the model with save_pretrained)")
     else:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            return [f"config.json is not valid JSON ({error})"]
+        is_protoseg = config.get("model_type") == "protoseg"
         auto_map = config.get("auto_map") or {}
-        for auto_class in REQUIRED_AUTO_CLASSES:
+        # ProtoSeg is not built into transformers: it loads only through auto_map + the copied code.
+        # A built-in model (the linear SegFormer baseline) needs no remote code.
+        for auto_class in REQUIRED_AUTO_CLASSES if is_protoseg else ():
             if auto_class not in auto_map:
                 missing.append(
                     f"config.json auto_map['{auto_class}'] (import modeling_protoseg before save_pretrained, "
@@ -165,7 +173,7 @@ def find_missing_files(folder: str | os.PathLike[str]) -> list[str]:
                 if not (folder / shard).is_file():
                     missing.append(f"{shard} (weight shard listed in model.safetensors.index.json)")
         shapes = read_safetensors_shapes(folder)
-        if shapes and not any(name.split(".")[-1] == "prototypes" for name in shapes):
+        if is_protoseg and shapes and not any(name.split(".")[-1] == "prototypes" for name in shapes):
             missing.append("prototypes tensor in model.safetensors (the (C, K, D) prototype buffer)")
 
     if not (folder / "preprocessor_config.json").is_file():

@@ -72,6 +72,8 @@ def add_training_leftovers(folder: Path) -> list[str]:
         "optimizer.pt": b"optimizer state",
         "scheduler.pt": b"scheduler state",
         "checkpoint-100/model.safetensors": b"intermediate weights",
+        "checkpoints/step_00000100/model.safetensors": b"resumable training state",
+        "runs/events.out.tfevents.1.host": b"tensorboard log",
         "__pycache__/modeling_protoseg.cpython-311.pyc": b"bytecode",
         ".DS_Store": b"finder",
     }

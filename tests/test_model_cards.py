@@ -104,7 +104,7 @@ def test_training_table_renders_present_keys_only_and_is_saved_for_rerendering(c
     assert "| Optimizer | AdamW |" in text
     assert "| Learning rate | 6e-05 |" in text
     assert "| Wall time | 1 h 02 min |" in text
-    assert "| Encoder initialised from | nvidia/mit-b0 |" in text
+    assert "| Encoder weights before training | pretrained `nvidia/mit-b0` |" in text
     for absent in ("Epochs", "Seed", "Weight decay", "Warm-up", "Mixed precision"):
         assert absent not in text
 
@@ -170,3 +170,112 @@ def test_local_dataset_path_is_reduced_to_its_name(checkpoint: Path) -> None:
     assert "shared/datasets" not in card.text and "/data/camvid" not in card.text
     assert 'model="someone/protoseg"' in card.text
     assert card.data.model_name == "protoseg"
+
+
+# The names training/train.py uses for its eval_results.json and summary (aliases of the canonical keys).
+TRAIN_SCRIPT_EVAL_RESULTS = {
+    "mean_iou": EVAL_RESULTS["mean_iou"],
+    "mean_accuracy": 0.6034,
+    "overall_accuracy": 0.9012,
+    "per_category_iou": {"sky": 0.8123, "road": 0.4321, "car": None},
+    "per_category_accuracy": {"sky": 0.9511, "road": 0.6489, "car": None},
+    "eval_mode": "slide",
+    "eval_split": "test",
+    "num_samples": 233,
+    "dataset": "../shared/datasets/camvid",
+}
+TRAIN_SCRIPT_SUMMARY = {
+    "model_name": "protoseg-mit-b0-camvid",
+    "head": "protoseg",
+    "encoder": "nvidia/mit-b0",
+    "dataset": "../shared/datasets/camvid",
+    "preset": "camvid",
+    "eval_split": "test",
+    "eval_mode": "slide",
+    "num_labels": 3,
+    "max_steps": 1000,
+    "optimizer": "adamw",
+    "learning_rate": 6e-05,
+    "global_batch_size": 16,
+    "crop_size": [360, 480],
+    "num_prototypes_per_class": 4,
+    "mixed_precision": "no",
+    "num_processes": 2,
+    "hardware": "2 x cpu (x86_64, 2 CPU cores)",
+    "train_runtime_seconds": 812.4,
+    "command": "training/train.py --preset camvid --push_to_hub --hub_model_id me/x --hub_token hf_abcdefghijklmnop",
+}
+
+
+def test_training_script_key_names_are_understood(checkpoint: Path) -> None:
+    (checkpoint / "eval_results.json").write_text(json.dumps(TRAIN_SCRIPT_EVAL_RESULTS), encoding="utf-8")
+    card = ModelCard.load(write_model_card(checkpoint, TRAIN_SCRIPT_SUMMARY))
+    text = card.text
+
+    assert card.data.base_model == "nvidia/mit-b0"
+    assert card.data.datasets == ["camvid"]
+    assert card.data.model_name == "protoseg-mit-b0-camvid"
+    assert card.data.eval_results[0].dataset_split == "test"
+    assert "Measured on the test split of camvid." in text
+    assert "| Inference | slide |" in text
+    assert "| Images evaluated | 233 |" in text
+    assert "| car | n/a | n/a |" in text
+    for row in (
+        "| Training data | camvid |",
+        "| Preset | camvid |",
+        "| Training steps | 1000 |",
+        "| Batch size (total) | 16 |",
+        "| Crop size | 360 × 480 |",
+        "| Processes | 2 |",
+        "| Wall time | 13 min 32 s |",
+        "| Encoder weights before training | pretrained `nvidia/mit-b0` |",
+    ):
+        assert row in text, row
+    assert "| Head |" not in text and "| Num labels |" not in text and "| Eval split |" not in text
+    assert "training/train.py --preset camvid --push_to_hub --hub_model_id me/x --hub_token <redacted>" in text
+    assert "../shared" not in text
+
+
+def test_hub_tokens_never_reach_the_card_or_the_saved_summary(checkpoint: Path) -> None:
+    summary = {**TRAIN_SCRIPT_SUMMARY, "hub_token": "hf_abcdefghijklmnop", "note": "token hf_zyxwvutsrqponm"}
+    text = write_model_card(checkpoint, summary).read_text(encoding="utf-8")
+    saved = (checkpoint / "training_summary.json").read_text(encoding="utf-8")
+    for written in (text, saved):
+        assert "hf_abcdefghijklmnop" not in written and "hf_zyxwvutsrqponm" not in written
+    assert "hub_token" not in json.loads(saved)
+
+
+def test_random_init_encoder_has_no_base_model(checkpoint: Path) -> None:
+    card = render_model_card(checkpoint, {"encoder": "mit-b0", "encoder_pretrained": False})
+    assert card.data.base_model is None
+    assert "| Encoder weights before training | random initialisation (`mit-b0` architecture) |" in card.text
+
+
+def test_linear_segformer_baseline_gets_its_own_card(tmp_path: Path) -> None:
+    from transformers import SegformerForSemanticSegmentation
+
+    from tiny_models import tiny_segformer_encoder_config
+
+    config = tiny_segformer_encoder_config(id2label=dict(enumerate(CLASS_NAMES)))
+    folder = save_checkpoint_folder(tmp_path / "baseline", SegformerForSemanticSegmentation(config))
+    card = ModelCard.load(write_model_card(folder, {**TRAIN_SCRIPT_SUMMARY, "head": "linear"}))
+    assert card.data.library_name == "transformers"
+    assert "protoseg-baseline" in card.data.tags and "custom_code" not in card.data.tags
+    assert card.text.lstrip().startswith("<!--")
+    assert "# Linear SegFormer baseline with SegFormer Mix-Transformer on camvid" in card.text
+    assert "trust_remote_code" not in card.text
+    assert "Prototypes per class" not in card.text and "model.prototypes" not in card.text
+    assert f"| mIoU (%) | {100 * EVAL_RESULTS['mean_iou']:.2f} |" in card.text
+
+
+def test_unsupported_model_type_is_refused(checkpoint: Path) -> None:
+    config_path = checkpoint / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_type": "upernet"}))
+    with pytest.raises(ModelCardInputError, match="'upernet'"):
+        render_model_card(checkpoint)
+
+
+def test_snippets_use_the_hub_id_named_in_the_summary(checkpoint: Path) -> None:
+    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "model_name": "someone/protoseg-camvid"})
+    assert 'AutoModelForSemanticSegmentation.from_pretrained("someone/protoseg-camvid", trust_remote_code=True)' in card.text
+    assert card.data.model_name == "protoseg-camvid"
