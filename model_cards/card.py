@@ -221,6 +221,8 @@ def _escape_table_cell(text: Any) -> str:
 def _format_value(key: str, value: Any) -> str:
     """Readable text for one training-summary value."""
     if key in WALL_TIME_KEYS and isinstance(value, (int, float)):
+        if value < 60:
+            return f"{value:.1f} s"
         seconds = int(round(value))
         hours, rest = divmod(seconds, 3600)
         minutes, seconds = divmod(rest, 60)
@@ -439,8 +441,8 @@ def render_model_card(
     base_model, encoder_origin = _encoder_origin(summary)
     dataset_id, dataset_display_name = _dataset_identity(eval_results, summary)
     split = eval_results.get("split") or summary.get("eval_split")
-    summary_model_name = str(summary.get("model_name") or "")
-    model_id = repo_id or (summary_model_name if _is_hub_id(summary_model_name) else folder.resolve().name)
+    # Snippets name the Hub repo when known, else the model's name (the folder may be a staging folder).
+    model_id = repo_id or _short_name(summary.get("model_name")) or folder.resolve().name
 
     if is_protoseg:
         model_details: list[tuple[str, str]] = [("Architecture", "ProtoSeg: encoder, decoder, non-learnable prototypes")]

@@ -111,6 +111,8 @@ class HubStandIn:
         """Dispatch one request; returns (status, headers, body)."""
         if method == "PUT" and path.startswith("/stand-in-lfs/"):
             return self._lfs_store(path.rsplit("/", 1)[-1], body)
+        if method == "GET" and path == "/api/agent-harnesses":
+            return _json_response(404, {"error": "the stand-in has no agent registry"})
         if not self._authorized(headers):
             return _json_response(401, {"error": "Invalid credentials in Authorization header"})
         if method == "GET" and path == "/api/whoami-v2":

@@ -231,9 +231,14 @@ for segment in segments:
     assert bool((pipeline_label_map[mask] == -1).all()), "pipeline masks overlap"
     pipeline_label_map[mask] = label2id[segment["label"]]
 
+def is_repository_source(file_name):
+    # a file of this repository's source tree (a virtual environment inside the checkout does not count)
+    path = Path(file_name).resolve()
+    return repository_root in path.parents and not {"site-packages", "dist-packages"} & set(path.parts)
+
 modules_from_repository = sorted(
     name for name, module in list(sys.modules.items())
-    if getattr(module, "__file__", None) and repository_root in Path(module.__file__).resolve().parents
+    if getattr(module, "__file__", None) and is_repository_source(module.__file__)
 )
 print(json.dumps({
     "model_module": type(model).__module__,
