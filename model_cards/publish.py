@@ -12,7 +12,8 @@ Order of work, so that nothing is ever reported as published when it is not:
   2. refuse early, with what to do, when offline mode is on or no token can be found;
   3. `whoami` (token check), `create_repo(exist_ok=True)`, then a single `create_commit`. Large files
      are pre-uploaded by huggingface_hub (LFS/Xet) but only become visible with the commit, so a
-     failure anywhere leaves the repository without our files and raises `PublishError`.
+     failure anywhere leaves the repository without our files and raises `PublishError`. Running the
+     same publish again is safe: files already on the Hub unchanged are skipped.
 
 Usage: `python -m model_cards.publish FOLDER --repo-id USER/NAME [--token TOKEN] [--private]`.
 """
@@ -248,7 +249,8 @@ def publish_folder(
     Raises:
         IncompleteCheckpointError before any network call if the folder is not complete;
         PublishError if offline mode is on, no token is found, the token is rejected, the Hub cannot
-        be reached or the commit fails. In every error case nothing was committed.
+        be reached or the commit fails. Success is returned only once the commit call answered; if the
+        connection breaks during the commit request itself the error says the outcome is unknown.
     """
     folder = Path(folder).resolve()
     relative_paths = prepare_folder_for_publishing(folder, repo_id)
@@ -309,9 +311,18 @@ def publish_folder(
         ) from error
     except NETWORK_ERRORS as error:
         hub_url = endpoint or constants.ENDPOINT
+        if stage.startswith("committing"):
+            # The request may have reached the Hub before the connection broke: say so, never "published".
+            outcome = (
+                "The connection broke during the commit request, so its outcome is unknown: check the "
+                "repository's commits before relying on it. Publishing again is safe (unchanged files are "
+                "skipped)."
+            )
+        else:
+            outcome = "Nothing was published (no commit was made)."
         raise PublishError(
             f"Could not reach the Hub at {hub_url} while {stage} ({type(error).__name__}: {error}). "
-            f"Nothing was published (no commit was made). Check the network connection or proxy.\n{retry_hint}"
+            f"{outcome} Check the network connection or proxy.\n{retry_hint}"
         ) from error
     return commit_info
 

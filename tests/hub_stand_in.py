@@ -11,6 +11,7 @@ It serves, on 127.0.0.1 only, the routes that huggingface_hub's `whoami`, `creat
   PUT  /stand-in-lfs/{oid}                             LFS object upload (sha256 checked)
   POST /stand-in-lfs-verify/{oid}                      LFS verify
   POST /api/models/{repo}/commit/{revision}            ndjson commit: applied atomically
+  GET  /api/models/{repo}[/revision/{revision}]         repo info (asked when a commit would change nothing)
 
 huggingface_hub also asks `{HF_ENDPOINT}/api/agent-harnesses` once per process (for its user agent);
 the stand-in answers 404, which the client treats as "no registry".
@@ -74,11 +75,13 @@ class HubStandIn:
         valid_token: str = "hf_stand_in_write_token",
         user_name: str = "stand-in-user",
         fail_commit_status: int | None = None,
+        drop_commit_response: bool = False,
     ) -> None:
         self.storage_dir = Path(storage_dir)
         self.valid_token = valid_token
         self.user_name = user_name
-        self.fail_commit_status = fail_commit_status
+        self.fail_commit_status = fail_commit_status  # answer commits with this HTTP error, applying nothing
+        self.drop_commit_response = drop_commit_response  # apply commits, then close without answering
         self.repos: dict[str, dict[str, Any]] = {}  # repo_id -> {"private": bool, "files": {path: bytes}}
         self.lfs_objects: dict[str, bytes] = {}  # sha256 hex -> content
         self.requests: list[RecordedRequest] = []
@@ -138,6 +141,8 @@ class HubStandIn:
         if method == "POST" and path.endswith(".git/info/lfs/objects/batch"):
             repo_id = path[1 : -len(".git/info/lfs/objects/batch")]
             return self._lfs_batch(repo_id, json.loads(body))
+        if method == "GET" and path.startswith("/api/models/"):
+            return self._repo_info(path[len("/api/models/") :])
         if method == "POST" and path.startswith("/api/models/"):
             repo_and_action = path[len("/api/models/") :]
             for action in ("preupload", "commit"):
@@ -164,6 +169,16 @@ class HubStandIn:
                 return _json_response(409, {"error": "You already created this model repo", "url": self._url(repo_id)})
             self.repos[repo_id] = {"private": payload.get("visibility") == "private", "files": {}}
         return _json_response(200, {"url": self._url(repo_id), "name": repo_id, "id": repo_id})
+
+    def _repo_info(self, repo_and_revision: str) -> tuple[int, dict[str, str], bytes]:
+        repo_id = "/".join(repo_and_revision.split("/")[:2])
+        if repo_id not in self.repos:
+            return _json_response(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        head = next((commit.oid for commit in reversed(self.commits) if commit.repo_id == repo_id), None)
+        siblings = [{"rfilename": path} for path in sorted(self.repos[repo_id]["files"])]
+        return _json_response(
+            200, {"id": repo_id, "sha": head, "private": self.repos[repo_id]["private"], "siblings": siblings}
+        )
 
     def _validate_yaml(self, payload: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         from huggingface_hub import ModelCard
@@ -293,6 +308,9 @@ class HubStandIn:
                         RecordedRequest(self.command, path, headers.get("authorization"), len(body))
                     )
                 status, response_headers, response_body = stand_in.handle(self.command, path, headers, body)
+                if stand_in.drop_commit_response and self.command == "POST" and "/commit/" in path:
+                    self.close_connection = True  # the commit is applied but its answer is lost
+                    return
                 self.send_response(status)
                 for name, value in response_headers.items():
                     self.send_header(name, value)

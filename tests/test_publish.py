@@ -435,3 +435,28 @@ def test_linear_baseline_publishes_without_remote_code(hub: HubStandIn, tmp_path
     pixel_values = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
         assert torch.equal(reloaded(pixel_values).logits, baseline(pixel_values).logits)
+
+
+def test_publishing_the_same_folder_again_is_a_safe_no_op(checkpoint: Path, hub: HubStandIn) -> None:
+    repo_id = f"{USER}/republish"
+    first = publish_folder(checkpoint, repo_id, token=TOKEN, endpoint=hub.endpoint)
+    again = publish_folder(checkpoint, repo_id, token=TOKEN, endpoint=hub.endpoint)  # e.g. a retry after a lost answer
+    assert len(hub.commits) == 1  # unchanged files are skipped: no second commit
+    assert again.oid == first.oid
+    assert f"GET /api/models/{repo_id}/revision/main" in _routes(hub)
+
+
+def test_lost_commit_answer_is_not_reported_as_published_and_a_retry_is_safe(
+    checkpoint: Path, hub: HubStandIn
+) -> None:
+    repo_id = f"{USER}/lost-answer"
+    hub.drop_commit_response = True
+    with pytest.raises(PublishError, match="outcome is unknown") as raised:
+        publish_folder(checkpoint, repo_id, token=TOKEN, endpoint=hub.endpoint)
+    assert "Publishing again is safe" in str(raised.value)
+    assert "Nothing was published" not in str(raised.value)  # it may well have been: do not claim either way
+    assert len(hub.commits) == 1  # the stand-in did apply it
+
+    hub.drop_commit_response = False
+    retried = publish_folder(checkpoint, repo_id, token=TOKEN, endpoint=hub.endpoint)
+    assert retried.oid == hub.commits[0].oid and len(hub.commits) == 1
