@@ -6,28 +6,49 @@
   (weights with prototypes, config with auto_map, modeling code, image processor, card) in one commit.
 
 CLIs: `python -m model_cards.card FOLDER`, `python -m model_cards.publish FOLDER --repo-id ID`.
-This package imports neither torch nor the model package.
+This package imports neither torch nor the model package. Names are loaded on first use, so that
+`python -m model_cards.<module>` runs its module only once.
 """
 
-from .card import ModelCardInputError, read_eval_results, render_model_card, write_model_card
-from .publish import (
-    IncompleteCheckpointError,
-    PublishError,
-    files_to_publish,
-    find_missing_files,
-    prepare_folder_for_publishing,
-    publish_folder,
-)
+from __future__ import annotations
 
-__all__ = [
-    "IncompleteCheckpointError",
-    "ModelCardInputError",
-    "PublishError",
-    "files_to_publish",
-    "find_missing_files",
-    "prepare_folder_for_publishing",
-    "publish_folder",
-    "read_eval_results",
-    "render_model_card",
-    "write_model_card",
-]
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ModelCardInputError": "card",
+    "read_eval_results": "card",
+    "render_model_card": "card",
+    "write_model_card": "card",
+    "IncompleteCheckpointError": "publish",
+    "PublishError": "publish",
+    "files_to_publish": "publish",
+    "find_missing_files": "publish",
+    "prepare_folder_for_publishing": "publish",
+    "publish_folder": "publish",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .card import ModelCardInputError, read_eval_results, render_model_card, write_model_card
+    from .publish import (
+        IncompleteCheckpointError,
+        PublishError,
+        files_to_publish,
+        find_missing_files,
+        prepare_folder_for_publishing,
+        publish_folder,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'model_cards' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
