@@ -1,0 +1,100 @@
+"""Whole-image and sliding-window inference, and `evaluate` end to end on tiny fake models."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from training.evaluation import evaluate, predict_logits_sliding, predict_logits_whole, sliding_windows  # noqa: E402
+
+
+class PointwiseModel(nn.Module):
+    """Logits at full resolution from a 1x1 convolution: any window sees exactly what the whole image sees."""
+
+    def __init__(self, num_labels: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.classifier = nn.Conv2d(3, num_labels, kernel_size=1)
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        self.calls.append(tuple(pixel_values.shape))
+        return SimpleNamespace(logits=self.classifier(pixel_values))
+
+
+class ChannelOracle(nn.Module):
+    """Predicts class c where input channel c is largest, at stride 4 like SegFormer (average pooling)."""
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=nn.functional.avg_pool2d(pixel_values, 4))
+
+
+def test_sliding_windows_cover_the_image_and_stay_inside() -> None:
+    windows = sliding_windows(50, 70, crop_size=(32, 32), stride=(20, 20))
+    covered = torch.zeros(50, 70)
+    for top, bottom, left, right in windows:
+        assert 0 <= top < bottom <= 50 and 0 <= left < right <= 70
+        assert (bottom - top, right - left) == (32, 32)
+        covered[top:bottom, left:right] += 1
+    assert covered.min() >= 1
+    assert sliding_windows(10, 12, crop_size=(32, 32), stride=(20, 20)) == [(0, 10, 0, 12)]  # small image: one window
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_model() -> None:
+    model = PointwiseModel()
+    pixel_values = torch.randn(2, 3, 37, 53)
+    whole = predict_logits_whole(model, pixel_values, (37, 53))
+    model.calls.clear()
+    sliding = predict_logits_sliding(model, pixel_values, (37, 53), crop_size=(16, 16), stride=(10, 10), windows_per_forward=4)
+    torch.testing.assert_close(sliding, whole, rtol=1e-5, atol=1e-5)
+    assert all(shape[-2:] == (16, 16) for shape in model.calls)
+    assert sum(shape[0] for shape in model.calls) == 2 * len(sliding_windows(37, 53, (16, 16), (10, 10)))
+
+
+def _oracle_batch(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """Images whose channel argmax is the label (so ChannelOracle predicts the label)."""
+    image = nn.functional.one_hot(labels.clamp(max=num_labels - 1), num_labels).permute(2, 0, 1).float()
+    return image
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_evaluate_counts_at_label_resolution_and_mixes_image_sizes(mode: str) -> None:
+    num_labels = 3
+    first_labels = torch.zeros(16, 16, dtype=torch.long)
+    first_labels[:, 8:] = 1  # left half class 0, right half class 1
+    second_labels = torch.full((8, 12), 2, dtype=torch.long)
+    second_labels[:4] = 255  # ignored rows
+    batches = [
+        {
+            "pixel_values": [_oracle_batch(first_labels, num_labels), _oracle_batch(second_labels, num_labels)],
+            "labels": [first_labels, second_labels],
+        }
+    ]
+    metrics = evaluate(ChannelOracle(), batches, num_labels=num_labels, mode=mode, crop_size=(8, 8), stride=(4, 4))
+    assert metrics["mean_iou"] == pytest.approx(1.0)
+    assert metrics["overall_accuracy"] == pytest.approx(1.0)
+    assert metrics["num_samples"] == 2
+
+    # Now claim the second image is class 0 where it is class 2: hand-computed IoUs change.
+    wrong = second_labels.clone()
+    wrong[wrong == 2] = 0
+    batches[0]["labels"][1] = wrong
+    metrics = evaluate(ChannelOracle(), batches, num_labels=num_labels, mode=mode, crop_size=(8, 8), stride=(4, 4))
+    # class 0: TP 128, labels 128 + 48, predicted 128 -> 128/176; class 1: 128/128; class 2: TP 0, predicted 48 -> 0
+    assert metrics["per_category_iou"] == pytest.approx([128 / 176, 1.0, 0.0])
+    assert metrics["overall_accuracy"] == pytest.approx(256 / 304)
+
+
+def test_evaluate_restores_training_mode_and_rejects_unknown_modes() -> None:
+    model = PointwiseModel().train()
+    batch = {"pixel_values": [torch.randn(3, 8, 8)], "labels": [torch.zeros(8, 8, dtype=torch.long)]}
+    evaluate(model, [batch], num_labels=3)
+    assert model.training
+    with pytest.raises(ValueError, match="valid modes: whole, slide"):
+        evaluate(model, [batch], num_labels=3, mode="tiles")

@@ -1,0 +1,295 @@
+"""`training/train.py` end to end: tiny runs as subprocesses (the way users launch it), a real SIGKILL
+and resume, a 2-process torchrun (gloo) run, local Parquet data, bad data, and the config logic."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from training import train as train_script  # noqa: E402
+from training.checkpointing import find_latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
+from training.presets import DATASET_PRESETS, resolve_encoder  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO_ROOT / "training" / "train.py"
+# A tiny ProtoSeg on tiny synthetic scenes: seconds per run on one CPU thread.
+TINY_RUN = [
+    "--encoder", "mit-test",
+    "--synthetic_num_train", "24", "--synthetic_num_validation", "6", "--synthetic_image_size", "32",
+    "--crop_size", "32", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
+    "--num_prototypes_per_class", "2", "--embedding_dim", "16", "--decoder_hidden_size", "16",
+    "--warmup_steps", "2", "--dataloader_num_workers", "0", "--num_threads", "1",
+    "--report_to", "none", "--logging_steps", "1", "--eval_steps", "0",
+]  # fmt: skip
+
+
+def _environment() -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+        "OMP_NUM_THREADS": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
+
+
+def run_training(args: list[str], *, launcher: list[str] | None = None, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = (launcher or [sys.executable]) + [str(TRAIN_SCRIPT), *args]
+    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+# ------------------------------------------------------------------------------ full runs
+
+
+def test_tiny_protoseg_run_writes_a_loadable_folder_and_logs_loss_terms(tmp_path: Path) -> None:
+    output_dir = tmp_path / "run"
+    run_training([*TINY_RUN, "--max_steps", "4", "--eval_steps", "2", "--checkpointing_steps", "2",
+                  "--report_to", "tensorboard", "--output_dir", str(output_dir)])  # fmt: skip
+
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json"):
+        assert (output_dir / name).is_file(), name
+    eval_results = json.loads((output_dir / "eval_results.json").read_text())
+    assert set(eval_results["per_category_iou"]) == {"background", "ember", "leaf", "ice", "stone"}
+    assert 0.0 <= eval_results["mean_iou"] <= 1.0 and 0.0 <= eval_results["overall_accuracy"] <= 1.0
+    assert eval_results["num_samples"] == 6
+    assert [step for step, _ in list_checkpoints(output_dir / "checkpoints")] == [2]
+    assert "ProtoSeg" in (output_dir / "README.md").read_text()
+
+    # TensorBoard got the three loss terms, the learning rate and the throughput
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_files = list((output_dir / "runs").rglob("events.out.tfevents.*"))
+    tags = set()
+    for event_file in event_files:
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/ce_loss", "train/ppc_loss", "train/ppd_loss", "train/learning_rate",
+            "train/images_per_second", "eval/mean_iou"} <= tags  # fmt: skip
+
+    # the folder loads with from_pretrained and serves the image-segmentation pipeline
+    import modeling_protoseg  # noqa: F401  (registers the model type)
+    from transformers import AutoModelForSemanticSegmentation, pipeline
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(output_dir)
+    saved = load_file(output_dir / "model.safetensors")
+    prototype_key = next(key for key in saved if key.endswith("prototypes"))
+    torch.testing.assert_close(model.prototypes, saved[prototype_key])
+    with torch.no_grad():
+        assert model(pixel_values=torch.randn(1, 3, 32, 32)).logits.shape == (1, 5, 8, 8)
+    segmenter = pipeline("image-segmentation", model=str(output_dir))
+    segments = segmenter(Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)))
+    assert segments and {"label", "mask"} <= set(segments[0]) and segments[0]["mask"].size == (48, 40)
+
+
+def _write_local_dataset(folder: Path, *, bad_label_value: int | None = None) -> Path:
+    """Parquet splits with images in awkward formats (greyscale, RGBA, palette, 16-bit) and 1-based
+    labels (0 = "other"), plus id2label.json: the ADE20K conventions, at 24x20 pixels."""
+    import datasets
+
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True)
+    (folder / "id2label.json").write_text(json.dumps({"0": "sky", "1": "road", "2": "car"}))
+    features = datasets.Features({"img": datasets.Image(), "seg": datasets.Image()})
+    for split, count in (("train", 8), ("validation", 3)):
+        images, labels = [], []
+        for index in range(count):
+            rgb = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+            image = Image.fromarray(rgb)
+            kind = index % 4
+            if kind == 1:
+                image = image.convert("L")
+            elif kind == 2:
+                image = image.convert("RGBA")
+            elif kind == 3:
+                image = image.convert("P")
+            if split == "validation" and index == 0:
+                image = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))  # 16-bit greyscale
+            label = rng.integers(0, 4, size=(20, 24)).astype(np.uint8)  # 0 = other, 1..3 classes
+            if bad_label_value is not None and split == "train" and index == 5:
+                label[3, 4] = bad_label_value
+            images.append(image)
+            labels.append(Image.fromarray(label))
+        datasets.Dataset.from_dict({"img": images, "seg": labels}, features=features).to_parquet(
+            str(folder / f"{split}.parquet")
+        )
+    return folder
+
+
+def test_linear_baseline_on_a_local_parquet_dataset(tmp_path: Path) -> None:
+    dataset = _write_local_dataset(tmp_path / "data")
+    output_dir = tmp_path / "linear"
+    run_training([*TINY_RUN, "--head", "linear", "--dataset_name", str(dataset), "--image_column", "img",
+                  "--label_column", "seg", "--reduce_labels", "true", "--max_steps", "2",
+                  "--eval_mode", "slide", "--output_dir", str(output_dir)])  # fmt: skip
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["model_type"] == "segformer" and config["id2label"] == {"0": "sky", "1": "road", "2": "car"}
+    eval_results = json.loads((output_dir / "eval_results.json").read_text())
+    assert eval_results["num_samples"] == 3 and eval_results["eval_mode"] == "slide"
+    from transformers import SegformerForSemanticSegmentation
+
+    assert SegformerForSemanticSegmentation.from_pretrained(output_dir).config.num_labels == 3
+
+
+def test_bad_label_values_stop_the_run_naming_the_sample(tmp_path: Path) -> None:
+    dataset = _write_local_dataset(tmp_path / "data", bad_label_value=9)
+    result = run_training([*TINY_RUN, "--dataset_name", str(dataset), "--image_column", "img", "--label_column", "seg",
+                           "--reduce_labels", "true", "--max_steps", "4",
+                           "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out")], check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "train sample 5: label values [8] are outside the 3 classes [0, 2]" in result.stderr
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    common = [*TINY_RUN, "--max_steps", "9", "--checkpointing_steps", "3", "--checkpoints_total_limit", "5"]
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    run_training([*common, "--output_dir", str(uninterrupted)])
+
+    # A slow copy of the same run (sleeping after each step), killed with SIGKILL once checkpoint-3 exists.
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *common, "--output_dir", str(interrupted), "--step_delay_seconds", "1.0"],
+        env=_environment(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while find_latest_checkpoint(interrupted / "checkpoints") is None:
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    assert not (interrupted / "model.safetensors").exists()  # it really stopped mid-way
+    killed_at = [step for step, _ in list_checkpoints(interrupted / "checkpoints")]
+    assert killed_at and max(killed_at) < 9
+
+    run_training([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
+    train_results = json.loads((interrupted / "train_results.json").read_text())
+    assert train_results["resumed_from_step"] == max(killed_at)
+
+    expected, resumed = load_file(uninterrupted / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:  # same prototypes, weights and BatchNorm statistics, bit for bit
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0, msg=name)
+    expected_eval = json.loads((uninterrupted / "eval_results.json").read_text())
+    assert json.loads((interrupted / "eval_results.json").read_text())["mean_iou"] == expected_eval["mean_iou"]
+
+
+def test_torchrun_two_processes_keep_prototypes_identical_and_evaluate_once(tmp_path: Path) -> None:
+    output_dir = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run_training([*TINY_RUN, "--max_steps", "3", "--output_dir", str(output_dir)], launcher=launcher)
+    train_results = json.loads((output_dir / "train_results.json").read_text())
+    assert train_results["num_processes"] == 2
+    assert train_results["prototypes_max_abs_difference_across_processes"] == 0.0
+    assert train_results["parameters_max_abs_difference_across_processes"] == 0.0
+    eval_results = json.loads((output_dir / "eval_results.json").read_text())
+    assert eval_results["num_samples"] == 6  # each image evaluated exactly once across the 2 processes
+    assert json.loads((output_dir / "training_summary.json").read_text())["global_batch_size"] == 8
+
+    # the prototypes did move (from the same seeded initialisation the script starts from)
+    from accelerate.utils import set_seed
+
+    config, _ = train_script.resolve_config(_parse(*TINY_RUN))
+    set_seed(config.seed)
+    initial = train_script.build_model(config, resolve_encoder(config.encoder), {i: str(i) for i in range(5)})
+    trained = load_file(output_dir / "model.safetensors")
+    trained_prototypes = trained[next(key for key in trained if key.endswith("prototypes"))]
+    assert not torch.allclose(trained_prototypes, initial.prototypes)
+
+
+# ------------------------------------------------------------------------------ in-process pieces
+
+
+def _parse(*args: str) -> train_script.TrainingConfig:
+    from transformers import HfArgumentParser
+
+    (config,) = HfArgumentParser(train_script.TrainingConfig).parse_args_into_dataclasses(args=list(args))
+    return config
+
+
+def test_no_arguments_means_the_synthetic_preset_and_flags_override_presets() -> None:
+    config, preset = train_script.resolve_config(_parse())
+    assert preset.name == "synthetic" and config.encoder == "mit-micro" and config.output_dir == "outputs/protoseg-synthetic"
+    config, _ = train_script.resolve_config(_parse("--preset", "ade20k", "--crop_size", "256", "--optimizer", "sgd"))
+    assert config.crop_size == [256, 256] and config.reduce_labels and config.learning_rate == 0.01
+    assert config.base_size == 256 and config.head_lr_multiplier == 1.0
+    fields = {field.name for field in dataclasses.fields(train_script.TrainingConfig)}
+    for preset in DATASET_PRESETS.values():
+        assert set(preset.overrides) <= fields, preset.name
+
+
+def test_unknown_preset_encoder_and_choices_list_the_valid_ones(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(ValueError, match="valid presets: synthetic, ade20k, cityscapes, camvid"):
+        train_script.resolve_config(_parse("--preset", "voc"))
+    with pytest.raises(ValueError, match="needs --dataset_name"):
+        train_script.resolve_config(_parse("--preset", "cityscapes"))
+    with pytest.raises(SystemExit):
+        _parse("--head", "mlp")
+    assert "choose from 'protoseg', 'linear'" in capsys.readouterr().err
+    config, _ = train_script.resolve_config(_parse("--head", "linear"))
+    with pytest.raises(ValueError, match="supports SegFormer \\(MiT\\) encoders only"):
+        train_script._build_linear_baseline(config, resolve_encoder("swin-tiny"), {0: "a"}, {"a": 0})
+
+
+def test_poly_schedule_with_warmup() -> None:
+    schedule = train_script.PolyWithWarmup(max_steps=100, power=1.0, warmup_steps=10, warmup_start_factor=0.0, min_factor=0.0)
+    assert schedule(0) == 0.0
+    assert schedule(5) == pytest.approx(0.95 * 0.5)
+    assert schedule(10) == pytest.approx(0.9)
+    assert schedule(100) == 0.0
+
+
+def test_optimizer_groups_give_the_head_more_lr_and_norms_no_decay() -> None:
+    config, preset = train_script.resolve_config(_parse("--encoder", "mit-test", "--learning_rate", "1e-4", "--head_lr_multiplier", "10"))
+    model = train_script.build_model(config, resolve_encoder("mit-test"), {0: "a", 1: "b"})
+    optimizer = train_script.build_optimizer(model, config)
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    for group in optimizer.param_groups:
+        in_encoder = {id(p) in encoder_ids for p in group["params"]}
+        assert len(in_encoder) == 1
+        assert group["lr"] == pytest.approx(1e-4 if in_encoder.pop() else 1e-3)
+        assert (group["weight_decay"] == 0.0) == all(p.ndim <= 1 for p in group["params"])
+    assert "prototypes" not in {name for name, _ in model.named_parameters()}
+
+
+def test_interrupted_checkpoint_write_never_replaces_the_last_good_one(tmp_path: Path) -> None:
+    class FakeAccelerator:
+        is_main_process = True
+        fail = False
+
+        def wait_for_everyone(self) -> None:
+            pass
+
+        def save_state(self, folder: str) -> None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "model.safetensors").write_bytes(b"partial" if self.fail else b"complete")
+            if self.fail:
+                raise KeyboardInterrupt("killed while writing")
+
+    accelerator = FakeAccelerator()
+    save_checkpoint(accelerator, tmp_path, 3, {"note": "good"})
+    accelerator.fail = True
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(accelerator, tmp_path, 6, {"note": "interrupted"})
+    latest = find_latest_checkpoint(tmp_path)
+    assert latest.name == "checkpoint-3" and (latest / "model.safetensors").read_bytes() == b"complete"
+    accelerator.fail = False
+    save_checkpoint(accelerator, tmp_path, 6, {}, total_limit=1)  # cleans the stale partial folder, keeps 1
+    assert [path.name for path in tmp_path.iterdir()] == ["checkpoint-6"]

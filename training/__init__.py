@@ -1,0 +1,1 @@
+"""Training ProtoSeg with accelerate: data, augmentation, metrics, evaluation, checkpoints, `train.py`."""

@@ -1,0 +1,92 @@
+"""Albumentations pipelines for training and evaluation (the mmseg/SegFormer recipe).
+
+Training: rescale so the short side is `base_size` x U{0.5 .. 2.0}, pad to the crop size with the
+ignore index in the label (mean-coloured zeros in the image after normalisation), random crop,
+horizontal flip, photometric jitter, ImageNet normalisation. Evaluation: resize the short side to
+`base_size` (image only; the label keeps its original size, metrics are computed there).
+Label maps are always resized with nearest neighbour.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network on import
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Padding value of the image before normalisation: the ImageNet mean colour, which normalises to 0.
+_PAD_COLOUR = tuple(round(255 * channel_mean) for channel_mean in IMAGENET_MEAN)
+
+
+def rescale_sizes(base_size: int, scale_range: tuple[float, float], num_scales: int = 31) -> list[int]:
+    """Short-side lengths `base_size * s` for `num_scales` scales s evenly spaced in `scale_range`."""
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+    return sorted({max(1, round(base_size * scale)) for scale in np.linspace(low, high, num_scales)})
+
+
+def build_train_transform(
+    *,
+    crop_size: tuple[int, int],
+    base_size: int,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    ignore_index: int = 255,
+    photometric: bool = True,
+    hflip_probability: float = 0.5,
+) -> A.Compose:
+    """Random rescale + crop with ignore-padding + flip + photometric jitter + normalisation.
+
+    Arguments:
+        crop_size: (height, width) of the training crops.
+        base_size: short side of the image at scale 1.0 (the evaluation size).
+        scale_range: range of the random rescale factor (paper/mmseg: 0.5 - 2.0).
+    """
+    crop_height, crop_width = crop_size
+    transforms: list[A.BasicTransform] = [
+        A.SmallestMaxSize(
+            max_size=rescale_sizes(base_size, scale_range),  # a list: one length drawn per sample
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST,
+        ),
+        A.RandomCrop(
+            height=crop_height,
+            width=crop_width,
+            pad_if_needed=True,
+            pad_position="top_left",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=_PAD_COLOUR,
+            fill_mask=ignore_index,
+        ),
+        A.HorizontalFlip(p=hflip_probability),
+    ]
+    if photometric:
+        transforms.append(A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.05, p=0.8))
+    transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    return A.Compose(transforms, mask_interpolation=cv2.INTER_NEAREST)
+
+
+def build_eval_transform(*, base_size: int | None) -> A.Compose:
+    """Resize the short side to `base_size` (None: keep the size), then normalise; image only."""
+    transforms: list[A.BasicTransform] = []
+    if base_size is not None:
+        transforms.append(A.SmallestMaxSize(max_size=base_size, interpolation=cv2.INTER_LINEAR))
+    transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    return A.Compose(transforms)
+
+
+def seed_transform(transform: A.Compose, seed: int) -> None:
+    """Make the next call of `transform` reproducible: each step gets its own seed derived from `seed`.
+
+    (`Compose.set_random_seed` gives every step the *same* seed, which correlates their random draws:
+    e.g. "flip" and "colour jitter" would fire together.)
+    """
+    transform.set_random_seed(seed)
+    step_seeds = np.random.SeedSequence(seed).generate_state(len(transform.transforms))
+    for step, step_seed in zip(transform.transforms, step_seeds):
+        step.set_random_seed(int(step_seed))

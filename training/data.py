@@ -1,0 +1,459 @@
+"""Datasets for training: Hub/local `datasets`, Cityscapes folders and the synthetic scenes.
+
+Every source yields raw (image, label) pairs; `SegmentationDataset` turns one into tensors:
+    image  -> RGB uint8 (greyscale, RGBA, palette and 16-bit images are converted)
+    label  -> int64 class map, remapped (Cityscapes labelIds -> train ids, or ADE20K's reduce_labels)
+    check  -> same size as the image, values in [0, num_labels) or the ignore index, else a ValueError
+              naming the sample and the bad values
+    augment (albumentations, reproducible per (seed, epoch, sample), see `ResumableShardedSampler`)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .augmentation import seed_transform
+from .synthetic import SyntheticScenes
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Image and label conversion
+
+
+def _open_image(value: Any, sample_name: str) -> Image.Image | np.ndarray:
+    """A PIL image or array from what a dataset row holds (PIL, array, path, or {"bytes", "path"})."""
+    if isinstance(value, (Image.Image, np.ndarray)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        return Image.open(source)
+    if isinstance(value, (str, Path)):
+        return Image.open(value)
+    raise ValueError(f"{sample_name}: cannot read an image from a value of type {type(value).__name__}")
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale 16-bit / 32-bit integer or float pixel values to 0..255 uint8."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        scale = 255.0 if array.size and float(np.nanmax(array)) <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(array) * scale, 0, 255).round().astype(np.uint8)
+    if array.dtype == np.uint16:  # 16-bit: full range 0..65535
+        return np.clip(array.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+    maximum = int(array.max()) if array.size else 0  # 32-bit ("I" mode): 8- or 16-bit data by range
+    if maximum <= 255:
+        return np.clip(array, 0, 255).astype(np.uint8)
+    return np.clip(array.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)  # 16-bit -> 8-bit
+
+
+def to_rgb_array(image: Any, sample_name: str = "sample") -> np.ndarray:
+    """Any image a dataset may hold -> (H, W, 3) uint8 RGB.
+
+    Greyscale (L, 1, I;16, I, F), greyscale+alpha, palette (P), RGBA and CMYK images are converted;
+    alpha is dropped; 16-bit values are scaled to 8 bits.
+    """
+    opened = _open_image(image, sample_name)
+    if isinstance(opened, Image.Image):
+        if opened.mode in _SIXTEEN_BIT_MODES or opened.mode == "F":
+            array = _to_uint8(np.asarray(opened))
+        else:
+            return np.asarray(opened.convert("RGB"))
+    else:
+        array = _to_uint8(np.asarray(opened))
+    if array.ndim == 3 and array.shape[-1] in (2, 4):  # grey+alpha / RGBA: drop alpha
+        array = array[..., :-1]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"{sample_name}: expected an image of shape (H, W[, C]), got {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def to_label_array(label: Any, sample_name: str = "sample") -> np.ndarray:
+    """A label map -> (H, W) int64 class indices. Palette images keep their indices (not colours);
+    an RGB label is accepted only when its three channels are equal."""
+    opened = _open_image(label, sample_name)
+    if isinstance(opened, Image.Image):
+        if opened.mode == "1":
+            opened = opened.convert("L")
+        array = np.asarray(opened)
+    else:
+        array = np.asarray(opened)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] in (2, 3, 4):
+        colour = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
+        if not (colour == colour[..., :1]).all():
+            raise ValueError(
+                f"{sample_name}: the label map is a colour image (shape {array.shape}); expected one class index "
+                "per pixel (a greyscale or palette PNG)"
+            )
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ValueError(f"{sample_name}: expected a label map of shape (H, W), got {array.shape}")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.mod(array, 1) == 0):
+            raise ValueError(f"{sample_name}: label map holds non-integer values; expected class indices")
+    return array.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class LabelMapping:
+    """How raw label values become class indices.
+
+    Arguments:
+        id_to_train_id: raw value -> class index; every raw value not listed -> ignore (Cityscapes).
+        reduce_labels: 0 -> ignore and v -> v - 1 (ADE20K's 0 = "other"); the ignore value stays.
+    """
+
+    ignore_index: int = 255
+    id_to_train_id: dict[int, int] | None = None
+    reduce_labels: bool = False
+
+    def __call__(self, label: np.ndarray) -> np.ndarray:
+        if self.id_to_train_id is not None:
+            lookup = np.full(max(int(label.max(initial=0)) + 1, 256), self.ignore_index, dtype=np.int64)
+            for raw_value, class_index in self.id_to_train_id.items():
+                if raw_value < len(lookup):
+                    lookup[raw_value] = class_index
+            label = lookup[np.clip(label, 0, None)]
+        if self.reduce_labels:
+            is_ignored = (label == 0) | (label == self.ignore_index)
+            label = np.where(is_ignored, self.ignore_index, label - 1)
+        return label
+
+
+def check_label(
+    label: np.ndarray, image_shape: tuple[int, int], *, num_labels: int, ignore_index: int, sample_name: str
+) -> None:
+    """Raise a ValueError naming the sample if the label map's size or values are wrong."""
+    if tuple(label.shape) != tuple(image_shape):
+        raise ValueError(
+            f"{sample_name}: the label map is {label.shape[1]}x{label.shape[0]} (WxH) but the image is "
+            f"{image_shape[1]}x{image_shape[0]}; every label map must have the size of its image"
+        )
+    values = np.unique(label)
+    bad_values = values[((values < 0) | (values >= num_labels)) & (values != ignore_index)]
+    if bad_values.size:
+        hint = ""
+        labelled = values[values != ignore_index]
+        if labelled.min() >= 1 and labelled.max() == num_labels:
+            hint = " (labels look 1-based: is this a dataset for --reduce_labels?)"
+        raise ValueError(
+            f"{sample_name}: label values {bad_values[:20].tolist()} are outside the {num_labels} classes "
+            f"[0, {num_labels - 1}] and the ignore index {ignore_index}{hint}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources of raw samples
+
+
+class SampleSource(Protocol):
+    """Anything with a length that returns (image, label, sample_name) by index."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[Any, Any, str]: ...
+
+
+class HubDatasetSource:
+    """A split of a `datasets.Dataset` (Hub, Parquet, imagefolder, ...) with image and label columns."""
+
+    def __init__(self, dataset: Any, *, image_column: str, label_column: str, split_name: str) -> None:
+        import datasets
+
+        for role, column in (("image", image_column), ("label", label_column)):
+            if column not in dataset.column_names:
+                raise ValueError(
+                    f"--{role}_column {column!r} is not a column of split {split_name!r}; "
+                    f"valid columns: {', '.join(dataset.column_names)}"
+                )
+        # Decode images ourselves: we keep the file name for error messages and handle 16-bit images.
+        for column in (image_column, label_column):
+            if isinstance(dataset.features[column], datasets.Image):
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
+        self.dataset = dataset.select_columns([image_column, label_column])
+        self.image_column, self.label_column, self.split_name = image_column, label_column, split_name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load(self, index: int) -> tuple[Any, Any, str]:
+        row = self.dataset[int(index)]
+        image = row[self.image_column]
+        path = image.get("path") if isinstance(image, dict) else None
+        name = f"{self.split_name} sample {index}" + (f" ({path})" if path else "")
+        return image, row[self.label_column], name
+
+
+class FilePairSource:
+    """(image file, label file) pairs, e.g. a Cityscapes split."""
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], *, split_name: str) -> None:
+        self.pairs, self.split_name = list(pairs), split_name
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[Any, Any, str]:
+        image_path, label_path = self.pairs[index]
+        return Image.open(image_path), Image.open(label_path), f"{self.split_name} sample {index} ({image_path})"
+
+
+class SyntheticSource:
+    """The generated scenes of `synthetic.py`."""
+
+    def __init__(self, scenes: SyntheticScenes, *, split_name: str) -> None:
+        self.scenes, self.split_name = scenes, split_name
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def load(self, index: int) -> tuple[Any, Any, str]:
+        image, label = self.scenes.generate(int(index))
+        return image, label, f"synthetic {self.split_name} sample {index}"
+
+
+def cityscapes_file_pairs(root: str | os.PathLike, split: str) -> list[tuple[Path, Path]]:
+    """(leftImg8bit image, gtFine labelIds) pairs of a Cityscapes split, sorted by file name.
+
+    Expects the standard layout: root/leftImg8bit/<split>/<city>/<frame>_leftImg8bit.png and
+    root/gtFine/<split>/<city>/<frame>_gtFine_labelIds.png.
+    """
+    root = Path(root)
+    image_dir = root / "leftImg8bit" / split
+    if not image_dir.is_dir():
+        available = sorted(p.name for p in (root / "leftImg8bit").glob("*") if p.is_dir())
+        raise ValueError(
+            f"Cityscapes: no folder {image_dir}; expected <root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png "
+            f"(splits found: {', '.join(available) or 'none'})"
+        )
+    pairs = []
+    for image_path in sorted(image_dir.glob("*/*_leftImg8bit.png")):
+        frame = image_path.name[: -len("_leftImg8bit.png")]
+        label_path = root / "gtFine" / split / image_path.parent.name / f"{frame}_gtFine_labelIds.png"
+        if not label_path.is_file():
+            raise ValueError(f"Cityscapes: image {image_path} has no label file {label_path}")
+        pairs.append((image_path, label_path))
+    if not pairs:
+        raise ValueError(f"Cityscapes: no *_leftImg8bit.png images under {image_dir}/<city>/")
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading splits and class names
+
+
+def load_hub_dataset(name_or_path: str, *, config_name: str | None = None, revision: str | None = None) -> Any:
+    """A `datasets.DatasetDict` from a Hub id, a local folder `load_dataset` reads (Parquet shards,
+    imagefolder with metadata) or a folder written by `save_to_disk`."""
+    import datasets
+
+    if os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, "dataset_dict.json")):
+        return datasets.load_from_disk(name_or_path)
+    if os.path.isfile(name_or_path) and name_or_path.endswith(".parquet"):
+        return datasets.load_dataset("parquet", data_files={"train": name_or_path})
+    if os.path.isdir(name_or_path):
+        return datasets.load_dataset(name_or_path, config_name)
+    return datasets.load_dataset(name_or_path, config_name, revision=revision)
+
+
+def pick_split(available: Sequence[str], requested: str, *, fallbacks: Sequence[str] = ()) -> str:
+    """`requested` if present, else the first present fallback; a ValueError listing the splits otherwise."""
+    for candidate in (requested, *fallbacks):
+        if candidate in available:
+            return candidate
+    raise ValueError(f"Unknown split {requested!r}; valid splits: {', '.join(available)}")
+
+
+def read_id2label(source: str | os.PathLike | dict | Sequence[str]) -> dict[int, str]:
+    """Class names from a JSON file ({"0": "sky", ...} or ["sky", ...]) or an already-loaded mapping."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, encoding="utf-8") as file:
+            source = json.load(file)
+    if isinstance(source, dict):
+        id2label = {int(key): str(value) for key, value in source.items()}
+    else:
+        id2label = {index: str(name) for index, name in enumerate(source)}
+    if sorted(id2label) != list(range(len(id2label))):
+        raise ValueError(f"id2label keys must be 0..{len(id2label) - 1}, got {sorted(id2label)[:20]}")
+    return dict(sorted(id2label.items()))
+
+
+def find_id2label(
+    *,
+    id2label_file: str | None,
+    dataset_name: str | None,
+    class_names: Sequence[str] | None,
+    num_labels: int | None,
+) -> dict[int, str]:
+    """Class names, from the first that exists: `--id2label_file` (a local file, or a file in the Hub
+    dataset repo), the preset's names, `id2label.json` in a local dataset folder or its Hub repo,
+    `--num_labels` (names "class_0", ...)."""
+    if id2label_file:
+        if os.path.isfile(id2label_file):
+            return read_id2label(id2label_file)
+        if dataset_name and not os.path.exists(dataset_name):
+            from huggingface_hub import hf_hub_download
+
+            return read_id2label(hf_hub_download(dataset_name, id2label_file, repo_type="dataset"))
+        raise ValueError(f"--id2label_file {id2label_file!r}: no such file")
+    if class_names:
+        return {index: name for index, name in enumerate(class_names)}
+    if dataset_name and os.path.isdir(dataset_name):
+        candidate = os.path.join(dataset_name, "id2label.json")
+        if os.path.isfile(candidate):
+            return read_id2label(candidate)
+    elif dataset_name:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return read_id2label(hf_hub_download(dataset_name, "id2label.json", repo_type="dataset"))
+        except Exception:  # noqa: BLE001 - the repo may simply not have the file; fall through to --num_labels
+            pass
+    if num_labels:
+        return {index: f"class_{index}" for index in range(num_labels)}
+    raise ValueError(
+        f"Could not find class names for dataset {dataset_name!r}: pass --id2label_file (JSON "
+        '{"0": "name", ...}), put an id2label.json in the dataset, or pass --num_labels'
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Torch datasets, sampling, batching
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Raw samples -> {"pixel_values": (3, h, w) float32, "labels": (H, W) int64}.
+
+    Index with an int, or with (index, augmentation_seed) as `ResumableShardedSampler` yields, which
+    makes the random augmentation of that sample reproducible regardless of worker processes.
+    With `keep_label_size=True` (evaluation) the label keeps its original size while the image is
+    transformed (resized), so metrics are computed at the original resolution.
+    """
+
+    def __init__(
+        self,
+        source: SampleSource,
+        *,
+        transform: Any,
+        num_labels: int,
+        ignore_index: int = 255,
+        label_mapping: LabelMapping | None = None,
+        keep_label_size: bool = False,
+    ) -> None:
+        self.source, self.transform = source, transform
+        self.num_labels, self.ignore_index = num_labels, ignore_index
+        self.label_mapping = label_mapping or LabelMapping(ignore_index=ignore_index)
+        self.keep_label_size = keep_label_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load_checked(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image (H, W, 3) uint8, label (H, W) int64) after conversion, remapping and validation."""
+        raw_image, raw_label, sample_name = self.source.load(index)
+        image = to_rgb_array(raw_image, sample_name)
+        label = self.label_mapping(to_label_array(raw_label, sample_name))
+        check_label(
+            label, image.shape[:2], num_labels=self.num_labels, ignore_index=self.ignore_index, sample_name=sample_name
+        )
+        return image, label
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, augmentation_seed = key if isinstance(key, tuple) else (key, None)
+        image, label = self.load_checked(index)
+        if augmentation_seed is not None:
+            seed_transform(self.transform, augmentation_seed)
+        if self.keep_label_size:
+            transformed_image = self.transform(image=image)["image"]
+            transformed_label = label
+        else:
+            transformed = self.transform(image=image, mask=label.astype(np.int32))
+            transformed_image, transformed_label = transformed["image"], transformed["mask"]
+        pixel_values = torch.from_numpy(np.ascontiguousarray(transformed_image.transpose(2, 0, 1))).float()
+        labels = torch.from_numpy(np.ascontiguousarray(transformed_label)).long()
+        return {"pixel_values": pixel_values, "labels": labels}  # (3, h, w), (H, W)
+
+
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed that depends only on (run seed, epoch, sample index)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class ResumableShardedSampler(torch.utils.data.Sampler):
+    """Shuffled, sharded, resumable order of (index, augmentation_seed) pairs.
+
+    Epoch e is a permutation drawn from (seed, e) only; it is cut to a whole number of global batches
+    (batch_size x num_replicas) and process `rank` takes every num_replicas-th sample, so all processes
+    see the same number of batches. `set_epoch(e, start_batch=b)` resumes in the middle of an epoch.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.num_replicas, self.rank, self.seed, self.shuffle = num_replicas, rank, seed, shuffle
+        self.epoch, self.start_batch = 0, 0
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"The training split has {num_samples} samples, fewer than one global batch "
+                f"({batch_size} per process x {num_replicas} processes)"
+            )
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_samples // (self.batch_size * self.num_replicas)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        used = order[: self.batches_per_epoch * self.batch_size * self.num_replicas]
+        own = used[self.rank :: self.num_replicas][self.start_batch * self.batch_size :]
+        for index in own:
+            yield index, augmentation_seed(self.seed, self.epoch, index)
+
+
+def collate_train(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack same-size crops: pixel_values (B, 3, h, w), labels (B, h, w)."""
+    return {key: torch.stack([sample[key] for sample in samples]) for key in ("pixel_values", "labels")}
+
+
+def collate_eval(samples: list[dict[str, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+    """Keep lists: evaluation images may differ in size."""
+    return {key: [sample[key] for sample in samples] for key in ("pixel_values", "labels")}

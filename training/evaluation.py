@@ -1,0 +1,142 @@
+"""Inference for evaluation: whole-image and sliding-window, then dataset-level metrics.
+
+The evaluation transform resizes each image's short side to the crop size; predictions are
+upsampled back to the label's original size, where the confusion matrix is accumulated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .metrics import ConfusionMatrix
+
+
+def _model_logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, C, h', w') logits of a segmentation model (ProtoSeg or SegFormer) at its own output stride."""
+    return model(pixel_values=pixel_values).logits
+
+
+@torch.no_grad()
+def predict_logits_whole(model: nn.Module, pixel_values: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    """Whole-image inference. pixel_values (B, 3, h, w) -> logits (B, C, *output_size), float32."""
+    logits = _model_logits(model, pixel_values).float()  # (B, C, h/4, w/4)
+    return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+
+
+def sliding_windows(height: int, width: int, crop_size: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) of windows of at most `crop_size` covering the image, the last row and
+    column of windows shifted back to end at the border (mmseg's "slide" mode)."""
+    crop_height, crop_width = crop_size
+    stride_height, stride_width = stride
+    rows = max(height - crop_height + stride_height - 1, 0) // stride_height + 1
+    cols = max(width - crop_width + stride_width - 1, 0) // stride_width + 1
+    windows = []
+    for row in range(rows):
+        for col in range(cols):
+            bottom = min(row * stride_height + crop_height, height)
+            right = min(col * stride_width + crop_width, width)
+            windows.append((max(bottom - crop_height, 0), bottom, max(right - crop_width, 0), right))
+    return windows
+
+
+@torch.no_grad()
+def predict_logits_sliding(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    output_size: tuple[int, int],
+    *,
+    crop_size: tuple[int, int],
+    stride: tuple[int, int],
+    windows_per_forward: int = 8,
+) -> torch.Tensor:
+    """Sliding-window inference: average the logits of overlapping crops.
+
+    pixel_values (B, 3, h, w) -> logits (B, C, *output_size), float32.
+    """
+    batch_size, _, height, width = pixel_values.shape
+    windows = sliding_windows(height, width, crop_size, stride)
+    summed_logits: torch.Tensor | None = None  # (B, C, h, w)
+    counts = torch.zeros((1, 1, height, width), device=pixel_values.device)
+    for first in range(0, len(windows), windows_per_forward):
+        chunk = windows[first : first + windows_per_forward]
+        crops = torch.cat([pixel_values[:, :, top:bottom, left:right] for top, bottom, left, right in chunk])
+        crop_logits = _model_logits(model, crops).float()  # (len(chunk) * B, C, crop_h/4, crop_w/4)
+        crop_logits = F.interpolate(crop_logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+        if summed_logits is None:
+            summed_logits = crop_logits.new_zeros((batch_size, crop_logits.shape[1], height, width))
+        for position, (top, bottom, left, right) in enumerate(chunk):
+            summed_logits[:, :, top:bottom, left:right] += crop_logits[position * batch_size : (position + 1) * batch_size]
+            counts[:, :, top:bottom, left:right] += 1
+    logits = summed_logits / counts
+    return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def predict_segmentation(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    output_size: tuple[int, int],
+    *,
+    mode: str = "whole",
+    crop_size: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Class index per pixel, (B, *output_size) long. `mode` is "whole" or "slide"."""
+    if mode == "whole":
+        logits = predict_logits_whole(model, pixel_values, output_size)
+    elif mode == "slide":
+        if crop_size is None:
+            raise ValueError("sliding-window evaluation needs a crop_size")
+        stride = stride or (max(1, crop_size[0] * 2 // 3), max(1, crop_size[1] * 2 // 3))
+        logits = predict_logits_sliding(model, pixel_values, output_size, crop_size=crop_size, stride=stride)
+    else:
+        raise ValueError(f"Unknown evaluation mode {mode!r}; valid modes: whole, slide")
+    return logits.argmax(dim=1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[dict[str, list[torch.Tensor]]],
+    *,
+    num_labels: int,
+    ignore_index: int = 255,
+    mode: str = "whole",
+    crop_size: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, Any]:
+    """mIoU, per-class IoU and pixel accuracy of `model` over `batches` (from `collate_eval`).
+
+    In a multi-process run each process passes its own shard of the data and `all_reduce_sum`;
+    every process returns the same, dataset-level metrics. Returns `ConfusionMatrix.compute()` plus
+    `num_samples` (over all processes).
+    """
+    was_training = model.training
+    model.eval()
+    confusion = ConfusionMatrix(num_labels, ignore_index=ignore_index, device=device)
+    num_samples = torch.zeros((), dtype=torch.int64, device=device)
+    for batch in batches:
+        images = [image.to(device) for image in batch["pixel_values"]]  # each (3, h, w)
+        labels = [label.to(device) for label in batch["labels"]]  # each (H, W)
+        same_size = len({tuple(i.shape) for i in images}) == 1 and len({tuple(l.shape) for l in labels}) == 1
+        groups = [(images, labels)] if same_size else [([i], [l]) for i, l in zip(images, labels)]
+        for group_images, group_labels in groups:
+            with autocast():
+                predictions = predict_segmentation(
+                    model, torch.stack(group_images), tuple(group_labels[0].shape), mode=mode, crop_size=crop_size, stride=stride
+                )
+            confusion.update(predictions, torch.stack(group_labels))
+        num_samples += len(images)
+    if all_reduce_sum is not None:
+        confusion.reduce(all_reduce_sum)
+        num_samples = all_reduce_sum(num_samples)
+    model.train(was_training)
+    return {**confusion.compute(), "num_samples": int(num_samples)}
