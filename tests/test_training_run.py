@@ -37,19 +37,29 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
-def _environment() -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO_ROOT),
-        "OMP_NUM_THREADS": "1",
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-    }
+def _environment(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """Offline, one thread. With an HF_ENDPOINT override (a local Hub stand-in), offline mode is lifted."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+                   "NO_ALBUMENTATIONS_UPDATE": "1"}  # fmt: skip
+    if overrides and "HF_ENDPOINT" in overrides:
+        environment.pop("HF_HUB_OFFLINE")
+        environment.pop("TRANSFORMERS_OFFLINE", None)
+    environment.update(overrides or {})
+    return environment
 
 
-def run_training(args: list[str], *, launcher: list[str] | None = None, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_training(
+    args: list[str],
+    *,
+    launcher: list[str] | None = None,
+    check: bool = True,
+    timeout: int = 300,
+    environment: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     command = (launcher or [sys.executable]) + [str(TRAIN_SCRIPT), *args]
-    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    result = subprocess.run(
+        command, env=_environment(environment), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"training failed ({result.returncode}):\n{result.stderr[-6000:]}")
     return result
@@ -58,10 +68,23 @@ def run_training(args: list[str], *, launcher: list[str] | None = None, check: b
 # ------------------------------------------------------------------------------ full runs
 
 
-def test_tiny_protoseg_run_writes_a_loadable_folder_and_logs_loss_terms(tmp_path: Path) -> None:
+def test_tiny_protoseg_run_writes_a_loadable_folder_logs_loss_terms_and_pushes(tmp_path: Path) -> None:
+    from hub_stand_in import HubStandIn
+
     output_dir = tmp_path / "run"
-    run_training([*TINY_RUN, "--max_steps", "4", "--eval_steps", "2", "--checkpointing_steps", "2",
-                  "--report_to", "tensorboard", "--output_dir", str(output_dir)])  # fmt: skip
+    with HubStandIn(tmp_path / "hub", valid_token="hf_stand_in_write_token", user_name="someone") as hub:
+        run_training(
+            [*TINY_RUN, "--max_steps", "4", "--eval_steps", "2", "--checkpointing_steps", "2", "--report_to", "tensorboard",
+             "--output_dir", str(output_dir), "--push_to_hub", "--hub_model_id", "someone/tiny-protoseg",
+             "--hub_token", "hf_stand_in_write_token"],
+            environment={"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf_home")},
+        )  # fmt: skip
+        pushed = hub.repo_folder("someone/tiny-protoseg")
+        assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "eval_results.json"} <= {
+            path.name for path in pushed.iterdir()
+        }
+        assert not (pushed / "checkpoints").exists() and not (pushed / "runs").exists()
+        assert "someone/tiny-protoseg" in (pushed / "README.md").read_text()
 
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json"):
         assert (output_dir / name).is_file(), name
@@ -193,14 +216,15 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
 def test_torchrun_two_processes_keep_prototypes_identical_and_evaluate_once(tmp_path: Path) -> None:
     output_dir = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    run_training([*TINY_RUN, "--max_steps", "3", "--output_dir", str(output_dir)], launcher=launcher)
+    run_training([*TINY_RUN, "--max_steps", "3", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                  "--mixed_precision", "bf16", "--optimizer", "sgd", "--output_dir", str(output_dir)], launcher=launcher)  # fmt: skip
     train_results = json.loads((output_dir / "train_results.json").read_text())
     assert train_results["num_processes"] == 2
     assert train_results["prototypes_max_abs_difference_across_processes"] == 0.0
     assert train_results["parameters_max_abs_difference_across_processes"] == 0.0
     eval_results = json.loads((output_dir / "eval_results.json").read_text())
     assert eval_results["num_samples"] == 6  # each image evaluated exactly once across the 2 processes
-    assert json.loads((output_dir / "training_summary.json").read_text())["global_batch_size"] == 8
+    assert json.loads((output_dir / "training_summary.json").read_text())["global_batch_size"] == 8  # 2 x 2 x 2
 
     # the prototypes did move (from the same seeded initialisation the script starts from)
     from accelerate.utils import set_seed
@@ -293,3 +317,63 @@ def test_interrupted_checkpoint_write_never_replaces_the_last_good_one(tmp_path:
     accelerator.fail = False
     save_checkpoint(accelerator, tmp_path, 6, {}, total_limit=1)  # cleans the stale partial folder, keeps 1
     assert [path.name for path in tmp_path.iterdir()] == ["checkpoint-6"]
+
+
+def test_pretrained_encoder_from_a_local_folder_for_both_heads(tmp_path: Path) -> None:
+    from transformers import SegformerModel
+
+    encoder_folder = tmp_path / "mit-test-pretrained"
+    SegformerModel(resolve_encoder("mit-test").config).save_pretrained(encoder_folder)
+    pretrained = load_file(encoder_folder / "model.safetensors")
+    spec = resolve_encoder(str(encoder_folder))
+    assert spec.is_pretrained
+    id2label = {0: "a", 1: "b", 2: "c"}
+    expected_values = torch.sort(torch.cat([tensor.flatten() for tensor in pretrained.values()])).values
+    for head in ("protoseg", "linear"):
+        config, _ = train_script.resolve_config(_parse("--head", head, "--encoder", str(encoder_folder)))
+        model = train_script.build_model(config, spec, id2label)
+        encoder = model.encoder if head == "protoseg" else model.segformer
+        # the same numbers, whatever the encoder module names its tensors
+        loaded_values = torch.sort(torch.cat([tensor.flatten() for tensor in encoder.state_dict().values()])).values
+        torch.testing.assert_close(loaded_values, expected_values, rtol=0, atol=0, msg=head)
+        assert model.config.num_labels == 3
+
+
+def test_swin_encoder_builds_a_protoseg_model() -> None:
+    config, _ = train_script.resolve_config(_parse("--encoder", "swin-tiny", "--embedding_dim", "32"))
+    model = train_script.build_model(config, resolve_encoder("swin-tiny"), {0: "a", 1: "b"})
+    assert model.config.encoder_config.model_type == "swin" and tuple(model.prototypes.shape) == (2, config.num_prototypes_per_class, 32)
+
+
+def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> None:
+    city_root = tmp_path / "cityscapes"
+    for split in ("train", "val"):
+        (city_root / "leftImg8bit" / split / "bonn").mkdir(parents=True)
+        (city_root / "gtFine" / split / "bonn").mkdir(parents=True)
+        Image.new("RGB", (64, 32)).save(city_root / "leftImg8bit" / split / "bonn" / "bonn_000000_000019_leftImg8bit.png")
+        label_ids = np.full((32, 64), 7, np.uint8)  # road
+        label_ids[:, :8] = 3  # "out of roi" -> ignore
+        Image.fromarray(label_ids).save(city_root / "gtFine" / split / "bonn" / "bonn_000000_000019_gtFine_labelIds.png")
+    config, preset = train_script.resolve_config(_parse("--preset", "cityscapes", "--dataset_name", str(city_root)))
+    assert config.crop_size == [512, 1024] and config.eval_mode == "slide"
+    train_dataset, eval_dataset, id2label = train_script.build_datasets(config, preset)
+    assert len(id2label) == 19 and id2label[13] == "car"
+    assert set(eval_dataset[0]["labels"].unique().tolist()) == {0, 255}
+    assert train_dataset[(0, 1)]["pixel_values"].shape == (3, 512, 1024)
+
+    import datasets
+
+    ade_folder = tmp_path / "ade"
+    ade_folder.mkdir()
+    annotation = np.zeros((16, 16), np.uint8)
+    annotation[8:] = 150  # "flag", the last class; 0 = "other"
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    for split in ("train", "validation"):
+        datasets.Dataset.from_dict(
+            {"image": [Image.new("RGB", (16, 16))], "annotation": [Image.fromarray(annotation)]}, features=features
+        ).to_parquet(str(ade_folder / f"{split}.parquet"))
+    config, preset = train_script.resolve_config(_parse("--preset", "ade20k", "--dataset_name", str(ade_folder), "--crop_size", "32"))
+    _, eval_dataset, id2label = train_script.build_datasets(config, preset)
+    assert len(id2label) == 150 and id2label[149] == "flag"
+    labels = eval_dataset[0]["labels"]
+    assert set(labels[:8].unique().tolist()) == {255} and set(labels[8:].unique().tolist()) == {149}

@@ -232,9 +232,12 @@ def resolve_config(config: TrainingConfig) -> tuple[TrainingConfig, Any]:
             **preset.overrides,
         )
         other_optimizer = values["optimizer"] is not None and values["optimizer"] != preset_values.get("optimizer")
+        other_dataset = values["dataset_name"] is not None and values["dataset_name"] != preset.dataset_name
         for key, value in preset_values.items():
             if other_optimizer and key in OPTIMIZER_DEFAULTS["adamw"]:
                 continue  # e.g. the preset's AdamW learning rate does not suit --optimizer sgd
+            if other_dataset and key in ("dataset_config_name", "dataset_revision"):
+                continue  # the preset's Hub configuration/revision does not apply to a local copy
             if values.get(key) is None:
                 values[key] = value
     for key, value in GLOBAL_DEFAULTS.items():
@@ -681,7 +684,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
-    logger.info("config: %s", config)
+    logger.info("config: %s", dataclasses.replace(config, hub_token="<redacted>" if config.hub_token else None))
     logger.info("processes: %d on %s", accelerator.num_processes, accelerator.device)
     checkpoint_root = Path(config.output_dir) / "checkpoints"
 
