@@ -309,6 +309,9 @@ def render_prototype_self_similarity(
     figure, axes = plt.subplots(rows, columns, figsize=self_similarity_figure_inches(num_classes), dpi=FIGURE_DPI,
                                 squeeze=False)  # fmt: skip
     off_diagonal = ~torch.eye(num_prototypes, dtype=torch.bool)
+    # Sequential colours from min(0, lowest value) to 1: trained prototypes of one class are mostly positively
+    # similar, and a diverging [-1, 1] scale would hide the difference between 0.7 and 0.95.
+    lowest = min(0.0, float(similarity[:num_classes].min()))
     image = None
     for class_id in range(rows * columns):
         axis = axes[class_id // columns][class_id % columns]
@@ -318,7 +321,7 @@ def render_prototype_self_similarity(
             axis.axis("off")
             continue
         matrix = similarity[class_id]
-        image = axis.imshow(matrix.numpy(), vmin=-1.0, vmax=1.0, cmap="RdBu_r", interpolation="nearest")
+        image = axis.imshow(matrix.numpy(), vmin=lowest, vmax=1.0, cmap="magma", interpolation="nearest")
         mean_off = float(matrix[off_diagonal].mean()) if num_prototypes > 1 else 1.0
         axis.set_title(f"{id2label.get(class_id, class_id)}\nmean off-diag {mean_off:+.2f}", fontsize=8)
     width_inches, _ = self_similarity_figure_inches(num_classes)
