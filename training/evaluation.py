@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .metrics import ConfusionMatrix
 
@@ -112,6 +113,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """mIoU, per-class IoU and pixel accuracy of `model` over `batches` (from `collate_eval`).
 
@@ -123,7 +125,7 @@ def evaluate(
     model.eval()
     confusion = ConfusionMatrix(num_labels, ignore_index=ignore_index, device=device)
     num_samples = torch.zeros((), dtype=torch.int64, device=device)
-    for batch in batches:
+    for batch in tqdm(batches, desc="eval", disable=not show_progress, leave=False):
         images = [image.to(device) for image in batch["pixel_values"]]  # each (3, h, w)
         labels = [label.to(device) for label in batch["labels"]]  # each (H, W)
         same_size = len({tuple(i.shape) for i in images}) == 1 and len({tuple(l.shape) for l in labels}) == 1

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Optional  # noqa: E402
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import set_seed  # noqa: E402
+from accelerate.utils import DistributedDataParallelKwargs, set_seed  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import HfArgumentParser, SegformerConfig, SegformerImageProcessor  # noqa: E402
@@ -485,10 +485,12 @@ class PolyWithWarmup:
 
 
 def synchronize_buffers(model: nn.Module, accelerator: Accelerator) -> None:
-    """Copy rank 0's buffers (BatchNorm statistics; prototypes are identical already) to all ranks."""
+    """Copy rank 0's BatchNorm statistics (and other buffers) to all ranks. The prototypes are left
+    alone: the model keeps them identical itself, and `divergence_across_processes` checks that."""
     if accelerator.num_processes > 1 and torch.distributed.is_initialized():
-        for buffer in model.buffers():
-            torch.distributed.broadcast(buffer.data, src=0)
+        for name, buffer in model.named_buffers():
+            if not name.endswith("prototypes"):
+                torch.distributed.broadcast(buffer.data, src=0)
 
 
 def divergence_across_processes(model: nn.Module, accelerator: Accelerator) -> dict[str, float]:
@@ -665,6 +667,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     has_accelerator_device = torch.cuda.is_available() or torch.backends.mps.is_available()
     accelerator = Accelerator(
         cpu=config.use_cpu or not has_accelerator_device,  # cpu=True: torchrun on CPUs -> DDP over gloo
+        # No buffer broadcast from rank 0 before each forward: the model itself reduces its prototype
+        # updates across processes (checked after training); BatchNorm statistics are synchronised
+        # before each evaluation.
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         mixed_precision=config.mixed_precision,
         log_with=log_with,
         project_dir=os.path.join(config.output_dir, "runs"),
@@ -716,6 +722,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         collate_fn=collate_eval,
         num_workers=config.dataloader_num_workers,
     )
+    # Read one sample of each split now: wrong columns, formats or labels fail before the model is built
+    # (every other sample is checked when its batch is loaded).
+    for split_dataset in (train_dataset, eval_dataset):
+        if len(split_dataset) == 0:
+            raise ValueError(f"the {split_dataset.source.split_name!r} split has no samples")
+        split_dataset.load_checked(0)
     logger.info(
         "data: %d training / %d evaluation samples, %d classes, %d batches per epoch and process",
         len(train_dataset), len(eval_dataset), num_labels, train_sampler.batches_per_epoch,
@@ -773,6 +785,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             device=accelerator.device,
             all_reduce_sum=lambda tensor: accelerator.reduce(tensor, reduction="sum"),
             autocast=accelerator.autocast,
+            show_progress=accelerator.is_local_main_process,
         )
 
     # ---- training loop
@@ -844,6 +857,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             window_start = time.perf_counter()
     progress.close()
     train_runtime = time.perf_counter() - train_start
+    divergence = divergence_across_processes(unwrapped_model, accelerator)  # before any buffer sync
 
     # ---- final evaluation and export (evaluated once: each process a shard, results reduced)
     final_metrics = run_evaluation()
@@ -855,7 +869,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_runtime_seconds": train_runtime,
         "train_images_per_second": (config.max_steps - start_step) * images_per_step / max(train_runtime, 1e-9),
         "num_processes": accelerator.num_processes,
-        **divergence_across_processes(unwrapped_model, accelerator),
+        **divergence,
     }
     if accelerator.is_main_process:
         dataset_description = config.preset if preset is not None and preset.source == "synthetic" else config.dataset_name
