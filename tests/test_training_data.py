@@ -97,7 +97,9 @@ def test_palette_label_keeps_indices_and_colour_label_is_rejected() -> None:
 
 def test_label_of_wrong_size_names_the_sample_and_sizes() -> None:
     with pytest.raises(ValueError, match=r"train sample 3 \(a.png\): the label map is 5x4 .* image is 6x4"):
-        check_label(np.zeros((4, 5), np.int64), (4, 6), num_labels=3, ignore_index=255, sample_name="train sample 3 (a.png)")
+        check_label(
+            np.zeros((4, 5), np.int64), (4, 6), num_labels=3, ignore_index=255, sample_name="train sample 3 (a.png)"
+        )
 
 
 def test_label_values_outside_classes_name_the_sample_and_values() -> None:
@@ -171,7 +173,9 @@ def test_local_imagefolder_dataset_with_label_files(tmp_path: Path) -> None:
     (split_folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     splits = load_hub_dataset(str(tmp_path / "folder"))
     source = HubDatasetSource(splits["train"], image_column="image", label_column="label", split_name="train")
-    dataset = SegmentationDataset(source, transform=build_eval_transform(base_size=None), num_labels=3, keep_label_size=True)
+    dataset = SegmentationDataset(
+        source, transform=build_eval_transform(base_size=None), num_labels=3, keep_label_size=True
+    )
     assert dataset[1]["pixel_values"].shape == (3, 20, 24)
     assert "img0.png" in source.load(0)[2]  # sample names carry the file name
 
@@ -201,8 +205,14 @@ def test_cityscapes_folder_layout(tmp_path: Path) -> None:
 def test_id2label_sources_and_errors(tmp_path: Path) -> None:
     names_file = tmp_path / "names.json"
     names_file.write_text(json.dumps(["a", "b"]))
-    assert find_id2label(id2label_file=str(names_file), dataset_name=None, class_names=None, num_labels=None) == {0: "a", 1: "b"}
-    assert find_id2label(id2label_file=None, dataset_name=None, class_names=None, num_labels=2) == {0: "class_0", 1: "class_1"}
+    assert find_id2label(id2label_file=str(names_file), dataset_name=None, class_names=None, num_labels=None) == {
+        0: "a",
+        1: "b",
+    }
+    assert find_id2label(id2label_file=None, dataset_name=None, class_names=None, num_labels=2) == {
+        0: "class_0",
+        1: "class_1",
+    }
     with pytest.raises(ValueError, match="--id2label_file"):
         find_id2label(id2label_file=None, dataset_name=str(tmp_path), class_names=None, num_labels=None)
 

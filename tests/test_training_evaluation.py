@@ -51,7 +51,9 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_model() -> None:
     pixel_values = torch.randn(2, 3, 37, 53)
     whole = predict_logits_whole(model, pixel_values, (37, 53))
     model.calls.clear()
-    sliding = predict_logits_sliding(model, pixel_values, (37, 53), crop_size=(16, 16), stride=(10, 10), windows_per_forward=4)
+    sliding = predict_logits_sliding(
+        model, pixel_values, (37, 53), crop_size=(16, 16), stride=(10, 10), windows_per_forward=4
+    )
     torch.testing.assert_close(sliding, whole, rtol=1e-5, atol=1e-5)
     assert all(shape[-2:] == (16, 16) for shape in model.calls)
     assert sum(shape[0] for shape in model.calls) == 2 * len(sliding_windows(37, 53, (16, 16), (10, 10)))

@@ -26,7 +26,7 @@ EXPECTED_ACCURACY = [1 / 2, 1.0, 0.0, math.nan]
 
 def _assert_lists_close(actual: list[float], expected: list[float]) -> None:
     assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         assert (math.isnan(a) and math.isnan(e)) or a == pytest.approx(e), (actual, expected)
 
 

@@ -74,9 +74,9 @@ def test_tiny_protoseg_run_writes_a_loadable_folder_logs_loss_terms_and_pushes(t
     output_dir = tmp_path / "run"
     with HubStandIn(tmp_path / "hub", valid_token="hf_stand_in_write_token", user_name="someone") as hub:
         run_training(
-            [*TINY_RUN, "--max_steps", "4", "--eval_steps", "2", "--checkpointing_steps", "2", "--report_to", "tensorboard",
-             "--output_dir", str(output_dir), "--push_to_hub", "--hub_model_id", "someone/tiny-protoseg",
-             "--hub_token", "hf_stand_in_write_token"],
+            [*TINY_RUN, "--max_steps", "4", "--eval_steps", "2", "--checkpointing_steps", "2",
+             "--report_to", "tensorboard", "--output_dir", str(output_dir),
+             "--push_to_hub", "--hub_model_id", "someone/tiny-protoseg", "--hub_token", "hf_stand_in_write_token"],
             environment={"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf_home")},
         )  # fmt: skip
         pushed = hub.repo_folder("someone/tiny-protoseg")
@@ -108,8 +108,9 @@ def test_tiny_protoseg_run_writes_a_loadable_folder_logs_loss_terms_and_pushes(t
             "train/images_per_second", "eval/mean_iou"} <= tags  # fmt: skip
 
     # the folder loads with from_pretrained and serves the image-segmentation pipeline
-    import modeling_protoseg  # noqa: F401  (registers the model type)
     from transformers import AutoModelForSemanticSegmentation, pipeline
+
+    import modeling_protoseg  # noqa: F401  (registers the model type)
 
     model = AutoModelForSemanticSegmentation.from_pretrained(output_dir)
     saved = load_file(output_dir / "model.safetensors")
@@ -173,9 +174,12 @@ def test_linear_baseline_on_a_local_parquet_dataset(tmp_path: Path) -> None:
 
 def test_bad_label_values_stop_the_run_naming_the_sample(tmp_path: Path) -> None:
     dataset = _write_local_dataset(tmp_path / "data", bad_label_value=9)
-    result = run_training([*TINY_RUN, "--dataset_name", str(dataset), "--image_column", "img", "--label_column", "seg",
-                           "--reduce_labels", "true", "--max_steps", "4",
-                           "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out")], check=False)  # fmt: skip
+    result = run_training(
+        [*TINY_RUN, "--dataset_name", str(dataset), "--image_column", "img", "--label_column", "seg",
+         "--reduce_labels", "true", "--max_steps", "4", "--per_device_train_batch_size", "8",
+         "--output_dir", str(tmp_path / "out")],
+        check=False,
+    )  # fmt: skip
     assert result.returncode != 0
     assert "train sample 5: label values [8] are outside the 3 classes [0, 2]" in result.stderr
 
@@ -216,8 +220,11 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
 def test_torchrun_two_processes_keep_prototypes_identical_and_evaluate_once(tmp_path: Path) -> None:
     output_dir = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    run_training([*TINY_RUN, "--max_steps", "3", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
-                  "--mixed_precision", "bf16", "--optimizer", "sgd", "--output_dir", str(output_dir)], launcher=launcher)  # fmt: skip
+    run_training(
+        [*TINY_RUN, "--max_steps", "3", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+         "--mixed_precision", "bf16", "--optimizer", "sgd", "--output_dir", str(output_dir)],
+        launcher=launcher,
+    )  # fmt: skip
     train_results = json.loads((output_dir / "train_results.json").read_text())
     assert train_results["num_processes"] == 2
     assert train_results["prototypes_max_abs_difference_across_processes"] == 0.0
@@ -249,7 +256,11 @@ def _parse(*args: str) -> train_script.TrainingConfig:
 
 def test_no_arguments_means_the_synthetic_preset_and_flags_override_presets() -> None:
     config, preset = train_script.resolve_config(_parse())
-    assert preset.name == "synthetic" and config.encoder == "mit-micro" and config.output_dir == "outputs/protoseg-synthetic"
+    assert (
+        preset.name == "synthetic"
+        and config.encoder == "mit-micro"
+        and config.output_dir == "outputs/protoseg-synthetic"
+    )
     config, _ = train_script.resolve_config(_parse("--preset", "ade20k", "--crop_size", "256", "--optimizer", "sgd"))
     assert config.crop_size == [256, 256] and config.reduce_labels and config.learning_rate == 0.01
     assert config.base_size == 256 and config.head_lr_multiplier == 1.0
@@ -272,7 +283,9 @@ def test_unknown_preset_encoder_and_choices_list_the_valid_ones(capsys: pytest.C
 
 
 def test_poly_schedule_with_warmup() -> None:
-    schedule = train_script.PolyWithWarmup(max_steps=100, power=1.0, warmup_steps=10, warmup_start_factor=0.0, min_factor=0.0)
+    schedule = train_script.PolyWithWarmup(
+        max_steps=100, power=1.0, warmup_steps=10, warmup_start_factor=0.0, min_factor=0.0
+    )
     assert schedule(0) == 0.0
     assert schedule(5) == pytest.approx(0.95 * 0.5)
     assert schedule(10) == pytest.approx(0.9)
@@ -280,7 +293,9 @@ def test_poly_schedule_with_warmup() -> None:
 
 
 def test_optimizer_groups_give_the_head_more_lr_and_norms_no_decay() -> None:
-    config, preset = train_script.resolve_config(_parse("--encoder", "mit-test", "--learning_rate", "1e-4", "--head_lr_multiplier", "10"))
+    config, preset = train_script.resolve_config(
+        _parse("--encoder", "mit-test", "--learning_rate", "1e-4", "--head_lr_multiplier", "10")
+    )
     model = train_script.build_model(config, resolve_encoder("mit-test"), {0: "a", 1: "b"})
     optimizer = train_script.build_optimizer(model, config)
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
@@ -342,7 +357,11 @@ def test_pretrained_encoder_from_a_local_folder_for_both_heads(tmp_path: Path) -
 def test_swin_encoder_builds_a_protoseg_model() -> None:
     config, _ = train_script.resolve_config(_parse("--encoder", "swin-tiny", "--embedding_dim", "32"))
     model = train_script.build_model(config, resolve_encoder("swin-tiny"), {0: "a", 1: "b"})
-    assert model.config.encoder_config.model_type == "swin" and tuple(model.prototypes.shape) == (2, config.num_prototypes_per_class, 32)
+    assert model.config.encoder_config.model_type == "swin" and tuple(model.prototypes.shape) == (
+        2,
+        config.num_prototypes_per_class,
+        32,
+    )
 
 
 def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> None:
@@ -350,10 +369,14 @@ def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> Non
     for split in ("train", "val"):
         (city_root / "leftImg8bit" / split / "bonn").mkdir(parents=True)
         (city_root / "gtFine" / split / "bonn").mkdir(parents=True)
-        Image.new("RGB", (64, 32)).save(city_root / "leftImg8bit" / split / "bonn" / "bonn_000000_000019_leftImg8bit.png")
+        Image.new("RGB", (64, 32)).save(
+            city_root / "leftImg8bit" / split / "bonn" / "bonn_000000_000019_leftImg8bit.png"
+        )
         label_ids = np.full((32, 64), 7, np.uint8)  # road
         label_ids[:, :8] = 3  # "out of roi" -> ignore
-        Image.fromarray(label_ids).save(city_root / "gtFine" / split / "bonn" / "bonn_000000_000019_gtFine_labelIds.png")
+        Image.fromarray(label_ids).save(
+            city_root / "gtFine" / split / "bonn" / "bonn_000000_000019_gtFine_labelIds.png"
+        )
     config, preset = train_script.resolve_config(_parse("--preset", "cityscapes", "--dataset_name", str(city_root)))
     assert config.crop_size == [512, 1024] and config.eval_mode == "slide"
     train_dataset, eval_dataset, id2label = train_script.build_datasets(config, preset)
@@ -372,8 +395,27 @@ def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> Non
         datasets.Dataset.from_dict(
             {"image": [Image.new("RGB", (16, 16))], "annotation": [Image.fromarray(annotation)]}, features=features
         ).to_parquet(str(ade_folder / f"{split}.parquet"))
-    config, preset = train_script.resolve_config(_parse("--preset", "ade20k", "--dataset_name", str(ade_folder), "--crop_size", "32"))
+    config, preset = train_script.resolve_config(
+        _parse("--preset", "ade20k", "--dataset_name", str(ade_folder), "--crop_size", "32")
+    )
     _, eval_dataset, id2label = train_script.build_datasets(config, preset)
     assert len(id2label) == 150 and id2label[149] == "flag"
     labels = eval_dataset[0]["labels"]
     assert set(labels[:8].unique().tolist()) == {255} and set(labels[8:].unique().tolist()) == {149}
+
+
+def test_export_without_model_cards_writes_the_minimal_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "model_cards", None)  # `import model_cards` now raises ImportError
+    config, _ = train_script.resolve_config(_parse(*TINY_RUN, "--output_dir", str(tmp_path / "out")))
+    id2label = {0: "sky", 1: "road"}
+    model = train_script.build_model(config, resolve_encoder(config.encoder), id2label)
+    metrics = {"mean_iou": 0.5, "mean_accuracy": 0.6, "overall_accuracy": 0.7, "num_samples": 3,
+               "per_category_iou": [1.0, float("nan")], "per_category_accuracy": [1.0, float("nan")]}  # fmt: skip
+    summary = {"model_name": "out", "head": "protoseg", "encoder": "mit-test", "dataset": "synthetic",
+               "num_labels": 2, "max_steps": 3, "optimizer": "adamw", "learning_rate": 1e-3, "global_batch_size": 4,
+               "crop_size": [32, 32], "hardware": "cpu", "train_runtime_seconds": 1.0, "eval_split": "validation"}  # fmt: skip
+    folder = train_script.export_final_model(model, config, id2label, metrics, {}, summary)
+    card = (folder / "README.md").read_text()
+    assert "mIoU **0.5000**" in card and "| road | n/a |" in card and "pipeline_tag: image-segmentation" in card
+    assert json.loads((folder / "eval_results.json").read_text())["per_category_iou"] == {"sky": 1.0, "road": None}
+    assert not (folder / ".tmp-final").exists()

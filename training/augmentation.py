@@ -88,5 +88,5 @@ def seed_transform(transform: A.Compose, seed: int) -> None:
     """
     transform.set_random_seed(seed)
     step_seeds = np.random.SeedSequence(seed).generate_state(len(transform.transforms))
-    for step, step_seed in zip(transform.transforms, step_seeds):
+    for step, step_seed in zip(transform.transforms, step_seeds, strict=True):
         step.set_random_seed(int(step_seed))

@@ -29,7 +29,9 @@ def predict_logits_whole(model: nn.Module, pixel_values: torch.Tensor, output_si
     return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
 
 
-def sliding_windows(height: int, width: int, crop_size: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def sliding_windows(
+    height: int, width: int, crop_size: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """(top, bottom, left, right) of windows of at most `crop_size` covering the image, the last row and
     column of windows shifted back to end at the border (mmseg's "slide" mode)."""
     crop_height, crop_width = crop_size
@@ -71,7 +73,9 @@ def predict_logits_sliding(
         if summed_logits is None:
             summed_logits = crop_logits.new_zeros((batch_size, crop_logits.shape[1], height, width))
         for position, (top, bottom, left, right) in enumerate(chunk):
-            summed_logits[:, :, top:bottom, left:right] += crop_logits[position * batch_size : (position + 1) * batch_size]
+            summed_logits[:, :, top:bottom, left:right] += crop_logits[
+                position * batch_size : (position + 1) * batch_size
+            ]
             counts[:, :, top:bottom, left:right] += 1
     logits = summed_logits / counts
     return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
@@ -128,12 +132,17 @@ def evaluate(
     for batch in tqdm(batches, desc="eval", disable=not show_progress, leave=False):
         images = [image.to(device) for image in batch["pixel_values"]]  # each (3, h, w)
         labels = [label.to(device) for label in batch["labels"]]  # each (H, W)
-        same_size = len({tuple(i.shape) for i in images}) == 1 and len({tuple(l.shape) for l in labels}) == 1
-        groups = [(images, labels)] if same_size else [([i], [l]) for i, l in zip(images, labels)]
+        same_size = len({image.shape for image in images}) == 1 and len({label.shape for label in labels}) == 1
+        groups = [(images, labels)] if same_size else [([i], [lab]) for i, lab in zip(images, labels, strict=True)]
         for group_images, group_labels in groups:
             with autocast():
                 predictions = predict_segmentation(
-                    model, torch.stack(group_images), tuple(group_labels[0].shape), mode=mode, crop_size=crop_size, stride=stride
+                    model,
+                    torch.stack(group_images),
+                    tuple(group_labels[0].shape),
+                    mode=mode,
+                    crop_size=crop_size,
+                    stride=stride,
                 )
             confusion.update(predictions, torch.stack(group_labels))
         num_samples += len(images)

@@ -36,7 +36,9 @@ class ConfusionMatrix:
         counted = labels != self.ignore_index
         if counted.any() and ((labels[counted] < 0) | (labels[counted] >= self.num_labels)).any():
             bad_values = torch.unique(labels[counted & ((labels < 0) | (labels >= self.num_labels))]).tolist()
-            raise ValueError(f"labels hold values {bad_values[:20]} outside [0, {self.num_labels}) and the ignore index")
+            raise ValueError(
+                f"labels hold values {bad_values[:20]} outside [0, {self.num_labels}) and the ignore index"
+            )
         pair_index = labels[counted] * self.num_labels + predictions[counted]
         self.matrix += torch.bincount(pair_index, minlength=self.num_labels**2).view(self.num_labels, self.num_labels)
 

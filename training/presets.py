@@ -259,4 +259,3 @@ def resolve_encoder(name_or_path: str) -> EncoderSpec:
         f"Unknown encoder {name_or_path!r}; valid names (random init): {', '.join(ENCODER_CONFIGS)}; "
         "or a Hub checkpoint id such as 'nvidia/mit-b0' or a local checkpoint folder (pretrained weights)"
     )
-

@@ -97,7 +97,11 @@ CLASS_APPEARANCES: dict[int, tuple[Texture, ...]] = {
     1: (_flat((210, 35, 35)), _stripes((250, 150, 20), (110, 50, 10), "horizontal")),  # ember
     2: (_flat((40, 165, 55)), _checkerboard((235, 225, 60), (20, 90, 30))),  # leaf
     3: (_stripes((90, 230, 240), (245, 250, 255), "diagonal"), _dots((150, 190, 250), (20, 40, 160))),  # ice
-    4: (_flat((140, 60, 170)), _stripes((240, 80, 200), (60, 20, 60), "vertical"), _dots((200, 170, 130), (90, 60, 30))),  # stone
+    4: (  # stone
+        _flat((140, 60, 170)),
+        _stripes((240, 80, 200), (60, 20, 60), "vertical"),
+        _dots((200, 170, 130), (90, 60, 30)),
+    ),
 }  # fmt: skip
 
 

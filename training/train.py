@@ -80,7 +80,8 @@ class TrainingConfig:
         metadata={"help": f"dataset preset: {', '.join(DATASET_PRESETS)} (default: synthetic if no --dataset_name)"},
     )
     dataset_name: Optional[str] = field(
-        default=None, metadata={"help": "Hub dataset id or local folder (Parquet, imagefolder, save_to_disk, Cityscapes)"}
+        default=None,
+        metadata={"help": "Hub dataset id or local folder (Parquet, imagefolder, save_to_disk, Cityscapes)"},
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "dataset configuration name"})
     dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision (branch, tag, commit)"})
@@ -164,7 +165,9 @@ class TrainingConfig:
     eval_mode: Optional[str] = field(
         default=None, metadata={"help": "whole (short side -> base size) or slide", "choices": ["whole", "slide"]}
     )
-    eval_stride: Optional[list[int]] = field(default=None, metadata={"help": "sliding-window stride (default 2/3 crop)"})
+    eval_stride: Optional[list[int]] = field(
+        default=None, metadata={"help": "sliding-window stride (default 2/3 crop)"}
+    )
     eval_steps: Optional[int] = field(default=None, metadata={"help": "evaluate every N steps (0: only at the end)"})
     per_device_eval_batch_size: Optional[int] = field(default=None, metadata={"help": "evaluation images per process"})
 
@@ -269,7 +272,9 @@ def resolve_config(config: TrainingConfig) -> tuple[TrainingConfig, Any]:
 # Data
 
 
-def build_datasets(config: TrainingConfig, preset: Any) -> tuple[SegmentationDataset, SegmentationDataset, dict[int, str]]:
+def build_datasets(
+    config: TrainingConfig, preset: Any
+) -> tuple[SegmentationDataset, SegmentationDataset, dict[int, str]]:
     """Training and evaluation datasets (with their transforms) and the class names."""
     source_kind = preset_source(preset)
     if source_kind == "synthetic":
@@ -284,7 +289,9 @@ def build_datasets(config: TrainingConfig, preset: Any) -> tuple[SegmentationDat
         id2label = dict(enumerate(SYNTHETIC_CLASS_NAMES))
         label_mapping = LabelMapping(ignore_index=config.ignore_index)
     elif source_kind == "cityscapes":
-        train_source = FilePairSource(cityscapes_file_pairs(config.dataset_name, config.train_split), split_name="train")
+        train_source = FilePairSource(
+            cityscapes_file_pairs(config.dataset_name, config.train_split), split_name="train"
+        )
         eval_source = FilePairSource(
             cityscapes_file_pairs(config.dataset_name, config.validation_split), split_name=config.validation_split
         )
@@ -298,14 +305,22 @@ def build_datasets(config: TrainingConfig, preset: Any) -> tuple[SegmentationDat
             repo_relative = _REPO_ROOT / dataset_name  # presets' relative paths also work from another cwd
             if repo_relative.exists():
                 dataset_name = str(repo_relative)
-        splits = load_hub_dataset(dataset_name, config_name=config.dataset_config_name, revision=config.dataset_revision)
+        splits = load_hub_dataset(
+            dataset_name, config_name=config.dataset_config_name, revision=config.dataset_revision
+        )
         train_split = pick_split(list(splits), config.train_split)
         eval_split = pick_split(list(splits), config.validation_split, fallbacks=("validation", "val", "valid", "test"))
         train_source = HubDatasetSource(
-            splits[train_split], image_column=config.image_column, label_column=config.label_column, split_name=train_split
+            splits[train_split],
+            image_column=config.image_column,
+            label_column=config.label_column,
+            split_name=train_split,
         )
         eval_source = HubDatasetSource(
-            splits[eval_split], image_column=config.image_column, label_column=config.label_column, split_name=eval_split
+            splits[eval_split],
+            image_column=config.image_column,
+            label_column=config.label_column,
+            split_name=eval_split,
         )
         id2label = find_id2label(
             id2label_file=config.id2label_file,
@@ -365,7 +380,9 @@ def _first_samples(source: Any, count: int) -> Any:
     return _FirstSamples(source, count)
 
 
-def iterate_forever(loader: torch.utils.data.DataLoader, sampler: ResumableShardedSampler, epoch: int, start_batch: int) -> Iterator[dict]:
+def iterate_forever(
+    loader: torch.utils.data.DataLoader, sampler: ResumableShardedSampler, epoch: int, start_batch: int
+) -> Iterator[dict]:
     """Batches across epoch boundaries, starting at (epoch, start_batch)."""
     sampler.set_epoch(epoch, start_batch)
     while True:
@@ -405,7 +422,9 @@ def build_model(config: TrainingConfig, encoder: EncoderSpec, id2label: dict[int
             method_kwargs["decoder_hidden_size"] = config.decoder_hidden_size
         return ProtoSegForSemanticSegmentation.from_pretrained_encoder(encoder.pretrained_name_or_path, **method_kwargs)
     decoder_hidden_size = config.decoder_hidden_size or getattr(encoder.config, "decoder_hidden_size", None) or 256
-    model_config = ProtoSegConfig(encoder_config=encoder.config, decoder_hidden_size=decoder_hidden_size, **method_kwargs)
+    model_config = ProtoSegConfig(
+        encoder_config=encoder.config, decoder_hidden_size=decoder_hidden_size, **method_kwargs
+    )
     return ProtoSegForSemanticSegmentation(model_config)
 
 
@@ -468,7 +487,9 @@ class PolyWithWarmup:
     """lr factor at step t: poly decay (1 - t/T)^power (floored at min_lr), times a linear warm-up
     from `warmup_start_factor` to 1 over the first `warmup_steps` (mmseg's schedule)."""
 
-    def __init__(self, *, max_steps: int, power: float, warmup_steps: int, warmup_start_factor: float, min_factor: float) -> None:
+    def __init__(
+        self, *, max_steps: int, power: float, warmup_steps: int, warmup_start_factor: float, min_factor: float
+    ) -> None:
         self.max_steps, self.power = max_steps, power
         self.warmup_steps, self.warmup_start_factor, self.min_factor = warmup_steps, warmup_start_factor, min_factor
 
@@ -532,25 +553,32 @@ def _tracker_config(config: TrainingConfig) -> dict[str, Any]:
 def _write_minimal_card(folder: Path, summary: dict[str, Any], eval_results: dict[str, Any]) -> None:
     """Fallback model card, used only when the `model_cards` package is not importable."""
     per_class = eval_results["per_category_iou"]
-    rows = "\n".join(
-        f"| {name} | {'n/a' if per_class[name] is None else f'{per_class[name]:.4f}'} |" for name in per_class
+    rows = "\n".join(f"| {name} | {'n/a' if value is None else f'{value:.4f}'} |" for name, value in per_class.items())
+    method = (
+        'ProtoSeg, "Rethinking Semantic Segmentation: A Prototype View", CVPR 2022'
+        if summary["head"] == "protoseg"
+        else "the linear SegFormer baseline"
+    )
+    schedule = (
+        f"{summary['max_steps']} steps, {summary['optimizer']} lr {summary['learning_rate']}, "
+        f"global batch {summary['global_batch_size']}, crop {summary['crop_size']}"
     )
     card = f"""---
 library_name: transformers
 pipeline_tag: image-segmentation
 tags: [protoseg, semantic-segmentation]
 ---
-# {summary['model_name']}
+# {summary["model_name"]}
 
-A `{summary['head']}` semantic segmentation model ({'ProtoSeg, "Rethinking Semantic Segmentation: A Prototype View", CVPR 2022' if summary['head'] == 'protoseg' else 'linear SegFormer baseline'}) trained with `training/train.py`.
+A semantic segmentation model ({method}) trained with `training/train.py`.
 
-- Encoder: `{summary['encoder']}`; dataset: `{summary['dataset']}` ({summary['num_labels']} classes)
-- {summary['max_steps']} steps, {summary['optimizer']} lr {summary['learning_rate']}, global batch {summary['global_batch_size']}, crop {summary['crop_size']}
-- Trained on {summary['hardware']} in {summary['train_runtime_seconds']:.0f} s
+- Encoder: `{summary["encoder"]}`; dataset: `{summary["dataset"]}` ({summary["num_labels"]} classes)
+- {schedule}
+- Trained on {summary["hardware"]} in {summary["train_runtime_seconds"]:.0f} s
 
-## Evaluation ({summary['eval_mode']}, split `{summary['eval_split']}`, {eval_results['num_samples']} images)
+## Evaluation ({eval_results["eval_mode"]}, split `{eval_results["eval_split"]}`, {eval_results["num_samples"]} images)
 
-mIoU **{eval_results['mean_iou']:.4f}**, pixel accuracy {eval_results['overall_accuracy']:.4f}.
+mIoU **{eval_results["mean_iou"]:.4f}**, pixel accuracy {eval_results["overall_accuracy"]:.4f}.
 
 | class | IoU |
 |---|---|
@@ -560,8 +588,8 @@ mIoU **{eval_results['mean_iou']:.4f}**, pixel accuracy {eval_results['overall_a
 
 ```python
 from transformers import pipeline
-import modeling_protoseg  # registers the model type (or pass trust_remote_code=True)
-segmenter = pipeline("image-segmentation", model="{summary['model_name']}")
+
+segmenter = pipeline("image-segmentation", model="{summary["model_name"]}", trust_remote_code=True)
 ```
 """
     (folder / "README.md").write_text(card)
@@ -595,7 +623,8 @@ def export_final_model(
     )
     image_processor.save_pretrained(staging)
     per_category_iou = {
-        id2label[index]: (None if math.isnan(value) else value) for index, value in enumerate(eval_results["per_category_iou"])
+        id2label[index]: (None if math.isnan(value) else value)
+        for index, value in enumerate(eval_results["per_category_iou"])
     }
     per_category_accuracy = {
         id2label[index]: (None if math.isnan(value) else value)
@@ -789,7 +818,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
 
     # ---- training loop
-    images_per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    images_per_step = (
+        config.per_device_train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    )
     progress = tqdm(
         range(start_step, config.max_steps),
         initial=start_step,
@@ -830,22 +861,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         if completed_steps % config.logging_steps == 0 or completed_steps == config.max_steps:
             elapsed = time.perf_counter() - window_start
-            log_values = {f"train/{name}": running[name] / running_counts[name] for name in running if running_counts[name]}
+            log_values = {
+                f"train/{name}": running[name] / running_counts[name] for name in running if running_counts[name]
+            }
             log_values["train/learning_rate"] = scheduler.get_last_lr()[0]
             log_values["train/images_per_second"] = window_steps * images_per_step / max(elapsed, 1e-9)
             accelerator.log(log_values, step=completed_steps)
-            progress.set_postfix(loss=f"{log_values.get('train/loss', float('nan')):.4f}", lr=f"{log_values['train/learning_rate']:.2e}")
+            progress.set_postfix(
+                loss=f"{log_values.get('train/loss', float('nan')):.4f}", lr=f"{log_values['train/learning_rate']:.2e}"
+            )
             running = dict.fromkeys(running, 0.0)
             running_counts = dict.fromkeys(running, 0)
             window_start, window_steps = time.perf_counter(), 0
 
         if config.eval_steps and completed_steps % config.eval_steps == 0 and completed_steps < config.max_steps:
             metrics = run_evaluation()
-            accelerator.log({"eval/mean_iou": metrics["mean_iou"], "eval/overall_accuracy": metrics["overall_accuracy"]}, step=completed_steps)
-            logger.info("step %d: eval mIoU %.4f, pixel accuracy %.4f", completed_steps, metrics["mean_iou"], metrics["overall_accuracy"])
+            accelerator.log(
+                {"eval/mean_iou": metrics["mean_iou"], "eval/overall_accuracy": metrics["overall_accuracy"]},
+                step=completed_steps,
+            )
+            logger.info(
+                "step %d: eval mIoU %.4f, pixel accuracy %.4f",
+                completed_steps,
+                metrics["mean_iou"],
+                metrics["overall_accuracy"],
+            )
             window_start = time.perf_counter()  # evaluation time is not training throughput
 
-        if config.checkpointing_steps and completed_steps % config.checkpointing_steps == 0 and completed_steps < config.max_steps:
+        if (
+            config.checkpointing_steps
+            and completed_steps % config.checkpointing_steps == 0
+            and completed_steps < config.max_steps
+        ):
             folder = save_checkpoint(
                 accelerator,
                 checkpoint_root,
@@ -861,7 +908,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---- final evaluation and export (evaluated once: each process a shard, results reduced)
     final_metrics = run_evaluation()
-    accelerator.log({"eval/mean_iou": final_metrics["mean_iou"], "eval/overall_accuracy": final_metrics["overall_accuracy"]}, step=config.max_steps)
+    accelerator.log(
+        {"eval/mean_iou": final_metrics["mean_iou"], "eval/overall_accuracy": final_metrics["overall_accuracy"]},
+        step=config.max_steps,
+    )
     logger.info("final: mIoU %.4f, pixel accuracy %.4f", final_metrics["mean_iou"], final_metrics["overall_accuracy"])
     train_results = {
         "global_step": config.max_steps,
@@ -872,8 +922,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **divergence,
     }
     if accelerator.is_main_process:
-        dataset_description = config.preset if preset is not None and preset.source == "synthetic" else config.dataset_name
-        is_hub_dataset = bool(config.dataset_name) and not os.path.exists(config.dataset_name) and preset_source(preset) == "hub"
+        dataset_description = (
+            config.preset if preset is not None and preset.source == "synthetic" else config.dataset_name
+        )
+        is_hub_dataset = (
+            bool(config.dataset_name) and not os.path.exists(config.dataset_name) and preset_source(preset) == "hub"
+        )
         summary = {
             "model_name": Path(config.output_dir).name if not config.hub_model_id else config.hub_model_id,
             "head": config.head,
