@@ -413,7 +413,8 @@ def test_export_without_model_cards_writes_the_minimal_card(tmp_path: Path, monk
                "per_category_iou": [1.0, float("nan")], "per_category_accuracy": [1.0, float("nan")]}  # fmt: skip
     summary = {"model_name": "out", "head": "protoseg", "encoder": "mit-test", "dataset": "synthetic",
                "num_labels": 2, "max_steps": 3, "optimizer": "adamw", "learning_rate": 1e-3, "global_batch_size": 4,
-               "crop_size": [32, 32], "hardware": "cpu", "train_runtime_seconds": 1.0}  # fmt: skip
+               "crop_size": [32, 32], "hardware": "cpu", "train_runtime_seconds": 1.0,
+               "eval_split": "validation"}  # fmt: skip
     folder = train_script.export_final_model(model, config, id2label, metrics, {}, summary)
     card = (folder / "README.md").read_text()
     assert "mIoU **0.5000**" in card and "| road | n/a |" in card and "pipeline_tag: image-segmentation" in card
