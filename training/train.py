@@ -158,6 +158,10 @@ class TrainingConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16", "choices": ["no", "fp16", "bf16"]})
     use_cpu: bool = field(default=False, metadata={"help": "train on CPU even when a GPU is available"})
+    ddp_find_unused_parameters: Optional[bool] = field(
+        default=None,
+        metadata={"help": "DDP option (default: true for non-SegFormer encoders, e.g. Swin's unused norm)"},
+    )
     seed: int = field(default=42, metadata={"help": "base seed (process i uses seed + i for dropout etc.)"})
     num_threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads per process"})
 
@@ -428,20 +432,25 @@ def build_model(config: TrainingConfig, encoder: EncoderSpec, id2label: dict[int
     return ProtoSegForSemanticSegmentation(model_config)
 
 
+def _encoder_model_type(encoder: EncoderSpec) -> str:
+    """ "segformer", "swin", ... of a named or pretrained encoder."""
+    if not encoder.is_pretrained:
+        return encoder.config.model_type
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(encoder.pretrained_name_or_path).model_type
+
+
 def _build_linear_baseline(
     config: TrainingConfig, encoder: EncoderSpec, id2label: dict[int, str], label2id: dict[str, int]
 ) -> nn.Module:
     """`SegformerForSemanticSegmentation`: the same MiT encoder and all-MLP decoder, a 1x1-conv classifier."""
-    from transformers import AutoConfig, SegformerForSemanticSegmentation
+    from transformers import SegformerForSemanticSegmentation
 
     head_kwargs = dict(id2label=id2label, label2id=label2id, semantic_loss_ignore_index=config.ignore_index)
     if config.decoder_hidden_size is not None:
         head_kwargs["decoder_hidden_size"] = config.decoder_hidden_size
-    encoder_type = (
-        AutoConfig.from_pretrained(encoder.pretrained_name_or_path).model_type
-        if encoder.is_pretrained
-        else encoder.config.model_type
-    )
+    encoder_type = _encoder_model_type(encoder)
     if encoder_type != "segformer":
         raise ValueError(
             f"--head linear currently supports SegFormer (MiT) encoders only; --encoder {encoder.name!r} is a "
@@ -683,6 +692,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     encoder = resolve_encoder(config.encoder)  # unknown names fail here, before anything heavy
     if config.head == "linear" and not encoder.is_pretrained and encoder.config.model_type != "segformer":
         _build_linear_baseline(config, encoder, {0: "x"}, {"x": 0})  # raises the clear error early
+    find_unused_parameters = config.ddp_find_unused_parameters
+    if find_unused_parameters is None:  # e.g. SwinBackbone holds a final LayerNorm that no output uses
+        find_unused_parameters = _encoder_model_type(encoder) != "segformer"
 
     # ---- processes: one per device, or torchrun/accelerate workers (DDP, gloo on CPU)
     log_with = None
@@ -699,7 +711,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # No buffer broadcast from rank 0 before each forward: the model itself reduces its prototype
         # updates across processes (checked after training); BatchNorm statistics are synchronised
         # before each evaluation.
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+        ],
         mixed_precision=config.mixed_precision,
         log_with=log_with,
         project_dir=os.path.join(config.output_dir, "runs"),
