@@ -187,7 +187,8 @@ def test_bad_label_values_stop_the_run_naming_the_sample(tmp_path: Path) -> None
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     common = [*TINY_RUN, "--max_steps", "9", "--checkpointing_steps", "3", "--checkpoints_total_limit", "5"]
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    run_training([*common, "--output_dir", str(uninterrupted)])
+    # (the uninterrupted run also evaluates every 2 steps: evaluation must not change the training either)
+    run_training([*common, "--output_dir", str(uninterrupted), "--eval_steps", "2"])
 
     # A slow copy of the same run (sleeping after each step), killed with SIGKILL once checkpoint-3 exists.
     process = subprocess.Popen(

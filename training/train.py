@@ -764,6 +764,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch_size=config.per_device_eval_batch_size,
         collate_fn=collate_eval,
         num_workers=config.dataloader_num_workers,
+        generator=torch.Generator(),  # evaluating must not move the training RNG (dropout) either
     )
     # Read one sample of each split now: wrong columns, formats or labels fail before the model is built
     # (every other sample is checked when its batch is loaded).
