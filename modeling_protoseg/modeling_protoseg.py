@@ -59,7 +59,17 @@ def build_encoder(encoder_config) -> nn.Module:
     if encoder_config.model_type == "segformer":
         return SegformerModel(encoder_config)
     backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(encoder_config)]
-    return backbone_class(_four_stage_backbone_config(encoder_config))
+    backbone = backbone_class(_four_stage_backbone_config(encoder_config))
+    _freeze_unused_final_norm(backbone)
+    return backbone
+
+
+def _freeze_unused_final_norm(backbone: nn.Module) -> None:
+    """SwinBackbone runs a whole SwinModel, whose final LayerNorm feeds no feature map: freeze it, so that
+    it never waits for a gradient (DistributedDataParallel would fail without find_unused_parameters)."""
+    final_norm = getattr(getattr(backbone, "swin", None), "layernorm", None)
+    if isinstance(final_norm, nn.LayerNorm):
+        final_norm.requires_grad_(False)
 
 
 def _four_stage_backbone_config(encoder_config):

@@ -292,3 +292,15 @@ def test_float_labels_are_rejected():
     model = ProtoSegForSemanticSegmentation(tiny_protoseg_config()).train()
     with pytest.raises(ValueError, match="integer"):
         model(torch.randn(1, 3, 32, 32), labels=torch.zeros(1, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "encoder_config", [tiny_segformer_encoder_config(), tiny_swin_encoder_config(), tiny_resnet_encoder_config()]
+)
+def test_every_trainable_parameter_gets_a_gradient(encoder_config):
+    # DistributedDataParallel (without find_unused_parameters) fails on a trainable parameter without gradient.
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config(encoder_config=encoder_config)).train()
+    pixel_values, labels = make_batch(size=64)
+    model(pixel_values, labels=labels).loss.backward()
+    without_gradient = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert without_gradient == []
