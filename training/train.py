@@ -158,9 +158,8 @@ class TrainingConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16", "choices": ["no", "fp16", "bf16"]})
     use_cpu: bool = field(default=False, metadata={"help": "train on CPU even when a GPU is available"})
-    ddp_find_unused_parameters: Optional[bool] = field(
-        default=None,
-        metadata={"help": "DDP option (default: true for non-SegFormer encoders, e.g. Swin's unused norm)"},
+    ddp_find_unused_parameters: bool = field(
+        default=False, metadata={"help": "DDP option; the models here give every trainable parameter a gradient"}
     )
     seed: int = field(default=42, metadata={"help": "base seed (process i uses seed + i for dropout etc.)"})
     num_threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads per process"})
@@ -692,9 +691,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     encoder = resolve_encoder(config.encoder)  # unknown names fail here, before anything heavy
     if config.head == "linear" and not encoder.is_pretrained and encoder.config.model_type != "segformer":
         _build_linear_baseline(config, encoder, {0: "x"}, {"x": 0})  # raises the clear error early
-    find_unused_parameters = config.ddp_find_unused_parameters
-    if find_unused_parameters is None:  # e.g. SwinBackbone holds a final LayerNorm that no output uses
-        find_unused_parameters = _encoder_model_type(encoder) != "segformer"
 
     # ---- processes: one per device, or torchrun/accelerate workers (DDP, gloo on CPU)
     log_with = None
@@ -712,7 +708,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # updates across processes (checked after training); BatchNorm statistics are synchronised
         # before each evaluation.
         kwargs_handlers=[
-            DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+            DistributedDataParallelKwargs(
+                broadcast_buffers=False, find_unused_parameters=config.ddp_find_unused_parameters
+            )
         ],
         mixed_precision=config.mixed_precision,
         log_with=log_with,
