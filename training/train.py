@@ -990,4 +990,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from model_cards import PublishError
+
+    try:
+        main()
+    except PublishError as error:  # the trained folder is complete: say what to do, without a traceback
+        logger.error("%s", error)
+        sys.exit(1)
