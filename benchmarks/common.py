@@ -1,0 +1,344 @@
+"""Shared pieces of the benchmarks: models, synthetic batches, interleaved timing, statistics, results.
+
+Every comparison here is a ratio measured side by side in one process: the candidates run in turn
+inside each repetition (order shuffled per repetition), and the ratio is taken per repetition before
+its median, so slow drifts of a shared machine's load cancel out of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+from transformers import SegformerConfig, SegformerForSemanticSegmentation  # noqa: E402
+
+from modeling_protoseg import ProtoSegConfig, ProtoSegForSemanticSegmentation  # noqa: E402
+
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+IGNORE_INDEX = -1  # outside [0, C) for every class count of the grid (255 is a real class at 847)
+CLASS_GRID = (19, 150, 847)  # Cityscapes, ADE20K, ADE20K-full
+DEFAULT_THREADS = 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine and settings
+
+
+def set_threads(num_threads: int) -> None:
+    """Pin torch's intra-op threads (and one inter-op thread) so every run uses the same number."""
+    torch.set_num_threads(num_threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+
+
+def machine_description(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on: CPU model and cores, memory, torch build, threads, GPU."""
+    cpu_model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        memory_gib = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        memory_gib = None
+    description = {
+        "cpu": cpu_model,
+        "logical_cpus": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "git_commit": _git_commit(),
+    }
+    if device.type == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(device)
+    return description
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def base_argument_parser(description: str) -> argparse.ArgumentParser:
+    """Flags every benchmark shares: --setting cpu|gpu, --repetitions, --threads, --quick, --output."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--setting",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu: the grid sized for a 2-core CPU (smaller crops for the heavy training cells); "
+        "gpu: the full 512x512 grid on CUDA",
+    )
+    parser.add_argument("--repetitions", type=int, default=None, help="timed repetitions per cell")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch intra-op threads (CPU)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repetitions: a smoke run")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="results folder")
+    return parser
+
+
+def device_for(setting: str) -> torch.device:
+    if setting == "gpu":
+        if not torch.cuda.is_available():
+            raise SystemExit("--setting gpu needs a CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and data
+
+
+def class_names(num_classes: int) -> dict[int, str]:
+    return {index: f"class_{index}" for index in range(num_classes)}
+
+
+def build_protoseg(
+    num_classes: int, *, num_prototypes_per_class: int = 10, encoder_config: SegformerConfig | None = None
+) -> ProtoSegForSemanticSegmentation:
+    """ProtoSeg on MiT-B0 (SegformerConfig defaults), decoder 256, embeddings 256, K prototypes per class."""
+    torch.manual_seed(0)
+    encoder_config = encoder_config or SegformerConfig()
+    config = ProtoSegConfig(
+        encoder_config=encoder_config,
+        id2label=class_names(num_classes),
+        num_prototypes_per_class=num_prototypes_per_class,
+        decoder_hidden_size=encoder_config.decoder_hidden_size,
+        embedding_dim=encoder_config.decoder_hidden_size,
+        semantic_loss_ignore_index=IGNORE_INDEX,
+    )
+    return ProtoSegForSemanticSegmentation(config)
+
+
+def build_segformer(num_classes: int, *, encoder_config: SegformerConfig | None = None) -> SegformerForSemanticSegmentation:
+    """The parametric baseline: `SegformerForSemanticSegmentation` with the same MiT-B0 encoder."""
+    torch.manual_seed(0)
+    config = copy.deepcopy(encoder_config) if encoder_config is not None else SegformerConfig()
+    config.id2label = class_names(num_classes)
+    config.label2id = {name: index for index, name in config.id2label.items()}
+    config.semantic_loss_ignore_index = IGNORE_INDEX
+    return SegformerForSemanticSegmentation(config)
+
+
+MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"protoseg": build_protoseg, "segformer": build_segformer}
+
+
+def count_learnable_parameters(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def synthetic_batch(
+    batch_size: int, image_size: int, num_classes: int, *, device: torch.device, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised random images and piecewise-constant labels (16x16 blocks of random classes per image,
+    about 5% ignored), so every batch holds many classes in contiguous regions as real label maps do."""
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+    grid = 16
+    coarse = torch.randint(0, num_classes, (batch_size, 1, grid, grid), generator=generator)
+    coarse[torch.rand(coarse.shape, generator=generator) < 0.05] = IGNORE_INDEX
+    labels = torch.nn.functional.interpolate(coarse.float(), size=(image_size, image_size), mode="nearest")
+    return pixel_values.to(device), labels[:, 0].long().to(device)
+
+
+def make_train_step(
+    model: torch.nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor
+) -> Callable[[], None]:
+    """One full training step: forward (losses, and for ProtoSeg clustering + prototype update), backward,
+    AdamW update. Both heads take the same optimizer and the same batch."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(pixel_values=pixel_values, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def make_inference(model: torch.nn.Module, pixel_values: torch.Tensor) -> Callable[[], None]:
+    """Eval-mode forward under `torch.inference_mode()`, returning the (B, C, H/4, W/4) logits."""
+    model.eval()
+
+    def infer() -> None:
+        with torch.inference_mode():
+            model(pixel_values=pixel_values).logits
+
+    return infer
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing and statistics
+
+
+@dataclass
+class Summary:
+    """Median and spread of a list of measurements."""
+
+    median: float
+    q1: float
+    q3: float
+    minimum: float
+    maximum: float
+    count: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Summary":
+        ordered = sorted(values)
+        if len(ordered) >= 2:
+            q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+        else:
+            q1 = q3 = ordered[0]
+        return cls(statistics.median(ordered), q1, q3, ordered[0], ordered[-1], len(ordered))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median": self.median, "q1": self.q1, "q3": self.q3, "min": self.minimum, "max": self.maximum,
+                "n": self.count}
+
+    def text(self, unit_scale: float = 1.0, digits: int = 2) -> str:
+        """'median [q1, q3]' in the given unit."""
+        f = f"{{:.{digits}f}}"
+        return f"{f.format(self.median * unit_scale)} [{f.format(self.q1 * unit_scale)}, {f.format(self.q3 * unit_scale)}]"
+
+
+@dataclass
+class InterleavedTimes:
+    """Wall-clock and process CPU seconds of each candidate, one entry per repetition."""
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+    def ratios(self, numerator: str, denominator: str, kind: str = "wall") -> list[float]:
+        """Per-repetition ratios numerator / denominator (the two ran in the same repetition)."""
+        times = self.wall if kind == "wall" else self.cpu
+        return [a / b for a, b in zip(times[numerator], times[denominator])]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "wall_seconds": {name: Summary.of(values).as_dict() for name, values in self.wall.items()},
+            "cpu_seconds": {name: Summary.of(values).as_dict() for name, values in self.cpu.items()},
+            "raw_wall_seconds": self.wall,
+        }
+
+
+def time_interleaved(
+    candidates: dict[str, Callable[[], None]],
+    *,
+    repetitions: int,
+    warmup: int = 1,
+    device: torch.device = torch.device("cpu"),
+    seed: int = 0,
+) -> InterleavedTimes:
+    """Run every candidate once per repetition, in a shuffled order, timing each call.
+
+    Warm-up calls (not recorded) run first for every candidate. Wall time uses `time.perf_counter`
+    around a device synchronisation; CPU time is this process's user+system time (`time.process_time`),
+    which a busy neighbour inflates less than wall time.
+    """
+    order_rng = random.Random(seed)
+    for _ in range(warmup):
+        for run in candidates.values():
+            run()
+            synchronize(device)
+    times = InterleavedTimes({name: [] for name in candidates}, {name: [] for name in candidates})
+    names = list(candidates)
+    for _ in range(repetitions):
+        order_rng.shuffle(names)
+        for name in names:
+            gc.collect()
+            synchronize(device)
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            candidates[name]()
+            synchronize(device)
+            times.wall[name].append(time.perf_counter() - wall_start)
+            times.cpu[name].append(time.process_time() - cpu_start)
+    return times
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (Summary,)):
+        return value.as_dict()
+    if isinstance(value, torch.device):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One line naming the machine, for the Markdown results."""
+    line = (
+        f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['memory_gib']} GiB, "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads), transformers {machine['transformers']}, "
+        f"device {machine['device']}"
+    )
+    if "gpu" in machine:
+        line += f" ({machine['gpu']})"
+    load = machine.get("load_average_at_start")
+    if load:
+        line += f"; load average at start {load[0]:.1f} (shared machine)"
+    return line + f"; {machine['date_utc']} UTC, commit {machine['git_commit']}"
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
