@@ -446,8 +446,9 @@ class ProtoSegClassEnrolmentMixin:
         added rows take the mean weight and bias of the existing classes."""
         old_norm = self.class_score_norm
         size = len(keep_rows) + num_added
-        new_norm = nn.LayerNorm(size, eps=old_norm.eps, elementwise_affine=old_norm.elementwise_affine,
-                                bias=old_norm.bias is not None)  # fmt: skip
+        new_norm = nn.LayerNorm(
+            size, eps=old_norm.eps, elementwise_affine=old_norm.elementwise_affine, bias=old_norm.bias is not None
+        )
         if old_norm.weight is not None:
             device, dtype = old_norm.weight.device, old_norm.weight.dtype
             new_norm.to(device=device, dtype=dtype)
@@ -473,8 +474,8 @@ class ProtoSegClassEnrolmentMixin:
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "PrototypeSimilarityMaps",
     "ProtoSegClassEnrolmentMixin",
+    "PrototypeSimilarityMaps",
     "cluster_embeddings_into_prototypes",
     "image_to_array",
     "mask_to_array",

@@ -56,14 +56,14 @@ def _save_figure(figure: Any, path: Path) -> Path:
     figure.set_dpi(FIGURE_DPI)
     figure.canvas.draw()
     rgba = np.asarray(figure.canvas.buffer_rgba())  # (H, W, 4)
-    Image.fromarray(rgba[..., :3].copy()).save(path)
+    Image.fromarray(rgba[..., :3].copy()).save(path, optimize=True)
     plt.close(figure)
     return path
 
 
 def figure_pixel_size(width_inches: float, height_inches: float) -> tuple[int, int]:
     """(width, height) in pixels of a figure written by this module."""
-    return int(round(width_inches * FIGURE_DPI)), int(round(height_inches * FIGURE_DPI))
+    return round(width_inches * FIGURE_DPI), round(height_inches * FIGURE_DPI)
 
 
 def self_similarity_figure_inches(num_classes: int) -> tuple[float, float]:
@@ -245,7 +245,9 @@ def render_embedding_projection(
         pixel_classes = outputs["prediction"]  # (h, w)
         label = None if labels is None else labels[position]
         if label is not None:
-            pixel_classes = torch.from_numpy(_resize_nearest(np.asarray(label), *embeddings.shape[-2:]).astype(np.int64))
+            pixel_classes = torch.from_numpy(
+                _resize_nearest(np.asarray(label), *embeddings.shape[-2:]).astype(np.int64)
+            )
         all_embeddings.append(embeddings.flatten(1).T)  # (h*w, D)
         all_classes.append(pixel_classes.flatten())
     embeddings = torch.cat(all_embeddings)
@@ -270,8 +272,15 @@ def render_embedding_projection(
         if of_class.any():
             axis.scatter(*pixel_points[of_class].T, s=6, alpha=0.5, color=colours[class_id], linewidths=0)
         stars = prototype_points[class_id * num_prototypes : (class_id + 1) * num_prototypes]
-        axis.scatter(*stars.T, marker="*", s=180, color=colours[class_id], edgecolors="black", linewidths=0.8,
-                     label=id2label.get(class_id, str(class_id)))  # fmt: skip
+        axis.scatter(
+            *stars.T,
+            marker="*",
+            s=180,
+            color=colours[class_id],
+            edgecolors="black",
+            linewidths=0.8,
+            label=id2label.get(class_id, str(class_id)),
+        )
     source = "ground-truth" if labels is not None and any(label is not None for label in labels) else "predicted"
     axis.set_title(f"pixel embeddings (dots, {source} class) and prototypes (stars), PCA", fontsize=10)
     axis.set_xlabel("principal axis 1")
@@ -306,8 +315,9 @@ def render_prototype_self_similarity(
     num_prototypes = similarity.shape[1]
     columns = min(num_classes, SELF_SIMILARITY_MAX_COLUMNS)
     rows = math.ceil(num_classes / SELF_SIMILARITY_MAX_COLUMNS)
-    figure, axes = plt.subplots(rows, columns, figsize=self_similarity_figure_inches(num_classes), dpi=FIGURE_DPI,
-                                squeeze=False)  # fmt: skip
+    figure, axes = plt.subplots(
+        rows, columns, figsize=self_similarity_figure_inches(num_classes), dpi=FIGURE_DPI, squeeze=False
+    )
     off_diagonal = ~torch.eye(num_prototypes, dtype=torch.bool)
     # Sequential colours from min(0, lowest value) to 1: trained prototypes of one class are mostly positively
     # similar, and a diverging [-1, 1] scale would hide the difference between 0.7 and 0.95.
@@ -360,9 +370,15 @@ def render_all(
         model, images[0], class_name, output_dir, image_processor=image_processor, image_size=image_size
     )
     projection_path = render_embedding_projection(
-        model, images, output_dir, labels=labels, image_processor=image_processor, image_size=image_size,
-        num_samples=num_samples, seed=seed,
-    )  # fmt: skip
+        model,
+        images,
+        output_dir,
+        labels=labels,
+        image_processor=image_processor,
+        image_size=image_size,
+        num_samples=num_samples,
+        seed=seed,
+    )
     self_similarity_path = render_prototype_self_similarity(model, output_dir, max_classes=max_classes)
     return {
         "prototype_map": map_path,
@@ -380,18 +396,24 @@ def _read_label(path: str) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(
-        prog="python -m modeling_protoseg.visualize", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m modeling_protoseg.visualize", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="folder written by save_pretrained")
     parser.add_argument("--image", required=True, nargs="+", help="image file(s); the first one is used for (a)")
     parser.add_argument("--class-name", required=True, help="class whose prototypes figure (a) shows")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--label", nargs="*", default=None,
-                        help="label map PNG(s), one per image, to colour the projection by ground truth")  # fmt: skip
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="resize to this square size with ImageNet normalisation instead of the "
-                        "checkpoint's image processor (default: the processor, or the image as is)")  # fmt: skip
+    parser.add_argument(
+        "--label",
+        nargs="*",
+        default=None,
+        help="label map PNG(s), one per image, to colour the projection by ground truth",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize to this square size with ImageNet normalisation instead of the "
+        "checkpoint's image processor (default: the processor, or the image as is)",
+    )
     parser.add_argument("--num-samples", type=int, default=2000, help="pixels drawn for the projection")
     parser.add_argument("--max-classes", type=int, default=20, help="classes shown in the self-similarity figure")
     parser.add_argument("--seed", type=int, default=0)
@@ -401,9 +423,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     images = [Image.open(path).convert("RGB") for path in args.image]
     labels = [_read_label(path) for path in args.label] if args.label else None
     paths = render_all(
-        args.checkpoint, images, args.class_name, args.output_dir, labels=labels, image_size=args.image_size,
-        num_samples=args.num_samples, max_classes=args.max_classes, seed=args.seed,
-    )  # fmt: skip
+        args.checkpoint,
+        images,
+        args.class_name,
+        args.output_dir,
+        labels=labels,
+        image_size=args.image_size,
+        num_samples=args.num_samples,
+        max_classes=args.max_classes,
+        seed=args.seed,
+    )
     for name, path in paths.items():
         print(f"{name}: {path}")
     return paths

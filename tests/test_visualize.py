@@ -13,8 +13,7 @@ from PIL import Image
 from tiny_models import tiny_protoseg_config
 from transformers import SegformerImageProcessor
 
-from modeling_protoseg import ProtoSegForSemanticSegmentation
-from modeling_protoseg import visualize
+from modeling_protoseg import ProtoSegForSemanticSegmentation, visualize
 from modeling_protoseg.visualize import (
     ASSIGNMENT_FIGURE_INCHES,
     PROJECTION_FIGURE_INCHES,
@@ -55,9 +54,20 @@ def test_command_writes_the_three_figures(checkpoint: Path, tmp_path: Path):
     image_path = write_image(tmp_path)
     output_dir = tmp_path / "figures"
     paths = visualize.main(
-        ["--checkpoint", str(checkpoint), "--image", str(image_path), str(write_image(tmp_path, seed=1)),
-         "--class-name", "class_1", "--output-dir", str(output_dir), "--num-samples", "300"]
-    )  # fmt: skip
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(image_path),
+            str(write_image(tmp_path, seed=1)),
+            "--class-name",
+            "class_1",
+            "--output-dir",
+            str(output_dir),
+            "--num-samples",
+            "300",
+        ]
+    )
     assert set(paths) == {"prototype_map", "prototype_assignment", "embedding_projection", "prototype_self_similarity"}
     assert all(Path(path).parent == output_dir for path in paths.values())
     assert_png(paths["prototype_map"], (56, 40))  # the image's own size
@@ -72,10 +82,27 @@ def test_command_runs_as_a_module_with_a_processor_and_labels(checkpoint: Path, 
     label_path = tmp_path / "label.png"
     Image.fromarray(np.repeat(np.arange(3, dtype=np.uint8), 16)[None].repeat(48, axis=0)).save(label_path)
     completed = subprocess.run(
-        [sys.executable, "-m", "modeling_protoseg.visualize", "--checkpoint", str(checkpoint), "--image",
-         str(image_path), "--label", str(label_path), "--class-name", "class_0", "--output-dir", str(tmp_path / "out")],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modeling_protoseg.visualize",
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(image_path),
+            "--label",
+            str(label_path),
+            "--class-name",
+            "class_0",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "embedding_projection:" in completed.stdout
     assert_png(tmp_path / "out" / "prototype_map_class_0.png", (48, 48))
@@ -84,11 +111,31 @@ def test_command_runs_as_a_module_with_a_processor_and_labels(checkpoint: Path, 
 def test_unknown_class_and_missing_checkpoint_are_clear_errors(checkpoint: Path, tmp_path: Path):
     image_path = write_image(tmp_path)
     with pytest.raises(ValueError, match="unknown class name"):
-        visualize.main(["--checkpoint", str(checkpoint), "--image", str(image_path), "--class-name", "sky",
-                        "--output-dir", str(tmp_path / "out")])  # fmt: skip
+        visualize.main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--image",
+                str(image_path),
+                "--class-name",
+                "sky",
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        visualize.main(["--checkpoint", str(tmp_path), "--image", str(image_path), "--class-name", "class_0",
-                        "--output-dir", str(tmp_path / "out")])  # fmt: skip
+        visualize.main(
+            [
+                "--checkpoint",
+                str(tmp_path),
+                "--image",
+                str(image_path),
+                "--class-name",
+                "class_0",
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
 
 
 def test_prototype_map_hue_is_the_closest_prototype_and_brightness_its_similarity():
