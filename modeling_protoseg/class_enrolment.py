@@ -247,7 +247,7 @@ class ProtoSegClassEnrolmentMixin:
         self.eval()
         try:
             outputs = self(
-                pixel_values=pixel_values.to(self.device),
+                pixel_values=pixel_values.to(self.device, dtype=self.dtype),
                 output_pixel_embeddings=True,
                 output_nearest_prototypes=True,
                 return_dict=True,
