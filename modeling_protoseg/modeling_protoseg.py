@@ -149,9 +149,16 @@ class ProtoSegPrototypeBank(nn.Module):
         self.register_buffer("prototypes", torch.zeros(shape, dtype=torch.float32), persistent=True)
 
     def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
-        if self.prototypes.is_floating_point() and self.prototypes.dtype != torch.float32:
-            self.prototypes = self.prototypes.float()
+        # Keep the prototypes out of the cast: a bf16 round trip would round them (up to ~2e-3).
+        prototypes = self._buffers.pop("prototypes")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._buffers["prototypes"] = prototypes
+        moved = fn(prototypes)
+        if moved.dtype != torch.float32:  # a dtype cast: follow the device move only
+            moved = prototypes.to(device=moved.device)
+        self._buffers["prototypes"] = moved
         return self
 
 

@@ -120,9 +120,13 @@ def test_prototypes_are_a_normalised_float32_buffer_outside_the_optimizer():
     torch.testing.assert_close(model.prototypes.norm(dim=-1), torch.ones(3, 4))
     assert "prototype_bank.prototypes" in model.state_dict()
     assert all(tensor is not model.prototypes for tensor in model.parameters())
+    before = model.prototypes.clone()
     model.to(torch.bfloat16)
     assert model.prototypes.dtype == torch.float32
+    assert torch.equal(model.prototypes, before)  # no rounding through bf16
     assert model.class_score_norm.weight.dtype == torch.bfloat16
+    model.half().float()
+    assert torch.equal(model.prototypes, before)
 
 
 def test_prototypes_round_trip_exactly_through_save_and_load(tmp_path):
