@@ -16,10 +16,17 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Cross-entropy of (B, C, h, w) logits, upsampled bilinearly to the (B, H, W) labels."""
-    upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    valid = labels != ignore_index
-    per_pixel = F.cross_entropy(upsampled.float(), labels.masked_fill(~valid, 0), reduction="none")
+    """Cross-entropy of (B, C, h, w) logits, upsampled bilinearly to the (B, H, W) labels.
+
+    Works channels-last: the upsampled (B, H, W, C) logits are a free view of (B*H*W, C) rows, so the
+    log-softmax runs over a contiguous class dimension.
+    """
+    channels_last = logits.contiguous(memory_format=torch.channels_last)  # a no-op for the model's logits
+    upsampled = F.interpolate(channels_last, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    rows = upsampled.permute(0, 2, 3, 1).reshape(-1, upsampled.shape[1]).float()  # (B*H*W, C)
+    flat_labels = labels.reshape(-1)
+    valid = flat_labels != ignore_index
+    per_pixel = F.cross_entropy(rows, flat_labels.masked_fill(~valid, 0), reduction="none")
     return _weighted_mean(per_pixel, valid.float())
 
 

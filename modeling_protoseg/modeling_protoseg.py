@@ -97,8 +97,26 @@ def encoder_channels(encoder: nn.Module) -> list[int]:
     return list(encoder.channels)
 
 
+def _linear_1x1(conv: nn.Conv2d, channels_last: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to (..., C_in) channels-last values: (..., C_out)."""
+    return F.linear(channels_last, conv.weight.flatten(1), conv.bias)
+
+
+def _channels_last_norm(norm: nn.Module, channels_last: torch.Tensor) -> torch.Tensor:
+    """A BatchNorm2d on (B, h, w, C) values, through a free NCHW view (SyncBatchNorm-compatible)."""
+    return norm(channels_last.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 class ProtoSegDecodeHead(nn.Module):
-    """SegFormer's all-MLP decoder without its classifier: fuse 4 maps at stride 4."""
+    """SegFormer's all-MLP decoder without its classifier: fuse 4 maps at stride 4.
+
+    Computes `linear_fuse(concat_i(upsample(linear_projection_i(map_i))))` exactly as SegFormer defines
+    it, in a cheaper order: the 1x1 projection and the fusion act on channels only and the bilinear
+    upsampling on space only (its weights sum to 1, so it commutes with the affine maps). So each map is
+    taken straight to the output width by the folded matrix `fuse_block_i @ projection_i` at its own
+    resolution and then upsampled, and the (hidden x 4*hidden) fusion at stride 4 is never run.
+    All activations are channels-last, (B, h, w, C), so no layout copies are made.
+    """
 
     def __init__(self, *, in_channels: list[int], hidden_size: int, dropout_prob: float) -> None:
         super().__init__()
@@ -110,13 +128,24 @@ class ProtoSegDecodeHead(nn.Module):
         self.dropout = nn.Dropout(dropout_prob)
 
     def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, C_i, H_i, W_i) maps -> (B, hidden, H/4, W/4), a channels-last view."""
+        hidden_size = self.linear_fuse.out_channels
+        num_maps = len(feature_maps)
         target_size = feature_maps[0].shape[-2:]  # (H/4, W/4)
-        projected = [
-            F.interpolate(projection(feature_map), size=target_size, mode="bilinear", align_corners=False)
-            for feature_map, projection in zip(feature_maps, self.linear_projections)
-        ]
-        fused = self.linear_fuse(torch.cat(projected[::-1], dim=1))
-        return self.dropout(self.activation(self.batch_norm(fused)))  # (B, hidden, H/4, W/4)
+        fuse_weight = self.linear_fuse.weight.flatten(1)  # (hidden, num_maps * hidden); maps concatenated in reverse
+        fused = None
+        for index, (feature_map, projection) in enumerate(zip(feature_maps, self.linear_projections)):
+            block = fuse_weight[:, (num_maps - 1 - index) * hidden_size : (num_maps - index) * hidden_size]
+            folded_weight = block @ projection.weight.flatten(1)  # (hidden, C_i)
+            folded_bias = block @ projection.bias  # (hidden,)
+            mapped = F.linear(feature_map.permute(0, 2, 3, 1), folded_weight, folded_bias)  # (B, H_i, W_i, hidden)
+            if mapped.shape[1:3] != target_size:
+                mapped = F.interpolate(
+                    mapped.permute(0, 3, 1, 2), size=target_size, mode="bilinear", align_corners=False
+                ).permute(0, 2, 3, 1)
+            fused = mapped if fused is None else fused + mapped
+        decoded = self.dropout(self.activation(_channels_last_norm(self.batch_norm, fused)))  # (B, h, w, hidden)
+        return decoded.permute(0, 3, 1, 2)
 
 
 class ProtoSegProjectionHead(nn.Module):
@@ -131,9 +160,11 @@ class ProtoSegProjectionHead(nn.Module):
         self.layer_norm = nn.LayerNorm(embedding_dim)
 
     def forward(self, decoded: torch.Tensor) -> torch.Tensor:
-        embeddings = self.output(self.activation(self.batch_norm(self.hidden(decoded))))  # (B, D, h, w)
-        embeddings = self.layer_norm(embeddings.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return F.normalize(embeddings, dim=1)  # unit length along D (channels), not along the width
+        """(B, hidden, h, w) -> (B, D, h, w) unit-length embeddings, a channels-last view."""
+        hidden = _linear_1x1(self.hidden, decoded.permute(0, 2, 3, 1))  # (B, h, w, hidden)
+        hidden = self.activation(_channels_last_norm(self.batch_norm, hidden))
+        embeddings = self.layer_norm(_linear_1x1(self.output, hidden))  # (B, h, w, D)
+        return F.normalize(embeddings, dim=-1).permute(0, 3, 1, 2)  # unit length along D, not along the width
 
 
 class ProtoSegPrototypeBank(nn.Module):
@@ -160,6 +191,30 @@ class ProtoSegPrototypeBank(nn.Module):
             moved = prototypes.to(device=moved.device)
         self._buffers["prototypes"] = moved
         return self
+
+
+def _chunked_class_scores(
+    pixel_embeddings: torch.Tensor, flat_prototypes: torch.Tensor, num_classes: int, chunk_bytes: int = 64 * 2**20
+) -> torch.Tensor:
+    """max over each class's K prototypes of the (N, C*K) similarities, computed in row chunks into one
+    reused buffer, so inference never holds all similarities (4.4 GB for 847 classes, batch 8, 512x512).
+
+    Arguments:
+        pixel_embeddings: (N, D); flat_prototypes: (C*K, D).
+    Returns:
+        (N, C) class scores.
+    """
+    num_pixels, num_columns = pixel_embeddings.shape[0], flat_prototypes.shape[0]
+    rows_per_chunk = max(64, chunk_bytes // (pixel_embeddings.element_size() * num_columns))
+    prototypes_t = flat_prototypes.T.contiguous()  # (D, C*K)
+    class_scores = pixel_embeddings.new_empty(num_pixels, num_classes)
+    buffer = pixel_embeddings.new_empty(min(rows_per_chunk, num_pixels), num_columns)
+    for start in range(0, num_pixels, rows_per_chunk):
+        chunk = pixel_embeddings[start : start + rows_per_chunk]
+        similarities = torch.mm(chunk, prototypes_t, out=buffer[: chunk.shape[0]])
+        chunk_scores = class_scores[start : start + rows_per_chunk]
+        torch.amax(similarities.view(chunk.shape[0], num_classes, -1), dim=-1, out=chunk_scores)
+    return class_scores
 
 
 class ProtoSegPreTrainedModel(PreTrainedModel):
@@ -289,15 +344,20 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         num_classes, num_prototypes = self.config.num_labels, self.config.num_prototypes_per_class
         updates_prototypes = self.training and labels is not None
 
-        pixel_embeddings = embeddings.permute(0, 2, 3, 1).reshape(-1, embedding_dim)  # (N, D), N = B*h*w
+        pixel_embeddings = embeddings.permute(0, 2, 3, 1).reshape(-1, embedding_dim)  # (N, D), N = B*h*w, a view
         prototypes = self.prototypes.to(pixel_embeddings.dtype)
         if updates_prototypes and prototypes is self.prototypes:
             prototypes = prototypes.clone()  # autograd keeps it for backward; the buffer moves in place below
-        # One GEMM against all C*K prototypes: (N, D) @ (D, C*K)
-        similarities = pixel_embeddings @ prototypes.reshape(num_classes * num_prototypes, embedding_dim).T
-        class_scores = similarities.view(-1, num_classes, num_prototypes).amax(dim=-1)  # (N, C)
+        flat_prototypes = prototypes.reshape(num_classes * num_prototypes, embedding_dim)  # (C*K, D)
+        similarities = None  # (N, C*K), materialised only when training or asked for the nearest prototypes
+        if updates_prototypes or output_nearest_prototypes or torch.is_grad_enabled():
+            similarities = pixel_embeddings @ flat_prototypes.T  # one GEMM against all C*K prototypes
+            class_scores = similarities.view(-1, num_classes, num_prototypes).amax(dim=-1)  # (N, C)
+        else:
+            class_scores = _chunked_class_scores(pixel_embeddings, flat_prototypes, num_classes)
         pixel_logits = self.class_score_norm(class_scores)  # (N, C)
-        logits = pixel_logits.view(batch_size, height, width, num_classes).permute(0, 3, 1, 2).contiguous()
+        # (B, C, h, w) as a channels-last view of the (N, C) rows: no copy
+        logits = pixel_logits.view(batch_size, height, width, num_classes).permute(0, 3, 1, 2)
 
         loss = ce_loss = ppc_loss = ppd_loss = None
         if labels is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -308,3 +310,45 @@ def test_every_trainable_parameter_gets_a_gradient(encoder_config):
     model(pixel_values, labels=labels).loss.backward()
     without_gradient = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert without_gradient == []
+
+
+def test_folded_channels_last_heads_equal_segformers_formulation():
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config()).train()
+    feature_maps = [torch.randn(2, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate([8, 16, 24, 32])]
+    head = model.decode_head
+    # SegFormer's order: project each map, upsample, concatenate in reverse, fuse, BN, ReLU.
+    projected = [
+        F.interpolate(projection(feature_map), size=(32, 32), mode="bilinear", align_corners=False)
+        for feature_map, projection in zip(feature_maps, head.linear_projections)
+    ]
+    reference_head = copy.deepcopy(head)
+    expected = reference_head.activation(reference_head.batch_norm(reference_head.linear_fuse(torch.cat(projected[::-1], 1))))
+    decoded = head(feature_maps)
+    torch.testing.assert_close(decoded, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(head.batch_norm.running_mean, reference_head.batch_norm.running_mean)
+    projection = model.projection_head
+    hidden = projection.activation(projection.batch_norm(projection.hidden(expected)))
+    reference_embeddings = F.normalize(
+        projection.layer_norm(projection.output(hidden).permute(0, 2, 3, 1)).permute(0, 3, 1, 2), dim=1
+    )
+    torch.testing.assert_close(projection(decoded), reference_embeddings, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_inference_equals_the_full_similarity_path(monkeypatch):
+    from modeling_protoseg import modeling_protoseg as modeling
+
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config(num_classes=5)).eval()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    full = model(pixel_values).logits  # grad enabled: the full (N, C*K) path
+    original = modeling._chunked_class_scores
+    calls = []
+
+    def small_chunks(embeddings, prototypes, num_classes):
+        calls.append(embeddings.shape[0])
+        return original(embeddings, prototypes, num_classes, chunk_bytes=100 * 20 * 4)  # 100 rows per chunk
+
+    monkeypatch.setattr(modeling, "_chunked_class_scores", small_chunks)
+    with torch.no_grad():
+        chunked = model(pixel_values).logits
+    assert calls == [2 * 16 * 16]
+    torch.testing.assert_close(chunked, full.detach())
