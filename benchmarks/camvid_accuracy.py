@@ -8,9 +8,10 @@ pairwise cosine similarity between the K prototypes of a class (off-diagonal), a
 (the official code's prototypes collapse towards 1.0; these should not).
 
 Settings:
-  cpu  about 15-30 minutes on 2 cores: tiny random-init MiT ("mit-micro", decoder and D = 64), 128x128
-       crops, batch 8, 500 AdamW steps (lr 1e-3, 50 warm-up), K = 10, prototype momentum 0.99 (0.999
-       barely moves a prototype in 500 steps), evaluation at short side 128; seeds 0, 1, 2.
+  cpu  tiny random-init MiT ("mit-micro", decoder and D = 64), 128x128 crops, batch 8, 500 AdamW steps
+       (lr 1e-3, 50 warm-up), K = 10, prototype momentum 0.99 (0.999 barely moves a prototype in 500
+       steps), evaluation at short side 128; seeds 0, 1, 2. A run takes about 1.5 minutes on 2 quiet
+       cores (up to 7 when the cores are shared), so the six runs take 10-15 minutes (up to ~40).
   gpu  the full CamVid preset: MiT-B0 (random init unless --encoder names a checkpoint), 360x480 crops,
        batch 8, 20,000 steps, paper defaults (K = 10, momentum 0.999), evaluation at short side 360;
        seeds 0, 1, 2. Not run on the CPU machine.
@@ -72,8 +73,13 @@ SETTINGS: dict[str, dict] = {
 }
 
 
-def train(head: str, seed: int, setting: str, work_dir: Path, threads: int, extra: list[str]) -> tuple[Path, float]:
-    """Run training/train.py for one (head, seed); returns the output folder and the wall time."""
+def train(
+    head: str, seed: int, setting: str, work_dir: Path, threads: int, extra: list[str], *, reuse: bool
+) -> tuple[Path, float]:
+    """Run training/train.py for one (head, seed); returns the output folder and the wall time.
+
+    With `reuse`, a finished run in the same folder made by the very same command is kept (its recorded
+    wall time is read back) instead of training again."""
     output_dir = work_dir / setting / f"{head}-seed{seed}"
     command = [
         sys.executable, str(REPO_ROOT / "training" / "train.py"), "--preset", "camvid",
@@ -81,11 +87,18 @@ def train(head: str, seed: int, setting: str, work_dir: Path, threads: int, extr
         "--eval_steps", "0", "--checkpointing_steps", "0", "--report_to", "none", "--logging_steps", "100",
         "--num_threads", str(threads), *SETTINGS[setting]["train_arguments"], *extra,
     ]
+    record = output_dir / "benchmark_run.json"
+    if reuse and record.exists() and (output_dir / "eval_results.json").exists():
+        previous = json.loads(record.read_text())
+        if previous["command"] == command[1:]:
+            return output_dir, previous["wall_seconds"]
     start = time.perf_counter()
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if completed.returncode != 0:
         raise RuntimeError(f"training failed ({head}, seed {seed}):\n{completed.stderr[-3000:]}")
-    return output_dir, time.perf_counter() - start
+    wall_seconds = time.perf_counter() - start
+    record.write_text(json.dumps({"command": command[1:], "wall_seconds": wall_seconds}))
+    return output_dir, wall_seconds
 
 
 def evaluate_test(folder: Path, base_size: int, device: torch.device) -> dict:
@@ -149,12 +162,15 @@ def markdown(runs: list[dict], summary: dict) -> str:
 
 def main() -> None:
     parser = base_argument_parser(__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2")
+    parser.add_argument("--reuse_runs", action="store_true",
+                        help="keep finished runs of the same command found in --work_dir instead of retraining")
     parser.add_argument("--encoder", default=None, help="override the encoder (e.g. a local pretrained checkpoint)")
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/protoseg_camvid_benchmark"))
     args = parser.parse_args()
     device = device_for(args.setting)
     setting = SETTINGS[args.setting]
+    args.seeds = args.seeds or [0, 1, 2]
     extra = ["--encoder", args.encoder] if args.encoder else []
     if args.quick:
         extra += ["--max_steps", "5", "--warmup_steps", "1", "--max_eval_samples", "4"]
@@ -162,7 +178,8 @@ def main() -> None:
     for seed in args.seeds[:1] if args.quick else args.seeds:
         for head in HEADS:
             print(f"camvid: {head}, seed {seed}", flush=True)
-            folder, wall_seconds = train(head, seed, args.setting, args.work_dir, args.threads, extra)
+            folder, wall_seconds = train(head, seed, args.setting, args.work_dir, args.threads, extra,
+                                         reuse=args.reuse_runs)
             val = json.loads((folder / "eval_results.json").read_text())
             test = evaluate_test(folder, setting["base_size"], device)
             run = {"head": head, "seed": seed, "val_miou": val["mean_iou"], "test_miou": test["mean_iou"],

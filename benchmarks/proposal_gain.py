@@ -3,9 +3,9 @@
 1. Exactness: the package's model and `FasterProtoSegForSemanticSegmentation` with the same weights, the
    same batch and the same random state give the same logits, losses, prototype update and gradients
    (differences reported; float rounding only).
-2. Parts, forward + backward, interleaved: decoder + projection head (current / rows layout / rows +
-   folded decoder), class scores + PPC + PPD on the (N, C*K) similarities (current / fused), inference
-   matching (current / chunked).
+2. Parts, interleaved: decoder + projection head, forward + backward (current / rows layout / rows +
+   folded decoder); class scores + PPC + PPD on the (N, C*K) similarities, forward + backward (current /
+   fused); Sinkhorn clustering (log domain / exp domain); inference matching (current / chunked).
 3. Whole training step and whole inference: current / proposed / SegFormer, interleaved.
 
     python benchmarks/proposal_gain.py [--setting gpu] [--quick]
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
     Summary,
@@ -43,8 +44,10 @@ from benchmarks.faster_forward import (  # noqa: E402
     class_scores_chunked,
     decode_rows,
     project_rows,
+    sinkhorn_assign_pixels_exp_domain,
 )
 from modeling_protoseg.losses import pixel_prototype_losses  # noqa: E402
+from modeling_protoseg.prototypes import sinkhorn_assign_pixels  # noqa: E402
 
 
 def build_faster(num_classes: int, options: FasterForwardOptions | None = None) -> FasterProtoSegForSemanticSegmentation:
@@ -90,6 +93,16 @@ def exactness(num_classes: int = 19, image_size: int = 128, device: torch.device
         eval_new = proposed(pixel_values=pixel_values).logits
     report["eval_logits_max_abs_diff"] = (eval_ref - eval_new).abs().max().item()
     report["eval_argmax_agreement"] = (eval_ref.argmax(1) == eval_new.argmax(1)).float().mean().item()
+    # Sinkhorn alone on a larger problem: 150 classes, 32,768 pixels, K = 10, cosine similarities
+    generator = torch.Generator().manual_seed(0)
+    embeddings = F.normalize(torch.randn(32768, 64, generator=generator), dim=1)
+    prototypes = F.normalize(torch.randn(151, 10, 64, generator=generator), dim=-1)
+    groups = torch.randint(0, 151, (32768,), generator=generator)
+    similarities = torch.einsum("nd,nkd->nk", embeddings, prototypes[groups])
+    assignments_ref, plan_ref = sinkhorn_assign_pixels(similarities, groups, 151, iterations=3, epsilon=0.05)
+    assignments_new, plan_new = sinkhorn_assign_pixels_exp_domain(similarities, groups, 151, iterations=3, epsilon=0.05)
+    report["sinkhorn_assignment_agreement"] = (assignments_ref == assignments_new).float().mean().item()
+    report["sinkhorn_plan_max_abs_diff"] = (plan_ref - plan_new).abs().max().item()
     return report
 
 
@@ -135,6 +148,16 @@ def part_timings(num_classes: int, batch_size: int, image_size: int, *, repetiti
         torch.autograd.backward([scores, ppc + ppd], [class_grad, None])
         similarities_leaf.grad = None
 
+    groups_of_pixels = torch.randint(0, num_classes + 1, (num_pixels,), device=device)
+    own_similarities = similarities.view(num_pixels, num_classes, num_prototypes)[:, 0].contiguous()
+
+    def sinkhorn_current() -> None:
+        sinkhorn_assign_pixels(own_similarities, groups_of_pixels, num_classes + 1, iterations=3, epsilon=0.05)
+
+    def sinkhorn_exp_domain() -> None:
+        sinkhorn_assign_pixels_exp_domain(own_similarities, groups_of_pixels, num_classes + 1, iterations=3,
+                                          epsilon=0.05)
+
     def matching_current() -> None:
         with torch.inference_mode():
             (rows @ flat_prototypes.T).view(num_pixels, num_classes, num_prototypes).amax(dim=-1)
@@ -148,6 +171,7 @@ def part_timings(num_classes: int, batch_size: int, image_size: int, *, repetiti
             "current": heads_current, "rows layout": heads_rows(False), "rows layout + folded decoder": heads_rows(True),
         },
         "class scores + PPC + PPD (fwd+bwd)": {"current": scores_losses_current, "fused": scores_losses_fused},
+        "Sinkhorn clustering, 3 iterations": {"current": sinkhorn_current, "exp domain": sinkhorn_exp_domain},
         "inference matching (GEMM + max over K)": {"current": matching_current, "chunked": matching_chunked},
     }
     results = {}
@@ -225,7 +249,8 @@ def main() -> None:
         whole_cells = [("train", 150, 8, 512), ("train", 847, 8, 512), ("infer", 19, 1, 512), ("infer", 847, 8, 512)]
     else:
         part_cells = [(150, 8, 256)]
-        whole_cells = [("train", 150, 8, 256), ("infer", 19, 1, 512), ("infer", 847, 1, 512)]
+        whole_cells = [("train", 150, 8, 256), ("train", 150, 1, 512), ("infer", 19, 1, 512), ("infer", 19, 8, 512),
+                       ("infer", 150, 8, 512), ("infer", 847, 1, 512)]
     payload = {"machine": machine_description(device), "threads": args.threads}
     print("exactness", flush=True)
     payload["exactness"] = exactness(19, 64 if args.quick else 128, device=device)
