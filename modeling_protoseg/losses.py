@@ -56,4 +56,65 @@ def pixel_prototype_losses(
     return _weighted_mean(ppc, pixel_weights), _weighted_mean(ppd, pixel_weights)
 
 
-__all__ = ["pixel_cross_entropy", "pixel_prototype_losses"]
+class _ClassScoresAndPrototypeLosses(torch.autograd.Function):
+    """(N, C*K) similarities -> class scores (max over each class's K), PPC and PPD, in one autograd node.
+
+    The same values as `amax` + `pixel_prototype_losses`, but the backward writes the gradient of the
+    similarities in one pass over N*C*K values plus two sparse scatters (the assigned prototype, and each
+    class's best prototype), instead of the dozen full passes of log-softmax, division and amax backwards.
+    """
+
+    @staticmethod
+    def forward(ctx, similarities, target_prototypes, pixel_weights, num_classes: int, temperature: float):
+        num_pixels, num_columns = similarities.shape
+        class_scores, best_prototype = similarities.view(num_pixels, num_classes, -1).max(dim=-1)  # (N, C)
+        row_max = class_scores.amax(dim=1, keepdim=True)  # (N, 1): the max over all C*K
+        exponentials = torch.sub(similarities, row_max).mul_(1.0 / temperature).exp_()  # (N, C*K), each <= 1
+        row_sums = exponentials.sum(dim=1)  # (N,)
+        log_normalisers = row_max.squeeze(1) / temperature + torch.log(row_sums)  # logsumexp(S / tau)
+        assigned = similarities.gather(1, target_prototypes[:, None]).squeeze(1)  # (N,)
+        total_weight = pixel_weights.sum().clamp(min=1.0)
+        ppc = ((log_normalisers - assigned / temperature) * pixel_weights).sum() / total_weight
+        ppd = ((1.0 - assigned).pow(2) * pixel_weights).sum() / total_weight
+        ctx.save_for_backward(exponentials, row_sums, target_prototypes, pixel_weights, best_prototype, assigned)
+        ctx.temperature, ctx.total_weight = temperature, total_weight
+        ctx.mark_non_differentiable(best_prototype)
+        return class_scores, best_prototype, ppc, ppd
+
+    @staticmethod
+    def backward(ctx, grad_class_scores, _grad_best_prototype, grad_ppc, grad_ppd):
+        exponentials, row_sums, target_prototypes, pixel_weights, best_prototype, assigned = ctx.saved_tensors
+        num_pixels, num_classes = best_prototype.shape
+        pixel_share = pixel_weights / ctx.total_weight  # (N,)
+        # d PPC / d S = share * (softmax(S / tau) - onehot(target)) / tau
+        softmax_scale = grad_ppc * pixel_share / ctx.temperature  # (N,)
+        grad = exponentials * (softmax_scale / row_sums)[:, None]  # (N, C*K), the one full pass
+        target_grad = -softmax_scale - 2.0 * grad_ppd * (1.0 - assigned) * pixel_share  # PPC target term + PPD
+        grad.scatter_add_(1, target_prototypes[:, None], target_grad[:, None])
+        grad.view(num_pixels, num_classes, -1).scatter_add_(2, best_prototype[..., None], grad_class_scores[..., None])
+        return grad, None, None, None, None
+
+
+def class_scores_and_prototype_losses(
+    similarities: torch.Tensor,
+    target_prototypes: torch.Tensor,
+    pixel_weights: torch.Tensor,
+    *,
+    num_classes: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class scores, PPC and PPD of the training forward, with a fused backward.
+
+    Arguments:
+        similarities: (N, C*K) cosine similarities (computed in float32 here).
+        target_prototypes, pixel_weights, temperature: as in `pixel_prototype_losses`.
+    Returns:
+        class_scores: (N, C) max over each class's K prototypes; ppc, ppd: scalars.
+    """
+    class_scores, _, ppc, ppd = _ClassScoresAndPrototypeLosses.apply(
+        similarities.float(), target_prototypes, pixel_weights.float(), num_classes, temperature
+    )
+    return class_scores, ppc, ppd
+
+
+__all__ = ["class_scores_and_prototype_losses", "pixel_cross_entropy", "pixel_prototype_losses"]

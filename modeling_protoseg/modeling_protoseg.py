@@ -25,7 +25,7 @@ from transformers.utils import ModelOutput
 
 from .class_enrolment import ProtoSegClassEnrolmentMixin
 from .configuration_protoseg import ProtoSegConfig
-from .losses import pixel_cross_entropy, pixel_prototype_losses
+from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
 from .prototypes import momentum_update_prototypes, sinkhorn_assign_pixels
 
 
@@ -350,22 +350,33 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
             prototypes = prototypes.clone()  # autograd keeps it for backward; the buffer moves in place below
         flat_prototypes = prototypes.reshape(num_classes * num_prototypes, embedding_dim)  # (C*K, D)
         similarities = None  # (N, C*K), materialised only when training or asked for the nearest prototypes
-        if updates_prototypes or output_nearest_prototypes or torch.is_grad_enabled():
+        ppc_loss = ppd_loss = assignment = None
+        if updates_prototypes:
             similarities = pixel_embeddings @ flat_prototypes.T  # one GEMM against all C*K prototypes
+            assignment = self._assign_pixels_to_prototypes(pixel_embeddings, similarities, labels, height, width)
+            class_scores, ppc_loss, ppd_loss = class_scores_and_prototype_losses(
+                similarities,
+                assignment.target_prototypes,
+                assignment.labelled,
+                num_classes=num_classes,
+                temperature=self.config.ppc_temperature,
+            )
+        elif output_nearest_prototypes or torch.is_grad_enabled():
+            similarities = pixel_embeddings @ flat_prototypes.T
             class_scores = similarities.view(-1, num_classes, num_prototypes).amax(dim=-1)  # (N, C)
         else:
             class_scores = _chunked_class_scores(pixel_embeddings, flat_prototypes, num_classes)
-        pixel_logits = self.class_score_norm(class_scores)  # (N, C)
+        pixel_logits = self.class_score_norm(class_scores.to(pixel_embeddings.dtype))  # (N, C)
         # (B, C, h, w) as a channels-last view of the (N, C) rows: no copy
         logits = pixel_logits.view(batch_size, height, width, num_classes).permute(0, 3, 1, 2)
 
-        loss = ce_loss = ppc_loss = ppd_loss = None
+        loss = ce_loss = None
         if labels is not None:
             ce_loss = pixel_cross_entropy(logits, labels, self.config.semantic_loss_ignore_index)
             loss = ce_loss
         if updates_prototypes:
-            ppc_loss, ppd_loss = self._learn_prototypes(pixel_embeddings, similarities, pixel_logits, labels, height, width)
             loss = ce_loss + self.config.ppc_loss_weight * ppc_loss + self.config.ppd_loss_weight * ppd_loss
+            self._update_prototypes(pixel_embeddings, pixel_logits, assignment)
 
         nearest_class = nearest_index = None
         if output_nearest_prototypes:
@@ -385,19 +396,19 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         )
         return output if return_dict else output.to_tuple()
 
-    def _learn_prototypes(
+    @torch.no_grad()
+    def _assign_pixels_to_prototypes(
         self,
         pixel_embeddings: torch.Tensor,
         similarities: torch.Tensor,
-        pixel_logits: torch.Tensor,
         labels: torch.Tensor,
         height: int,
         width: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cluster each class's pixels onto its K prototypes, return (PPC, PPD), update prototypes in place.
+    ) -> "_PixelAssignment":
+        """Within-class online clustering: each labelled pixel goes to one of its class's K prototypes.
 
         Arguments:
-            pixel_embeddings: (N, D) unit embeddings; similarities: (N, C*K); pixel_logits: (N, C).
+            pixel_embeddings: (N, D) unit embeddings; similarities: (N, C*K).
             labels: (B, H, W) at input resolution, resized here to (B, h, w) by nearest neighbour.
         """
         config = self.config
@@ -407,46 +418,61 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         labelled = pixel_labels != config.semantic_loss_ignore_index
         pixel_classes = torch.where(labelled, pixel_labels, torch.zeros_like(pixel_labels))  # (N,) in [0, C)
 
-        with torch.no_grad():
-            # Clustering in float32: recompute the similarities if the forward ran in bf16/fp16.
-            if similarities.dtype == torch.float32:
-                similarities32 = similarities.detach()
-            else:
-                with torch.autocast(device_type=similarities.device.type, enabled=False):
-                    flat_prototypes = self.prototypes.reshape(num_classes * num_prototypes, -1)
-                    similarities32 = pixel_embeddings.detach().float() @ flat_prototypes.T
-            own_class_similarities = similarities32.view(-1, num_classes, num_prototypes)
-            own_class_similarities = own_class_similarities.gather(
-                1, pixel_classes[:, None, None].expand(-1, 1, num_prototypes)
-            ).squeeze(1)  # (N, K)
-            # Ignored pixels go to an extra group C, so they never weigh on a real class's marginals.
-            groups = torch.where(labelled, pixel_classes, torch.full_like(pixel_classes, num_classes))
-            assignments, _ = sinkhorn_assign_pixels(
-                own_class_similarities,
-                groups,
-                num_classes + 1,
-                iterations=config.sinkhorn_iterations,
-                epsilon=config.sinkhorn_epsilon,
-            )
-        target_prototypes = pixel_classes * num_prototypes + assignments  # (N,) flat index in [0, C*K)
-        ppc_loss, ppd_loss = pixel_prototype_losses(
-            similarities, target_prototypes, labelled.float(), temperature=config.ppc_temperature
+        # Clustering in float32: recompute the similarities if the forward ran in bf16/fp16.
+        if similarities.dtype == torch.float32:
+            similarities32 = similarities.detach()
+        else:
+            with torch.autocast(device_type=similarities.device.type, enabled=False):
+                flat_prototypes = self.prototypes.reshape(num_classes * num_prototypes, -1)
+                similarities32 = pixel_embeddings.detach().float() @ flat_prototypes.T
+        own_class_similarities = similarities32.view(-1, num_classes, num_prototypes)
+        own_class_similarities = own_class_similarities.gather(
+            1, pixel_classes[:, None, None].expand(-1, 1, num_prototypes)
+        ).squeeze(1)  # (N, K)
+        # Ignored pixels go to an extra group C, so they never weigh on a real class's marginals.
+        groups = torch.where(labelled, pixel_classes, torch.full_like(pixel_classes, num_classes))
+        assignments, _ = sinkhorn_assign_pixels(
+            own_class_similarities,
+            groups,
+            num_classes + 1,
+            iterations=config.sinkhorn_iterations,
+            epsilon=config.sinkhorn_epsilon,
         )
+        return _PixelAssignment(pixel_labels, labelled, pixel_classes, assignments, num_prototypes)
 
-        with torch.no_grad():
-            update_weights = labelled
-            if config.update_prototypes_with_correct_only:
-                update_weights = update_weights & (pixel_logits.detach().argmax(dim=-1) == pixel_labels)
-            updated = momentum_update_prototypes(
-                self.prototypes,
-                pixel_embeddings.detach(),
-                pixel_classes,
-                assignments,
-                momentum=config.prototype_momentum,
-                pixel_weights=update_weights.float(),
-            )
-            self.prototypes.copy_(updated)
-        return ppc_loss, ppd_loss
+    @torch.no_grad()
+    def _update_prototypes(
+        self, pixel_embeddings: torch.Tensor, pixel_logits: torch.Tensor, assignment: "_PixelAssignment"
+    ) -> None:
+        """Momentum update of the prototype buffer, in place (paper eq. 14)."""
+        update_weights = assignment.labelled
+        if self.config.update_prototypes_with_correct_only:
+            update_weights = update_weights & (pixel_logits.argmax(dim=-1) == assignment.pixel_labels)
+        updated = momentum_update_prototypes(
+            self.prototypes,
+            pixel_embeddings.detach(),
+            assignment.pixel_classes,
+            assignment.assignments,
+            momentum=self.config.prototype_momentum,
+            pixel_weights=update_weights.float(),
+        )
+        self.prototypes.copy_(updated)
+
+
+@dataclass
+class _PixelAssignment:
+    """Result of the within-class clustering, all (N,) over the pixels at feature resolution."""
+
+    pixel_labels: torch.Tensor  # class index or the ignore index
+    labelled: torch.Tensor  # bool, not ignored
+    pixel_classes: torch.Tensor  # class index, 0 for ignored pixels (which carry weight 0 everywhere)
+    assignments: torch.Tensor  # prototype index within the class, in [0, K)
+    num_prototypes: int
+
+    @property
+    def target_prototypes(self) -> torch.Tensor:
+        """Flat index `class * K + k` of each pixel's assigned prototype, in [0, C*K)."""
+        return self.pixel_classes * self.num_prototypes + self.assignments
 
 
 __all__ = [
