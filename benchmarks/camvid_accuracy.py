@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/protoseg_camvid_benchmark"))
     args = parser.parse_args()
     device = device_for(args.setting)
+    machine = machine_description(device)  # at the start: load average, commit and model files measured
     setting = SETTINGS[args.setting]
     args.seeds = args.seeds or [0, 1, 2]
     extra = ["--encoder", args.encoder] if args.encoder else []
@@ -197,7 +198,6 @@ def main() -> None:
                          "test_miou": _mean_spread([r["test_miou"] for r in head_runs])}
         if head == "protoseg":
             summary[head]["diversity"] = _mean_spread([r["diversity"]["mean"] for r in head_runs])
-    machine = machine_description(device)
     suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
     description = setting["description"] + (f"; encoder {args.encoder}" if args.encoder else "")
     if args.quick:

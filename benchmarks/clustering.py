@@ -1,9 +1,9 @@
 """The clustering and prototype-update part of a ProtoSeg training step, as separately timed callables.
 
 `clustering_and_update(model, pixel_values, labels)` runs one real forward to capture the embeddings and
-similarities, then returns the exact no-grad work `ProtoSegForSemanticSegmentation._learn_prototypes`
-does on them (labels to feature resolution, own-class similarities, batched Sinkhorn over all classes,
-the correct-only weights, the momentum update), split in two callables.
+similarities, then returns the model's own no-grad clustering (labels to feature resolution, own-class
+similarities, batched Sinkhorn over all classes) and prototype update (correct-only weights, momentum
+update) on them, as two callables.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from modeling_protoseg.prototypes import momentum_update_prototypes, sinkhorn_as
 
 def clustering_and_update(
     model, pixel_values: torch.Tensor, labels: torch.Tensor
-) -> tuple[Callable[[], tuple[torch.Tensor, ...]], Callable[[], None]]:
-    """(cluster, update) callables replaying the step's clustering and prototype update on one batch."""
+) -> tuple[Callable[[], object], Callable[[], None]]:
+    """(cluster, update) callables replaying the step's clustering and prototype update on one batch,
+    through the model's own `_assign_pixels_to_prototypes` and `_update_prototypes`."""
     config = model.config
     num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
     model.train()
@@ -30,32 +31,13 @@ def clustering_and_update(
         similarities = rows @ model.prototypes.reshape(num_classes * num_prototypes, embedding_dim).T
         pixel_logits = model.class_score_norm(similarities.view(-1, num_classes, num_prototypes).amax(dim=-1))
 
-    @torch.no_grad()
-    def cluster() -> tuple[torch.Tensor, ...]:
-        pixel_labels = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")
-        pixel_labels = pixel_labels.long().reshape(-1)
-        labelled = pixel_labels != config.semantic_loss_ignore_index
-        pixel_classes = torch.where(labelled, pixel_labels, torch.zeros_like(pixel_labels))
-        own = similarities.view(-1, num_classes, num_prototypes)
-        own = own.gather(1, pixel_classes[:, None, None].expand(-1, 1, num_prototypes)).squeeze(1)
-        groups = torch.where(labelled, pixel_classes, torch.full_like(pixel_classes, num_classes))
-        assignments, _ = sinkhorn_assign_pixels(
-            own, groups, num_classes + 1, iterations=config.sinkhorn_iterations, epsilon=config.sinkhorn_epsilon
-        )
-        return pixel_labels, labelled, pixel_classes, assignments
+    def cluster():
+        return model._assign_pixels_to_prototypes(rows, similarities, labels, height, width)
 
-    pixel_labels, labelled, pixel_classes, assignments = cluster()
+    assignment = cluster()
 
-    @torch.no_grad()
     def update() -> None:
-        weights = labelled
-        if config.update_prototypes_with_correct_only:
-            weights = weights & (pixel_logits.argmax(dim=-1) == pixel_labels)
-        updated = momentum_update_prototypes(
-            model.prototypes, rows, pixel_classes, assignments,
-            momentum=config.prototype_momentum, pixel_weights=weights.float(),
-        )
-        model.prototypes.copy_(updated)
+        model._update_prototypes(rows, pixel_logits, assignment)
 
     return cluster, update
 

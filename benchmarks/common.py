@@ -81,10 +81,22 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "git_commit": _git_commit(),
+        "model_files_sha256": model_files_digest(),
     }
     if device.type == "cuda":
         description["gpu"] = torch.cuda.get_device_name(device)
     return description
+
+
+def model_files_digest() -> str:
+    """First 12 hex digits of the SHA-256 of the model package's sources: which model was measured,
+    even when the working tree moves between benchmarks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "modeling_protoseg").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _git_commit() -> str | None:
@@ -335,7 +347,8 @@ def machine_line(machine: dict[str, Any]) -> str:
     load = machine.get("load_average_at_start")
     if load:
         line += f"; load average at start {load[0]:.1f} (shared machine)"
-    return line + f"; {machine['date_utc']} UTC, commit {machine['git_commit']}"
+    return line + (f"; {machine['date_utc']} UTC, commit {machine['git_commit']}, "
+                   f"model files sha256 {machine.get('model_files_sha256')}")
 
 
 def free_memory(device: torch.device) -> None:

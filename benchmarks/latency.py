@@ -95,6 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     device = device_for(args.setting)
     set_threads(args.threads)
+    machine = machine_description(device)  # at the start: load average, commit and model files measured
     image_size, class_counts = (64, (19, 150)) if args.quick else (512, CLASS_GRID)
     cells = []
     for batch_size in args.batch_sizes:
@@ -103,7 +104,6 @@ def main() -> None:
             repetitions = 30
         print(f"latency: batch {batch_size}, {image_size}px, {repetitions} repetitions", flush=True)
         cells += measure_batch(batch_size, image_size, class_counts, repetitions=repetitions, device=device)
-    machine = machine_description(device)
     suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
     write_json(args.output / f"latency{suffix}.json", {"machine": machine, "cells": cells})
     table = markdown(cells)

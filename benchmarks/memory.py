@@ -112,6 +112,7 @@ def main() -> None:
         model_name, num_classes, batch_size, image_size = args.cell
         print(json.dumps(measure_cell(model_name, int(num_classes), int(batch_size), int(image_size), device)))
         return
+    machine = machine_description(device)  # at the start: load average, commit and model files measured
     class_counts = (19, 150) if args.quick else CLASS_GRID
     cells = []
     for batch_size, image_size in grid(args.setting, args.quick):
@@ -119,7 +120,6 @@ def main() -> None:
             for model_name in ("protoseg", "segformer"):
                 print(f"memory: {model_name} {num_classes} classes, batch {batch_size}, {image_size}px", flush=True)
                 cells.append(run_child(model_name, num_classes, batch_size, image_size, args.setting, args.threads))
-    machine = machine_description(device)
     suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
     kind = cells[0].get("kind", "")
     write_json(args.output / f"memory{suffix}.json", {"machine": machine, "cells": cells})

@@ -4,10 +4,12 @@ Each stage runs alone on inputs captured from a real forward (detached leaves th
 its backward runs too, seeded with a gradient of the output's shape), and all stages of both models are
 timed interleaved in the same repetitions. Training stages (forward + backward each):
     encoder | decode head (SegFormer: with its classifier) | projection head | similarity GEMM |
-    class scores (max over K) + class-score LayerNorm + logits layout | CE (upsample + cross-entropy) |
-    PPC + PPD | clustering (labels resize + Sinkhorn, no grad) | prototype update (no grad) | AdamW step
-The stages replicate the glue of `ProtoSegForSemanticSegmentation.forward` line for line; the sum of the
-stages is reported beside a measured full step as a check.
+    class scores + PPC + PPD (the package's fused function) | class-score LayerNorm + logits layout |
+    CE (upsample + cross-entropy) | clustering (`_assign_pixels_to_prototypes`, no grad) |
+    prototype update (`_update_prototypes`, no grad) | AdamW step
+The stages follow `ProtoSegForSemanticSegmentation.forward` (calling the model's own methods where it
+has them). Stages run alone pay a little more (fresh gradient buffers, no overlap), so their sum is
+reported beside a measured full step: read the shares, not the absolute sum.
 
     python benchmarks/profile_breakdown.py                 # CPU setting
     python benchmarks/profile_breakdown.py --setting gpu
@@ -40,9 +42,8 @@ from benchmarks.common import (  # noqa: E402
     time_interleaved,
     write_json,
 )
-from modeling_protoseg.losses import pixel_cross_entropy, pixel_prototype_losses  # noqa: E402
+from modeling_protoseg.losses import class_scores_and_prototype_losses, pixel_cross_entropy  # noqa: E402
 from modeling_protoseg.modeling_protoseg import _chunked_class_scores  # noqa: E402
-from modeling_protoseg.prototypes import momentum_update_prototypes, sinkhorn_assign_pixels  # noqa: E402
 
 Stage = Callable[[], None]
 
@@ -68,7 +69,8 @@ def _seed_like(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.
 
 
 def protoseg_training_stages(model, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict[str, Stage]:
-    """The training step of the package's model, cut into separately timed stages."""
+    """The training step of the package's model, cut into separately timed stages (its own methods for
+    the clustering and the update, its fused class-score/PPC/PPD function for the losses)."""
     model.train()
     config = model.config
     num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
@@ -80,60 +82,42 @@ def protoseg_training_stages(model, pixel_values: torch.Tensor, labels: torch.Te
         embeddings = model.projection_head(decoded)
     batch_size, embedding_dim, height, width = embeddings.shape
     feature_leaves = [_leaf(feature_map) for feature_map in feature_maps]
-    decoded_leaf, embeddings_leaf = _leaf(decoded), _leaf(embeddings)
+    decoded_leaf, embeddings_leaf = _leaf(decoded), _leaf(embeddings)  # clones keep the channels-last strides
     flat_prototypes = model.prototypes.reshape(num_classes * num_prototypes, embedding_dim).clone()
 
     def similarity_gemm() -> torch.Tensor:
-        rows = embeddings_leaf.permute(0, 2, 3, 1).reshape(-1, embedding_dim)
+        rows = embeddings_leaf.permute(0, 2, 3, 1).reshape(-1, embedding_dim)  # a view
         return rows @ flat_prototypes.T
 
     with torch.no_grad():
         similarities = similarity_gemm()
+        rows = embeddings.permute(0, 2, 3, 1).reshape(-1, embedding_dim)
     similarities_leaf = _leaf(similarities)
 
-    def class_scores_and_logits() -> torch.Tensor:
-        class_scores = similarities_leaf.view(-1, num_classes, num_prototypes).amax(dim=-1)
-        pixel_logits = model.class_score_norm(class_scores)
+    def cluster():
+        return model._assign_pixels_to_prototypes(rows, similarities, labels, height, width)
+
+    assignment = cluster()
+
+    def scores_and_losses() -> tuple[torch.Tensor, torch.Tensor]:
+        class_scores, ppc, ppd = class_scores_and_prototype_losses(
+            similarities_leaf, assignment.target_prototypes, assignment.labelled,
+            num_classes=num_classes, temperature=config.ppc_temperature,
+        )
+        return class_scores, ppc + ppd
+
+    with torch.no_grad():
+        class_scores = similarities.view(-1, num_classes, num_prototypes).amax(dim=-1)
+    class_scores_leaf = _leaf(class_scores)
+
+    def norm_and_layout() -> torch.Tensor:
+        pixel_logits = model.class_score_norm(class_scores_leaf)
         return pixel_logits.view(batch_size, height, width, num_classes).permute(0, 3, 1, 2)  # channels-last view
 
     with torch.no_grad():
-        logits = class_scores_and_logits()
+        logits = norm_and_layout()
         pixel_logits_rows = logits.permute(0, 2, 3, 1).reshape(-1, num_classes)
     logits_leaf = _leaf(logits)
-
-    def cluster() -> tuple[torch.Tensor, ...]:
-        pixel_labels = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")
-        pixel_labels = pixel_labels.long().reshape(-1)
-        labelled = pixel_labels != config.semantic_loss_ignore_index
-        pixel_classes = torch.where(labelled, pixel_labels, torch.zeros_like(pixel_labels))
-        with torch.no_grad():
-            own = similarities.view(-1, num_classes, num_prototypes)
-            own = own.gather(1, pixel_classes[:, None, None].expand(-1, 1, num_prototypes)).squeeze(1)
-            groups = torch.where(labelled, pixel_classes, torch.full_like(pixel_classes, num_classes))
-            assignments, _ = sinkhorn_assign_pixels(
-                own, groups, num_classes + 1, iterations=config.sinkhorn_iterations, epsilon=config.sinkhorn_epsilon
-            )
-        return pixel_labels, labelled, pixel_classes, assignments
-
-    pixel_labels, labelled, pixel_classes, assignments = cluster()
-    target_prototypes = pixel_classes * num_prototypes + assignments
-    rows = embeddings.permute(0, 2, 3, 1).reshape(-1, embedding_dim)
-
-    def update() -> None:
-        with torch.no_grad():
-            weights = labelled
-            if config.update_prototypes_with_correct_only:
-                weights = weights & (pixel_logits_rows.argmax(dim=-1) == pixel_labels)
-            updated = momentum_update_prototypes(
-                model.prototypes, rows, pixel_classes, assignments,
-                momentum=config.prototype_momentum, pixel_weights=weights.float(),
-            )
-            model.prototypes.copy_(updated)
-
-    def ppc_ppd() -> tuple[torch.Tensor, torch.Tensor]:
-        return pixel_prototype_losses(
-            similarities_leaf, target_prototypes, labelled.float(), temperature=config.ppc_temperature
-        )
 
     for parameter in model.parameters():  # give AdamW gradients to step on
         parameter.grad = torch.randn_like(parameter) * 1e-3
@@ -143,13 +127,15 @@ def protoseg_training_stages(model, pixel_values: torch.Tensor, labels: torch.Te
         "decode head": _forward_backward(lambda: model.decode_head(feature_leaves), _seed_like(decoded)),
         "projection head": _forward_backward(lambda: model.projection_head(decoded_leaf), _seed_like(embeddings)),
         "similarity GEMM": _forward_backward(similarity_gemm, _seed_like(similarities)),
-        "class scores + norm + layout": _forward_backward(class_scores_and_logits, _seed_like(logits)),
+        "class scores + PPC + PPD (fused)": _forward_backward(
+            scores_and_losses, (torch.randn_like(class_scores), torch.ones(()))
+        ),
+        "class-score norm + layout": _forward_backward(norm_and_layout, _seed_like(logits)),
         "CE loss": _forward_backward(
             lambda: pixel_cross_entropy(logits_leaf, labels, config.semantic_loss_ignore_index), None
         ),
-        "PPC + PPD": _forward_backward(lambda: sum(ppc_ppd()), None),
-        "clustering": lambda: cluster(),
-        "prototype update": update,
+        "clustering": cluster,
+        "prototype update": lambda: model._update_prototypes(rows, pixel_logits_rows, assignment),
         "optimizer step": optimizer.step,
     }
 
@@ -281,6 +267,7 @@ def main() -> None:
     args = parser.parse_args()
     device = device_for(args.setting)
     set_threads(args.threads)
+    machine = machine_description(device)  # at the start: load average, commit and model files measured
     repetitions = args.repetitions or (2 if args.quick else 5)
     if args.quick:
         cells = [("train", 19, 2, 64), ("infer", 19, 1, 64)]
@@ -292,7 +279,6 @@ def main() -> None:
     for mode, num_classes, batch_size, image_size in cells:
         print(f"breakdown {mode} C={num_classes} B={batch_size} {image_size}px", flush=True)
         results.append(breakdown(num_classes, batch_size, image_size, mode=mode, repetitions=repetitions, device=device))
-    machine = machine_description(device)
     suffix = "" if args.setting == "cpu" else f"_{args.setting}"
     suffix += "_quick" if args.quick else ""
     write_json(args.output / f"profile_breakdown{suffix}.json", {"machine": machine, "results": results})

@@ -101,6 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     device = device_for(args.setting)
     set_threads(args.threads)
+    machine = machine_description(device)  # at the start: load average, commit and model files measured
     repetitions = args.repetitions or (2 if args.quick else (20 if device.type == "cuda" else 5))
     if args.quick:
         batch, sizes, class_batch, class_size, class_counts = 1, (32, 64), 1, 64, (19, 150)
@@ -116,7 +117,6 @@ def main() -> None:
     for num_classes in class_counts:
         print(f"scaling: {num_classes} classes, batch {class_batch}, {class_size}px", flush=True)
         class_points.append(measure_point(num_classes, class_batch, class_size, repetitions=repetitions, device=device))
-    machine = machine_description(device)
     suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
     write_json(args.output / f"scaling{suffix}.json",
                {"machine": machine, "pixel_sweep": pixel_points, "class_sweep": class_points})

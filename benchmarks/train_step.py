@@ -163,6 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     device = device_for(args.setting)
     set_threads(args.threads)
+    machine = machine_description(device)  # at the start: load average, commit and model files measured
     class_counts = (19, 150) if args.quick else CLASS_GRID
     share_classes = 150 if not args.quick else 19
     cells, shares = [], []
@@ -179,7 +180,6 @@ def main() -> None:
         shares += [share] if share else []
     print("paper figure: 10,000 pixels into 10 prototypes", flush=True)
     paper = paper_figure(device, args.threads)
-    machine = machine_description(device)
     suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
     write_json(args.output / f"train_step{suffix}.json",
                {"machine": machine, "cells": cells, "clustering_share": shares, "paper_figure": paper})
