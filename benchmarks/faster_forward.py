@@ -17,6 +17,11 @@ underflows and the plan is the same. The shift is a constant, not a data maximum
 extra reduction to agree on it (the per-group MAX all-reduce of the log-domain version disappears).
 Per iteration: 1 index_add + 1 index_select + 2 divisions instead of about 15 ops with an exp and a log
 each. (A fp16/bf16 input is cast to float32 first, as in the package.)
+
+`fold_eval_batch_norms` (inference only): in eval mode both BatchNorms are fixed per-channel affine maps
+right after a linear map (the decoder's after the sum of its folded per-stage maps, the projection
+head's after its first 1x1 map), so their scale and shift fold into those weights and biases: two
+passes over the (N, 256) activations disappear, nothing else changes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import modeling_protoseg.modeling_protoseg as modeling
 from modeling_protoseg import ProtoSegForSemanticSegmentation
@@ -34,6 +40,41 @@ from modeling_protoseg.prototypes import _all_reduce_
 @dataclass
 class FasterForwardOptions:
     exp_domain_sinkhorn: bool = True
+    fold_eval_batch_norms: bool = True
+
+
+def _eval_affine(norm: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with norm(x) == x * scale + shift per channel, in eval mode."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    return scale, norm.bias - norm.running_mean * scale
+
+
+def decode_eval_folded(head, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+    """The package's decode head in eval mode with its BatchNorm folded in: (B, h, w, hidden) channels-last."""
+    hidden_size = head.linear_fuse.out_channels
+    num_maps = len(feature_maps)
+    target_size = feature_maps[0].shape[-2:]
+    scale, shift = _eval_affine(head.batch_norm)
+    fuse_weight = head.linear_fuse.weight.flatten(1) * scale[:, None]  # BN scale folded into every block
+    fused = None
+    for index, (feature_map, projection) in enumerate(zip(feature_maps, head.linear_projections)):
+        block = fuse_weight[:, (num_maps - 1 - index) * hidden_size : (num_maps - index) * hidden_size]
+        bias = block @ projection.bias + (shift if index == 0 else 0.0)  # the BN shift, added once
+        mapped = F.linear(feature_map.permute(0, 2, 3, 1), block @ projection.weight.flatten(1), bias)
+        if mapped.shape[1:3] != target_size:
+            mapped = F.interpolate(
+                mapped.permute(0, 3, 1, 2), size=target_size, mode="bilinear", align_corners=False
+            ).permute(0, 2, 3, 1)
+        fused = mapped if fused is None else fused + mapped
+    return head.activation(fused)  # dropout is the identity in eval mode
+
+
+def project_eval_folded(head, decoded: torch.Tensor) -> torch.Tensor:
+    """The package's projection head in eval mode with its BatchNorm folded into the first 1x1 map."""
+    scale, shift = _eval_affine(head.batch_norm)
+    hidden = F.linear(decoded, head.hidden.weight.flatten(1) * scale[:, None], head.hidden.bias * scale + shift)
+    embeddings = head.layer_norm(F.linear(head.activation(hidden), head.output.weight.flatten(1), head.output.bias))
+    return F.normalize(embeddings, dim=-1)  # (B, h, w, D)
 
 
 @torch.no_grad()
@@ -64,9 +105,33 @@ def sinkhorn_assign_pixels_exp_domain(
 
 
 class FasterProtoSegForSemanticSegmentation(ProtoSegForSemanticSegmentation):
-    """The package's model with the proposed exp-domain Sinkhorn in its clustering (same state dict)."""
+    """The package's model with the proposed exp-domain Sinkhorn in its clustering and the BatchNorms
+    folded at inference (same state dict)."""
 
     faster_options = FasterForwardOptions()
+
+    def forward(self, pixel_values, labels=None, output_hidden_states=None, output_pixel_embeddings=False,
+                output_nearest_prototypes=False, return_dict=None, **kwargs):
+        plain_inference = not self.training and labels is None and not output_nearest_prototypes
+        if not (self.faster_options.fold_eval_batch_norms and plain_inference and not torch.is_grad_enabled()):
+            return super().forward(pixel_values, labels, output_hidden_states, output_pixel_embeddings,
+                                   output_nearest_prototypes, return_dict, **kwargs)
+        self._check_inputs(pixel_values, labels)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        num_classes = self.config.num_labels
+        feature_maps = self._encode(pixel_values)
+        embeddings = project_eval_folded(self.projection_head, decode_eval_folded(self.decode_head, list(feature_maps)))
+        batch_size, height, width, embedding_dim = embeddings.shape
+        pixel_embeddings = embeddings.reshape(-1, embedding_dim)  # (N, D)
+        flat_prototypes = self.prototypes.to(pixel_embeddings.dtype).reshape(-1, embedding_dim)
+        class_scores = modeling._chunked_class_scores(pixel_embeddings, flat_prototypes, num_classes)
+        pixel_logits = self.class_score_norm(class_scores.to(pixel_embeddings.dtype))
+        logits = pixel_logits.view(batch_size, height, width, num_classes).permute(0, 3, 1, 2)
+        output = modeling.ProtoSegSemanticSegmenterOutput(
+            logits=logits, hidden_states=feature_maps if output_hidden_states else None,
+            pixel_embeddings=embeddings.permute(0, 3, 1, 2) if output_pixel_embeddings else None,
+        )
+        return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
     def _assign_pixels_to_prototypes(self, pixel_embeddings, similarities, labels, height, width):
@@ -82,6 +147,8 @@ class FasterProtoSegForSemanticSegmentation(ProtoSegForSemanticSegmentation):
 
 __all__ = [
     "FasterForwardOptions",
+    "decode_eval_folded",
+    "project_eval_folded",
     "FasterProtoSegForSemanticSegmentation",
     "sinkhorn_assign_pixels_exp_domain",
 ]

@@ -6,7 +6,8 @@
 2. Parts, interleaved: class scores + PPC + PPD on the (N, C*K) similarities, forward + backward
    (amax + `pixel_prototype_losses`, the package before commit 80df072 / the fused autograd function it
    ported); Sinkhorn clustering (the package's log domain / the proposed exp domain).
-3. Whole training step: the package / the package with the exp-domain Sinkhorn / SegFormer, interleaved.
+3. Whole training step and inference: the package / the package with the proposals (exp-domain
+   Sinkhorn in training, BatchNorms folded at inference) / SegFormer, interleaved.
 
     python benchmarks/proposal_gain.py [--setting gpu] [--quick]
 """
@@ -83,6 +84,12 @@ def exactness(num_classes: int = 19, image_size: int = 128, device: torch.device
         if p.grad.norm().item() > 1e-4 * largest_norm:  # biases right before a BatchNorm have zero gradient
             worst = max(worst, ((p.grad - q.grad).norm() / p.grad.norm()).item())
     report["gradient_worst_relative_l2_diff_per_tensor"] = worst
+    reference.eval(), proposed.eval()  # BatchNorm running statistics now moved by the step: folds non-trivial
+    with torch.inference_mode():
+        eval_ref = reference(pixel_values=pixel_values).logits
+        eval_new = proposed(pixel_values=pixel_values).logits
+    report["eval_logits_max_abs_diff"] = (eval_ref - eval_new).abs().max().item()
+    report["eval_argmax_agreement"] = (eval_ref.argmax(1) == eval_new.argmax(1)).float().mean().item()
     # Sinkhorn alone on a larger problem: 150 classes, 32,768 pixels, K = 10, cosine similarities
     generator = torch.Generator().manual_seed(0)
     embeddings = F.normalize(torch.randn(32768, 64, generator=generator), dim=1)
@@ -166,7 +173,7 @@ def whole_timings(num_classes: int, batch_size: int, image_size: int, *, mode: s
     }
     if mode == "train":
         candidates = {name: make_train_step(model, pixel_values, labels) for name, model in models.items()}
-    else:  # the proposal leaves inference to the package's forward
+    else:  # inference: the proposal folds the eval-mode BatchNorms
         candidates = {name: make_inference(model, pixel_values) for name, model in models.items()}
     times = time_interleaved(candidates, repetitions=repetitions, device=device)
     return {
@@ -183,7 +190,7 @@ def _summary_text(summary: dict, digits: int = 2, scale: float = 1.0) -> str:
 
 
 def _markdown(payload: dict) -> str:
-    lines = ["### Exactness of a training step (MiT-B0, 19 classes, batch 2, 128x128, same weights and random "
+    lines = ["### Exactness of a training step and the eval forward after it (MiT-B0, 19 classes, batch 2, 128x128, same weights and random "
              "state); Sinkhorn alone: 150 classes, 32,768 pixels", ""]
     lines.append(markdown_table(["quantity", "value"], [[k, f"{v:.3g}"] for k, v in payload["exactness"].items()]))
     for part in payload["parts"]:
@@ -201,7 +208,7 @@ def _markdown(payload: dict) -> str:
             rows.append([f"{whole['mode']} C={whole['num_classes']} B={whole['batch_size']} {whole['image_size']}px",
                          name, _summary_text(whole["wall_seconds"][name], 3), _summary_text(whole["ratio_to_segformer"][name])])
         rows.append(["", "proposed / current", "", _summary_text(whole["proposed_over_current"])])
-    lines += ["", "### Whole training step (interleaved repetitions; ratios per repetition)", ""]
+    lines += ["", "### Whole training step / inference (interleaved repetitions; ratios per repetition)", ""]
     lines.append(markdown_table(["cell", "model", "seconds median [q1, q3]", "ratio median [q1, q3]"], rows))
     return "\n".join(lines)
 
@@ -213,13 +220,13 @@ def main() -> None:
     set_threads(args.threads)
     repetitions = args.repetitions or (2 if args.quick else 5)
     if args.quick:
-        part_cells, whole_cells = [(19, 2, 64)], [("train", 19, 2, 64)]
+        part_cells, whole_cells = [(19, 2, 64)], [("train", 19, 2, 64), ("infer", 19, 2, 64)]
     elif args.setting == "gpu":
         part_cells = [(150, 8, 512), (847, 8, 512)]
-        whole_cells = [("train", 150, 8, 512), ("train", 847, 8, 512)]
+        whole_cells = [("train", 150, 8, 512), ("train", 847, 8, 512), ("infer", 19, 8, 512), ("infer", 150, 8, 512)]
     else:
         part_cells = [(150, 8, 256), (847, 2, 256)]
-        whole_cells = [("train", 150, 8, 256), ("train", 847, 2, 256)]
+        whole_cells = [("train", 150, 8, 256), ("train", 847, 2, 256), ("infer", 19, 8, 512), ("infer", 150, 8, 512)]
     payload = {"machine": machine_description(device), "threads": args.threads}
     print("exactness", flush=True)
     payload["exactness"] = exactness(19, 64 if args.quick else 128, device=device)
