@@ -205,7 +205,7 @@ class ProtoSegClassEnrolmentMixin:
     """Interpretability and class enrolment/removal for `ProtoSegForSemanticSegmentation`.
 
     Expects `self.config` (a ProtoSegConfig), `self.prototype_bank.prototypes` (C, K, D),
-    `self.class_score_norm` (LayerNorm(C)) and a `forward` accepting `output_pixel_embeddings` /
+    `self.class_score_norm` (a `ProtoSegClassScoreNorm` over C) and a `forward` accepting `output_pixel_embeddings` /
     `output_nearest_prototypes`.
     """
 
@@ -396,17 +396,11 @@ class ProtoSegClassEnrolmentMixin:
                 )
             )
         # ---- nothing above modified the model; apply the change ----
-        old_prototypes = self.prototype_bank.prototypes
-        appended = torch.stack(new_prototypes).to(old_prototypes.device, old_prototypes.dtype)  # (n, K, D)
-        prototypes = torch.cat([old_prototypes, appended], dim=0)  # (C + n, K, D)
-
-        keep_rows = torch.arange(self.class_score_norm.normalized_shape[0])
-        new_norm = self._resized_class_score_norm(keep_rows, num_added=len(names))
-
+        keep_rows = torch.arange(self.config.num_labels)
         first_id = self.config.num_labels
         id2label = {int(index): str(label) for index, label in self.config.id2label.items()}
         id2label.update({first_id + offset: name for offset, name in enumerate(names)})
-        self._set_classes(prototypes, new_norm, id2label)
+        self._set_classes(keep_rows, id2label, appended_prototypes=torch.stack(new_prototypes))  # (n, K, D)
         return {name: first_id + offset for offset, name in enumerate(names)}
 
     @torch.no_grad()
@@ -429,44 +423,27 @@ class ProtoSegClassEnrolmentMixin:
                 raise ValueError(f"unknown class name {name!r}; known: {sorted(label2id)}")
         if len(set(names)) != len(names):
             raise ValueError(f"class names repeated in {names}")
-        if len(names) >= self.config.num_labels:
-            raise ValueError("cannot remove every class; at least one must remain")
+        if self.config.num_labels - len(names) < 2:
+            raise ValueError(
+                f"cannot remove {len(names)} of {self.config.num_labels} classes: at least two must remain "
+                "(a pixel takes the class of its nearest prototype)"
+            )
 
         removed = {label2id[name] for name in names}
         keep_rows = torch.tensor([c for c in range(self.config.num_labels) if c not in removed], dtype=torch.long)
-        prototypes = self.prototype_bank.prototypes[keep_rows.to(self.prototype_bank.prototypes.device)].clone()
-        new_norm = self._resized_class_score_norm(keep_rows, num_added=0)
         old_id2label = {int(index): str(label) for index, label in self.config.id2label.items()}
         id2label = {new_id: old_id2label[int(old_id)] for new_id, old_id in enumerate(keep_rows.tolist())}
-        self._set_classes(prototypes, new_norm, id2label)
+        self._set_classes(keep_rows, id2label)
         return {label: index for index, label in id2label.items()}
 
-    def _resized_class_score_norm(self, keep_rows: torch.Tensor, *, num_added: int) -> nn.LayerNorm:
-        """A LayerNorm over `len(keep_rows) + num_added` class scores: kept rows copy their affine entries,
-        added rows take the mean weight and bias of the existing classes."""
-        old_norm = self.class_score_norm
-        size = len(keep_rows) + num_added
-        new_norm = nn.LayerNorm(
-            size, eps=old_norm.eps, elementwise_affine=old_norm.elementwise_affine, bias=old_norm.bias is not None
-        )
-        if old_norm.weight is not None:
-            device, dtype = old_norm.weight.device, old_norm.weight.dtype
-            new_norm.to(device=device, dtype=dtype)
-            rows = keep_rows.to(device)
-            for name in ("weight", "bias"):
-                old_values = getattr(old_norm, name)
-                if old_values is None:
-                    continue
-                added = old_values.mean().expand(num_added)
-                getattr(new_norm, name).copy_(torch.cat([old_values[rows], added]))
-                getattr(new_norm, name).requires_grad_(old_values.requires_grad)
-        new_norm.train(old_norm.training)
-        return new_norm
-
-    def _set_classes(self, prototypes: torch.Tensor, class_score_norm: nn.LayerNorm, id2label: dict[int, str]) -> None:
-        """Install a new class set: prototype buffer, LayerNorm and the config's label maps together."""
-        self.prototype_bank.prototypes = prototypes.contiguous()  # replaces the registered buffer
-        self.class_score_norm = class_score_norm
+    def _set_classes(
+        self, keep_rows: torch.Tensor, id2label: dict[int, str], *, appended_prototypes: torch.Tensor | None = None
+    ) -> None:
+        """Install a new class set: the kept classes in `keep_rows` order, then the appended ones, in the
+        prototype buffers, the class-score normalisation and the config's label maps together."""
+        num_added = 0 if appended_prototypes is None else appended_prototypes.shape[0]
+        self.class_score_norm = self.class_score_norm.resized(keep_rows, num_added=num_added)
+        self.prototype_bank.select_classes(keep_rows, appended_prototypes)
         self.config.id2label = dict(sorted(id2label.items()))  # num_labels is len(id2label)
         self.config.label2id = {label: index for index, label in self.config.id2label.items()}
 

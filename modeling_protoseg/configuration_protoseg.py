@@ -21,6 +21,10 @@ def _encoder_kind(encoder_config: PretrainedConfig) -> str:
     )
 
 
+CLASS_SCORE_NORMS = ("affine", "layer_norm")
+PROTOTYPE_INITS = ("data", "random")
+
+
 class ProtoSegConfig(PretrainedConfig):
     r"""
     Configuration of [`ProtoSegForSemanticSegmentation`].
@@ -42,6 +46,25 @@ class ProtoSegConfig(PretrainedConfig):
         semantic_loss_ignore_index (`int`): label value of pixels that take part in nothing.
         update_prototypes_with_correct_only (`bool`): as the official code, move prototypes only with
             pixels the model already classifies correctly.
+        class_score_norm (`str`): how the C class scores (each a cosine similarity in [-1, 1]) become logits.
+            `"affine"` (default): a learned per-class scale and bias, `logit_c = scale_c * score_c + bias_c`,
+            the scale starting at `class_score_scale`; it keeps a useful gradient and a graded confidence
+            for any number of classes. `"layer_norm"`: the official code's `LayerNorm(C)` over the scores
+            (a learned temperature for many classes, but with C = 2 it maps any two scores that differ by
+            more than ~0.01 to -1/+1: the gradient vanishes and every pixel gets the same confidence).
+            Checkpoints saved before this option existed load as `"layer_norm"`.
+        class_score_scale (`float`): initial per-class scale of the `"affine"` normalisation, an inverse
+            temperature (default 10 = 1 / the paper's PPC temperature), > 0.
+        prototype_init (`str`): `"data"` (default): the first update a prototype receives sets it to the mean
+            of the labelled pixels assigned to it (all of them, correctly classified or not), so no prototype
+            stays at its random start, rare classes included. `"random"`: the paper, momentum from the
+            random start.
+        dead_prototype_patience (`int`): a prototype counts as dead once its class had labelled pixels in
+            this many consecutive training steps without any of them moving it (reported by
+            `prototype_health()`), >= 1.
+        reseed_dead_prototypes (`bool`): move a dead prototype onto the batch's pixel of its class that the
+            class's prototypes explain worst (one per class and step), as codebook-restart methods do in
+            vector quantisation.
         classifier_dropout_prob (`float`): dropout after the decoder fusion.
         initializer_range (`float`): std of the truncated-normal init of weights and prototypes.
     """
@@ -63,6 +86,11 @@ class ProtoSegConfig(PretrainedConfig):
         ppd_loss_weight: float = 0.01,
         semantic_loss_ignore_index: int = 255,
         update_prototypes_with_correct_only: bool = True,
+        class_score_norm: str = "affine",
+        class_score_scale: float = 10.0,
+        prototype_init: str = "data",
+        dead_prototype_patience: int = 100,
+        reseed_dead_prototypes: bool = False,
         classifier_dropout_prob: float = 0.1,
         initializer_range: float = 0.02,
         **kwargs: Any,
@@ -96,6 +124,11 @@ class ProtoSegConfig(PretrainedConfig):
         self.ppd_loss_weight = ppd_loss_weight
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         self.update_prototypes_with_correct_only = update_prototypes_with_correct_only
+        self.class_score_norm = class_score_norm
+        self.class_score_scale = class_score_scale
+        self.prototype_init = prototype_init
+        self.dead_prototype_patience = dead_prototype_patience
+        self.reseed_dead_prototypes = reseed_dead_prototypes
         self.classifier_dropout_prob = classifier_dropout_prob
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
@@ -115,16 +148,38 @@ class ProtoSegConfig(PretrainedConfig):
             ("ppd_loss_weight", self.ppd_loss_weight, self.ppd_loss_weight >= 0, ">= 0"),
             ("embedding_dim", self.embedding_dim, self.embedding_dim >= 1, ">= 1"),
             ("decoder_hidden_size", self.decoder_hidden_size, self.decoder_hidden_size >= 1, ">= 1"),
-            ("num_labels", self.num_labels, self.num_labels >= 1, ">= 1"),
+            ("class_score_scale", self.class_score_scale, self.class_score_scale > 0, "> 0"),
+            ("dead_prototype_patience", self.dead_prototype_patience, self.dead_prototype_patience >= 1, ">= 1"),
         ]
         for field, value, valid, expected in checks:
             if not valid:
                 raise ValueError(f"{field} must be {expected}, got {value!r}")
+        choices = [
+            ("class_score_norm", self.class_score_norm, CLASS_SCORE_NORMS),
+            ("prototype_init", self.prototype_init, PROTOTYPE_INITS),
+        ]
+        for field, value, allowed in choices:
+            if value not in allowed:
+                raise ValueError(f"{field} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        if self.num_labels < 2:
+            raise ValueError(
+                f"num_labels must be >= 2, got {self.num_labels}: a pixel takes the class of its nearest prototype, "
+                "so there must be classes to choose between. For one foreground class, label the rest as a "
+                'background class: id2label={0: "background", 1: "<your class>"}'
+            )
         if 0 <= self.semantic_loss_ignore_index < self.num_labels:
             raise ValueError(
                 f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) collides with a class index "
                 f"(num_labels = {self.num_labels}); use a value outside [0, {self.num_labels})"
             )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "ProtoSegConfig":
+        """As `PretrainedConfig.from_dict`; a saved config without `class_score_norm` (package 0.1, whose
+        weights were trained with the LayerNorm) loads as `"layer_norm"`, not as the newer default."""
+        if "class_score_norm" not in config_dict:
+            config_dict = {**config_dict, "class_score_norm": "layer_norm"}
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def encoder_kind(self) -> str:

@@ -5,7 +5,7 @@ Pipeline of `ProtoSegForSemanticSegmentation.forward`:
     ProtoSegDecodeHead (SegFormer all-MLP)       -> (B, decoder_hidden_size, H/4, W/4)
     ProtoSegProjectionHead + LayerNorm + L2 norm -> pixel embeddings (B, D, H/4, W/4), unit length along D
     cosine similarity to the C*K prototypes, max over the K of each class, LayerNorm over the C class
-    scores (a learned per-class temperature, as the official code) -> logits (B, C, H/4, W/4)
+    scores, then a learned per-class affine map (or the official code's LayerNorm) -> logits (B, C, H/4, W/4)
 In training mode with labels, the same forward clusters each class's pixels onto its K prototypes
 (Sinkhorn), computes CE + PPC + PPD, and moves the prototypes by momentum (no gradient reaches them).
 """
@@ -24,9 +24,16 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 from transformers.utils import ModelOutput
 
 from .class_enrolment import ProtoSegClassEnrolmentMixin
+from .class_scores import ProtoSegClassScoreNorm, nearest_prototype_scores
 from .configuration_protoseg import ProtoSegConfig
 from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
-from .prototypes import momentum_update_prototypes, sinkhorn_assign_pixels
+from .prototypes import (
+    assigned_pixel_sums,
+    labelled_pixels_per_class,
+    move_prototypes,
+    sinkhorn_assign_pixels,
+    worst_explained_pixels,
+)
 
 
 @dataclass
@@ -168,16 +175,26 @@ class ProtoSegProjectionHead(nn.Module):
 
 
 class ProtoSegPrototypeBank(nn.Module):
-    """Holds the (C, K, D) prototypes as a persistent float32 buffer.
+    """Holds the (C, K, D) prototypes as a persistent float32 buffer, with their usage statistics.
 
-    The buffer is saved in `model.safetensors`, restored by `from_pretrained`, never in `parameters()`,
-    and stays float32 when the model is cast to bf16/fp16 (`_apply` casts it back).
+    Buffers (all saved in `model.safetensors`, restored by `from_pretrained`, never in `parameters()`):
+        prototypes: (C, K, D) float32, L2-normalised; stays float32 when the model is cast to bf16/fp16.
+        update_counts: (C, K) int64, training steps in which each prototype moved.
+        idle_steps: (C, K) int64, consecutive steps in which the prototype's class had labelled pixels but
+            none of them moved it (reset when it moves).
+        reseed_counts: (C, K) int64, times the prototype was re-seeded as dead.
+        skipped_nonfinite_updates: () int64, prototype updates refused because their pixels were not finite.
     """
+
+    STATISTICS = ("update_counts", "idle_steps", "reseed_counts")
 
     def __init__(self, *, num_classes: int, num_prototypes_per_class: int, embedding_dim: int) -> None:
         super().__init__()
         shape = (num_classes, num_prototypes_per_class, embedding_dim)
         self.register_buffer("prototypes", torch.zeros(shape, dtype=torch.float32), persistent=True)
+        for name in self.STATISTICS:
+            self.register_buffer(name, torch.zeros(shape[:2], dtype=torch.long), persistent=True)
+        self.register_buffer("skipped_nonfinite_updates", torch.zeros((), dtype=torch.long), persistent=True)
 
     def _apply(self, fn, recurse: bool = True):
         # Keep the prototypes out of the cast: a bf16 round trip would round them (up to ~2e-3).
@@ -192,29 +209,38 @@ class ProtoSegPrototypeBank(nn.Module):
         self._buffers["prototypes"] = moved
         return self
 
+    @torch.no_grad()
+    def select_classes(self, keep_rows: torch.Tensor, appended_prototypes: torch.Tensor | None = None) -> None:
+        """Keep the classes `keep_rows` (in that order) and append new ones, for every buffer. Appended
+        classes were built from data: they count as updated once, never idle, never re-seeded."""
+        rows = keep_rows.to(self.prototypes.device)
+        for name in ("prototypes", *self.STATISTICS):
+            kept = getattr(self, name)[rows]
+            if appended_prototypes is not None:
+                num_added, num_prototypes = appended_prototypes.shape[:2]
+                if name == "prototypes":
+                    added = appended_prototypes.to(kept.device, kept.dtype)
+                else:
+                    fill = 1 if name == "update_counts" else 0
+                    added = kept.new_full((num_added, num_prototypes), fill)
+                kept = torch.cat([kept, added], dim=0)
+            setattr(self, name, kept.contiguous())  # replaces the registered buffer
 
-def _chunked_class_scores(
-    pixel_embeddings: torch.Tensor, flat_prototypes: torch.Tensor, num_classes: int, chunk_bytes: int = 64 * 2**20
-) -> torch.Tensor:
-    """max over each class's K prototypes of the (N, C*K) similarities, computed in row chunks into one
-    reused buffer, so inference never holds all similarities (4.4 GB for 847 classes, batch 8, 512x512).
-
-    Arguments:
-        pixel_embeddings: (N, D); flat_prototypes: (C*K, D).
-    Returns:
-        (N, C) class scores.
-    """
-    num_pixels, num_columns = pixel_embeddings.shape[0], flat_prototypes.shape[0]
-    rows_per_chunk = max(64, chunk_bytes // (pixel_embeddings.element_size() * num_columns))
-    prototypes_t = flat_prototypes.T.contiguous()  # (D, C*K)
-    class_scores = pixel_embeddings.new_empty(num_pixels, num_classes)
-    buffer = pixel_embeddings.new_empty(min(rows_per_chunk, num_pixels), num_columns)
-    for start in range(0, num_pixels, rows_per_chunk):
-        chunk = pixel_embeddings[start : start + rows_per_chunk]
-        similarities = torch.mm(chunk, prototypes_t, out=buffer[: chunk.shape[0]])
-        chunk_scores = class_scores[start : start + rows_per_chunk]
-        torch.amax(similarities.view(chunk.shape[0], num_classes, -1), dim=-1, out=chunk_scores)
-    return class_scores
+    @torch.no_grad()
+    def health(self, *, dead_after_steps: int) -> dict[str, torch.Tensor]:
+        """Per-class within-class cosine and per-prototype state, as tensors (see `prototype_health`)."""
+        prototypes = F.normalize(self.prototypes.float(), dim=-1)
+        num_prototypes = prototypes.shape[1]
+        gram = prototypes @ prototypes.transpose(1, 2)  # (C, K, K)
+        off_diagonal = ~torch.eye(num_prototypes, dtype=torch.bool, device=gram.device)
+        within_class_cosine = gram[:, off_diagonal].mean(dim=1) if num_prototypes > 1 else gram[:, 0, 0] * 0
+        return {
+            "within_class_cosine": within_class_cosine,  # (C,)
+            "never_updated": self.update_counts == 0,  # (C, K)
+            "dead": self.idle_steps >= dead_after_steps,  # (C, K)
+            "reseed_counts": self.reseed_counts,
+            "update_counts": self.update_counts,
+        }
 
 
 class ProtoSegPreTrainedModel(PreTrainedModel):
@@ -232,6 +258,11 @@ class ProtoSegPreTrainedModel(PreTrainedModel):
         if isinstance(module, ProtoSegPrototypeBank):
             random_directions = torch.randn(module.prototypes.shape, device=module.prototypes.device)
             init.copy_(module.prototypes, F.normalize(random_directions, dim=-1))
+            for name in (*module.STATISTICS, "skipped_nonfinite_updates"):
+                init.zeros_(getattr(module, name))
+        elif isinstance(module, ProtoSegClassScoreNorm):
+            init.constant_(module.weight, self.config.class_score_scale if module.mode == "affine" else 1.0)
+            init.zeros_(module.bias)
 
 
 class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTrainedModel):
@@ -253,8 +284,10 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
             num_prototypes_per_class=config.num_prototypes_per_class,
             embedding_dim=config.embedding_dim,
         )
-        # LayerNorm over the C class scores: the official code's "mask_norm", a learned temperature.
-        self.class_score_norm = nn.LayerNorm(config.num_labels)
+        # C class scores -> logits: learned per-class affine map, or the official code's LayerNorm ("mask_norm").
+        self.class_score_norm = ProtoSegClassScoreNorm(
+            num_classes=config.num_labels, mode=config.class_score_norm, scale=config.class_score_scale
+        )
         self.post_init()
 
     @property
@@ -361,11 +394,11 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
                 num_classes=num_classes,
                 temperature=self.config.ppc_temperature,
             )
-        elif output_nearest_prototypes or torch.is_grad_enabled():
+        elif output_nearest_prototypes:
             similarities = pixel_embeddings @ flat_prototypes.T
             class_scores = similarities.view(-1, num_classes, num_prototypes).amax(dim=-1)  # (N, C)
         else:
-            class_scores = _chunked_class_scores(pixel_embeddings, flat_prototypes, num_classes)
+            class_scores = nearest_prototype_scores(pixel_embeddings, flat_prototypes, num_classes)  # (N, C)
         pixel_logits = self.class_score_norm(class_scores.to(pixel_embeddings.dtype))  # (N, C)
         # (B, C, h, w) as a channels-last view of the (N, C) rows: no copy
         logits = pixel_logits.view(batch_size, height, width, num_classes).permute(0, 3, 1, 2)
@@ -438,25 +471,92 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
             iterations=config.sinkhorn_iterations,
             epsilon=config.sinkhorn_epsilon,
         )
-        return _PixelAssignment(pixel_labels, labelled, pixel_classes, assignments, num_prototypes)
+        return _PixelAssignment(
+            pixel_labels, labelled, pixel_classes, assignments, num_prototypes, own_class_similarities, num_classes
+        )
 
     @torch.no_grad()
     def _update_prototypes(
         self, pixel_embeddings: torch.Tensor, pixel_logits: torch.Tensor, assignment: "_PixelAssignment"
     ) -> None:
-        """Momentum update of the prototype buffer, in place (paper eq. 14)."""
+        """Momentum update of the prototype buffer and its statistics, in place (paper eq. 14).
+
+        Which pixels move a prototype: every labelled pixel for a prototype that never moved yet (with
+        `prototype_init="data"`, at momentum 0: it starts at the mean of its first pixels), else the
+        labelled pixels (correctly classified ones only, with `update_prototypes_with_correct_only`).
+        """
+        config, bank = self.config, self.prototype_bank
+        num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
+        flat_index = assignment.target_prototypes  # (N,) in [0, C*K)
+        first_update = (bank.update_counts == 0).reshape(-1)  # (C*K,)
+        if config.prototype_init == "random":
+            first_update = torch.zeros_like(first_update)
         update_weights = assignment.labelled
-        if self.config.update_prototypes_with_correct_only:
-            update_weights = update_weights & (pixel_logits.argmax(dim=-1) == assignment.pixel_labels)
-        updated = momentum_update_prototypes(
-            self.prototypes,
-            pixel_embeddings.detach(),
-            assignment.pixel_classes,
-            assignment.assignments,
-            momentum=self.config.prototype_momentum,
-            pixel_weights=update_weights.float(),
+        if config.update_prototypes_with_correct_only:
+            correct = pixel_logits.argmax(dim=-1) == assignment.pixel_labels
+            update_weights = update_weights & (correct | first_update[flat_index])
+        feature_sums, counts = assigned_pixel_sums(
+            pixel_embeddings.detach(), flat_index, update_weights, num_classes * num_prototypes
         )
-        self.prototypes.copy_(updated)
+        momentum = torch.where(first_update, 0.0, config.prototype_momentum)  # (C*K,)
+        updated, moved = move_prototypes(bank.prototypes, feature_sums, counts, momentum)
+        bank.prototypes.copy_(updated)
+        bank.skipped_nonfinite_updates += ((counts > 0) & ~moved).sum()
+
+        class_present = labelled_pixels_per_class(assignment.pixel_groups, num_classes + 1)[:num_classes] > 0
+        class_present = class_present[:, None]  # (C, 1)
+        moved = moved.view(num_classes, num_prototypes)
+        bank.update_counts += moved.long()
+        bank.idle_steps.copy_(torch.where(moved, 0, bank.idle_steps + class_present.long()))
+        if config.reseed_dead_prototypes:
+            self._reseed_dead_prototypes(pixel_embeddings.detach(), assignment, class_present.squeeze(1))
+
+    @torch.no_grad()
+    def _reseed_dead_prototypes(
+        self, pixel_embeddings: torch.Tensor, assignment: "_PixelAssignment", class_present: torch.Tensor
+    ) -> None:
+        """Move the longest-idle dead prototype of each class present in the batch onto the class's pixel
+        that its prototypes explain worst (lowest similarity to the nearest of them)."""
+        bank, num_classes = self.prototype_bank, self.config.num_labels
+        own_class_scores = assignment.own_class_similarities.amax(dim=1)  # (N,)
+        directions, found = worst_explained_pixels(
+            pixel_embeddings, own_class_scores, assignment.pixel_groups, num_classes + 1
+        )
+        longest_idle, slot = bank.idle_steps.max(dim=1)  # (C,)
+        reseed = (longest_idle >= self.config.dead_prototype_patience) & class_present & found[:num_classes]
+        rows = torch.arange(num_classes, device=slot.device)
+        current = bank.prototypes[rows, slot]  # (C, D)
+        bank.prototypes[rows, slot] = torch.where(reseed[:, None], directions[:num_classes], current)
+        bank.idle_steps[rows, slot] = torch.where(reseed, 0, longest_idle)
+        bank.reseed_counts[rows, slot] += reseed.long()
+
+    @torch.no_grad()
+    def prototype_health(self) -> dict:
+        """How the prototypes are doing, for logs, `eval_results.json` and the model card.
+
+        Returns a dict of plain Python values:
+            within_class_cosine: {class name: mean cosine between the class's K prototypes (off-diagonal)};
+                near 1 means the K prototypes collapsed into one.
+            mean_within_class_cosine: its mean over classes.
+            num_prototypes: C * K.
+            never_updated_prototypes: prototypes still at their initial value (never moved in training).
+            dead_prototypes: prototypes idle for `dead_prototype_patience` steps in which their class had
+                labelled pixels.
+            reseeded_prototypes: re-seedings so far (with `reseed_dead_prototypes`).
+            skipped_nonfinite_updates: prototype updates refused because their pixels were not finite.
+        """
+        health = self.prototype_bank.health(dead_after_steps=self.config.dead_prototype_patience)
+        names = [self.config.id2label.get(index, str(index)) for index in range(self.config.num_labels)]
+        cosines = health["within_class_cosine"].tolist()
+        return {
+            "within_class_cosine": dict(zip(names, cosines)),
+            "mean_within_class_cosine": sum(cosines) / len(cosines),
+            "num_prototypes": int(health["update_counts"].numel()),
+            "never_updated_prototypes": int(health["never_updated"].sum()),
+            "dead_prototypes": int(health["dead"].sum()),
+            "reseeded_prototypes": int(health["reseed_counts"].sum()),
+            "skipped_nonfinite_updates": int(self.prototype_bank.skipped_nonfinite_updates),
+        }
 
 
 @dataclass
@@ -468,6 +568,14 @@ class _PixelAssignment:
     pixel_classes: torch.Tensor  # class index, 0 for ignored pixels (which carry weight 0 everywhere)
     assignments: torch.Tensor  # prototype index within the class, in [0, K)
     num_prototypes: int
+    own_class_similarities: torch.Tensor  # (N, K) float32 similarity to the K prototypes of the pixel's class
+
+    num_classes: int
+
+    @property
+    def pixel_groups(self) -> torch.Tensor:
+        """Class of each labelled pixel, C for ignored ones (a spare group that weighs on no class)."""
+        return torch.where(self.labelled, self.pixel_classes, torch.full_like(self.pixel_classes, self.num_classes))
 
     @property
     def target_prototypes(self) -> torch.Tensor:

@@ -86,6 +86,61 @@ def sinkhorn_assign_pixels(
 
 
 @torch.no_grad()
+def assigned_pixel_sums(
+    embeddings: torch.Tensor, flat_index: torch.Tensor, pixel_weights: torch.Tensor, num_slots: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted sum and weight total of the pixels assigned to each prototype, across processes.
+
+    Arguments:
+        embeddings: (N, D) pixel embeddings; flat_index: (N,) long prototype slot `class * K + k`.
+        pixel_weights: (N,) weights (0 for pixels that take no part).
+        num_slots: C * K.
+    Returns:
+        feature_sums: (C*K, D) float32; counts: (C*K,) float32, both all-reduced when distributed.
+    """
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        embeddings, pixel_weights = embeddings.float(), pixel_weights.float()
+        feature_sums = embeddings.new_zeros((num_slots, embeddings.shape[1]))
+        feature_sums.index_add_(0, flat_index, embeddings * pixel_weights[:, None])
+        counts = embeddings.new_zeros(num_slots)
+        counts.index_add_(0, flat_index, pixel_weights)
+    _all_reduce_(feature_sums, dist.ReduceOp.SUM)
+    _all_reduce_(counts, dist.ReduceOp.SUM)
+    return feature_sums, counts
+
+
+@torch.no_grad()
+def move_prototypes(
+    prototypes: torch.Tensor,
+    feature_sums: torch.Tensor,
+    counts: torch.Tensor,
+    momentum: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`p <- normalise(momentum * p + (1 - momentum) * normalise(sum))` for every prototype that received
+    pixels (counts > 0) and whose sum is finite; the others are returned unchanged.
+
+    A non-finite sum (a NaN/Inf pixel in the batch) never reaches a prototype. The sums are all-reduced,
+    so every process takes the same decision.
+
+    Arguments:
+        prototypes: (C, K, D); feature_sums: (C*K, D); counts: (C*K,).
+        momentum: mu in [0, 1), a float or a (C*K,) tensor (e.g. 0 for a prototype's first update).
+    Returns:
+        updated: (C, K, D) float32 (a new tensor); moved: (C*K,) bool, which prototypes moved.
+    """
+    shape = prototypes.shape
+    with torch.autocast(device_type=prototypes.device.type, enabled=False):
+        flat_prototypes = prototypes.float().reshape(-1, shape[-1])  # (C*K, D)
+        if isinstance(momentum, torch.Tensor):
+            momentum = momentum.float()[:, None]
+        mean_directions = F.normalize(feature_sums, dim=-1)  # direction of the mean = direction of the sum
+        moved_prototypes = F.normalize(momentum * flat_prototypes + (1.0 - momentum) * mean_directions, dim=-1)
+        moved = (counts > 0) & torch.isfinite(feature_sums).all(dim=-1)
+        updated = torch.where(moved[:, None], moved_prototypes, flat_prototypes)
+    return updated.reshape(shape), moved
+
+
+@torch.no_grad()
 def momentum_update_prototypes(
     prototypes: torch.Tensor,
     embeddings: torch.Tensor,
@@ -98,7 +153,7 @@ def momentum_update_prototypes(
     """Move every prototype towards the mean embedding of the pixels assigned to it (paper eq. 14).
 
     `p <- normalise(momentum * p + (1 - momentum) * normalise(mean of assigned embeddings))`; a prototype
-    that received no pixel (on any process) is returned unchanged.
+    that received no pixel (on any process), or whose pixels are not finite, is returned unchanged.
 
     Arguments:
         prototypes: (C, K, D) current prototypes, L2-normalised.
@@ -111,27 +166,55 @@ def momentum_update_prototypes(
     Returns:
         (C, K, D) float32 updated prototypes (a new tensor; the input is not modified).
     """
-    num_classes, num_prototypes, dim = prototypes.shape
-    with torch.autocast(device_type=prototypes.device.type, enabled=False):
-        prototypes = prototypes.float()
-        embeddings = embeddings.float()
-        if pixel_weights is None:
-            pixel_weights = embeddings.new_ones(embeddings.shape[0])
-        pixel_weights = pixel_weights.float()
-        flat_index = pixel_classes * num_prototypes + assignments  # (N,) in [0, C*K)
-
-        feature_sums = embeddings.new_zeros((num_classes * num_prototypes, dim))
-        feature_sums.index_add_(0, flat_index, embeddings * pixel_weights[:, None])
-        counts = embeddings.new_zeros(num_classes * num_prototypes)
-        counts.index_add_(0, flat_index, pixel_weights)
-        _all_reduce_(feature_sums, dist.ReduceOp.SUM)
-        _all_reduce_(counts, dist.ReduceOp.SUM)
-
-        flat_prototypes = prototypes.reshape(num_classes * num_prototypes, dim)
-        mean_directions = F.normalize(feature_sums, dim=-1)  # direction of the mean = direction of the sum
-        moved = F.normalize(momentum * flat_prototypes + (1.0 - momentum) * mean_directions, dim=-1)
-        updated = torch.where(counts[:, None] > 0, moved, flat_prototypes)
-    return updated.reshape(num_classes, num_prototypes, dim)
+    num_classes, num_prototypes, _ = prototypes.shape
+    if pixel_weights is None:
+        pixel_weights = embeddings.new_ones(embeddings.shape[0])
+    flat_index = pixel_classes * num_prototypes + assignments  # (N,) in [0, C*K)
+    feature_sums, counts = assigned_pixel_sums(embeddings, flat_index, pixel_weights, num_classes * num_prototypes)
+    updated, _ = move_prototypes(prototypes, feature_sums, counts, momentum)
+    return updated
 
 
-__all__ = ["sinkhorn_assign_pixels", "momentum_update_prototypes"]
+@torch.no_grad()
+def labelled_pixels_per_class(pixel_groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(num_groups,) float32 number of pixels of each group (class) across processes."""
+    counts = torch.zeros(num_groups, device=pixel_groups.device)
+    counts.index_add_(0, pixel_groups, torch.ones_like(pixel_groups, dtype=torch.float32))
+    return _all_reduce_(counts, dist.ReduceOp.SUM)
+
+
+@torch.no_grad()
+def worst_explained_pixels(
+    embeddings: torch.Tensor, own_class_scores: torch.Tensor, pixel_groups: torch.Tensor, num_groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, the direction of the pixel its prototypes explain worst, across processes.
+
+    Arguments:
+        embeddings: (N, D) unit pixel embeddings.
+        own_class_scores: (N,) similarity of each pixel to the nearest prototype of its own class.
+        pixel_groups: (N,) long class of each pixel in [0, num_groups) (a spare group for ignored pixels).
+    Returns:
+        directions: (num_groups, D) unit mean of the pixels that reach the lowest score of their class (ties
+            averaged); found: (num_groups,) bool, whether the class had any pixel on any process.
+    """
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        scores = own_class_scores.float()
+        lowest = scores.new_full((num_groups,), float("inf"))
+        lowest.scatter_reduce_(0, pixel_groups, scores, reduce="amin", include_self=True)
+        _all_reduce_(lowest, dist.ReduceOp.MIN)
+        is_worst = (scores == lowest[pixel_groups]).float()  # (N,)
+        sums = embeddings.new_zeros((num_groups, embeddings.shape[1]), dtype=torch.float32)
+        sums.index_add_(0, pixel_groups, embeddings.float() * is_worst[:, None])
+    _all_reduce_(sums, dist.ReduceOp.SUM)
+    found = torch.isfinite(lowest) & torch.isfinite(sums).all(dim=-1) & (sums.norm(dim=-1) > 0)
+    return F.normalize(sums, dim=-1), found
+
+
+__all__ = [
+    "assigned_pixel_sums",
+    "labelled_pixels_per_class",
+    "momentum_update_prototypes",
+    "move_prototypes",
+    "sinkhorn_assign_pixels",
+    "worst_explained_pixels",
+]

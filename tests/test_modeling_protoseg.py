@@ -89,19 +89,24 @@ def test_logits_have_segformer_shape_for_every_encoder(encoder_config):
     assert output.loss is None and output.ppc_loss is None
 
 
-def test_logits_are_layernormed_max_similarity_to_the_class_prototypes():
-    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config()).eval()
+@pytest.mark.parametrize("class_score_norm", ["affine", "layer_norm"])
+def test_logits_are_the_normalised_max_similarity_to_the_class_prototypes(class_score_norm):
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config(class_score_norm=class_score_norm)).eval()
+    with torch.no_grad():  # distinct per-class weights and biases, so a mix-up of classes would show
+        model.class_score_norm.weight.copy_(torch.tensor([7.0, 10.0, 13.0]))
+        model.class_score_norm.bias.copy_(torch.tensor([0.5, -0.2, 0.1]))
     output = model(torch.randn(1, 3, 32, 32), output_pixel_embeddings=True, output_nearest_prototypes=True)
     embeddings = output.pixel_embeddings  # (1, D, 8, 8)
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(1, 8, 8))  # unit length along channels
     similarities = torch.einsum("bdhw,ckd->bckhw", embeddings, model.prototypes)
-    expected = F.layer_norm(
-        similarities.amax(dim=2).permute(0, 2, 3, 1),
-        (3,),
-        model.class_score_norm.weight,
-        model.class_score_norm.bias,
-    ).permute(0, 3, 1, 2)
-    torch.testing.assert_close(output.logits, expected, rtol=1e-5, atol=1e-5)
+    scores = similarities.amax(dim=2).permute(0, 2, 3, 1)  # (1, 8, 8, C)
+    weight, bias = torch.tensor([7.0, 10.0, 13.0]), torch.tensor([0.5, -0.2, 0.1])
+    if class_score_norm == "layer_norm":
+        expected = (scores - scores.mean(-1, keepdim=True)) / torch.sqrt(scores.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        expected = expected * weight + bias
+    else:
+        expected = scores * weight + bias
+    torch.testing.assert_close(output.logits, expected.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
     flat = similarities.flatten(1, 2).argmax(dim=1)  # (1, 8, 8) over C*K
     assert torch.equal(output.nearest_prototype_class, flat // 4)
     assert torch.equal(output.nearest_prototype_index, flat % 4)
@@ -158,7 +163,9 @@ def test_prototypes_move_only_in_training_mode_with_labels():
 
 
 def test_training_step_matches_reference_clustering_losses_and_update():
-    config = tiny_protoseg_config(prototype_momentum=0.9, update_prototypes_with_correct_only=False)
+    config = tiny_protoseg_config(
+        prototype_momentum=0.9, update_prototypes_with_correct_only=False, prototype_init="random"
+    )
     model = ProtoSegForSemanticSegmentation(config).train()
     pixel_values, labels = make_batch()
     before = model.prototypes.clone()
@@ -190,7 +197,7 @@ def test_training_step_matches_reference_clustering_losses_and_update():
 
 
 def test_correct_only_update_ignores_misclassified_pixels():
-    config = tiny_protoseg_config(num_classes=2, prototype_momentum=0.5)
+    config = tiny_protoseg_config(num_classes=2, prototype_momentum=0.5, prototype_init="random")
     model = ProtoSegForSemanticSegmentation(config).train()
     pixel_values = torch.randn(2, 3, 32, 32)
     # Label every pixel with the class the model does NOT predict: nothing is correct, nothing moves.
@@ -334,21 +341,20 @@ def test_folded_channels_last_heads_equal_segformers_formulation():
     torch.testing.assert_close(projection(decoded), reference_embeddings, rtol=1e-4, atol=1e-5)
 
 
-def test_chunked_inference_equals_the_full_similarity_path(monkeypatch):
-    from modeling_protoseg import modeling_protoseg as modeling
+def test_chunked_class_scores_equal_the_full_similarity_path():
+    from modeling_protoseg.class_scores import nearest_prototype_scores
 
+    embeddings = F.normalize(torch.randn(1000, 8), dim=-1)
+    prototypes = F.normalize(torch.randn(5 * 4, 8), dim=-1)
+    full = (embeddings @ prototypes.T).view(1000, 5, 4).amax(dim=-1)  # reference, (N, C)
+    with torch.no_grad():
+        chunked = nearest_prototype_scores(embeddings, prototypes, 5, chunk_bytes=100 * 20 * 4)  # 100-row chunks
+    torch.testing.assert_close(chunked, full)
+
+
+def test_inference_logits_equal_with_and_without_autograd():
     model = ProtoSegForSemanticSegmentation(tiny_protoseg_config(num_classes=5)).eval()
     pixel_values = torch.randn(2, 3, 64, 64)
-    full = model(pixel_values).logits  # grad enabled: the full (N, C*K) path
-    original = modeling._chunked_class_scores
-    calls = []
-
-    def small_chunks(embeddings, prototypes, num_classes):
-        calls.append(embeddings.shape[0])
-        return original(embeddings, prototypes, num_classes, chunk_bytes=100 * 20 * 4)  # 100 rows per chunk
-
-    monkeypatch.setattr(modeling, "_chunked_class_scores", small_chunks)
+    full = model(pixel_values).logits  # grad enabled: one product
     with torch.no_grad():
-        chunked = model(pixel_values).logits
-    assert calls == [2 * 16 * 16]
-    torch.testing.assert_close(chunked, full.detach())
+        torch.testing.assert_close(model(pixel_values).logits, full.detach())

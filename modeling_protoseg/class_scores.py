@@ -1,0 +1,96 @@
+"""From pixel embeddings and prototypes to class logits: the nearest-prototype class scores and their
+normalisation into logits.
+
+A class's score for a pixel is the cosine similarity to the nearest of the class's K prototypes
+(`max_k <f_n, p_ck>`); `ProtoSegClassScoreNorm` turns the C scores into logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProtoSegClassScoreNorm(nn.Module):
+    """Class scores (N, C) -> logits (N, C), with a learned `weight` and `bias` per class.
+
+    Modes:
+        "affine": `logit_c = weight_c * score_c + bias_c`, weight starting at `scale` (an inverse
+            temperature on cosine scores). The gradient to the embeddings never vanishes and the
+            confidence grows with the margin between classes, for any number of classes.
+        "layer_norm": the official code's `LayerNorm(C)` over the scores. With C = 2 it maps any two scores
+            that differ by more than ~0.01 to -1/+1 (constant confidence, vanishing gradient).
+    The parameters are named as `nn.LayerNorm`'s, so checkpoints of either mode load the same way.
+    """
+
+    def __init__(self, *, num_classes: int, mode: str, scale: float = 1.0, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.mode, self.eps = mode, eps
+        self.weight = nn.Parameter(torch.full((num_classes,), scale if mode == "affine" else 1.0))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, class_scores: torch.Tensor) -> torch.Tensor:
+        if self.mode == "layer_norm":
+            return F.layer_norm(class_scores, (self.num_classes,), self.weight, self.bias, self.eps)
+        return torch.addcmul(self.bias, class_scores, self.weight)
+
+    def resized(self, keep_rows: torch.Tensor, *, num_added: int) -> "ProtoSegClassScoreNorm":
+        """A copy over `len(keep_rows) + num_added` classes: kept rows copy their weight and bias, added
+        rows take the mean weight and bias of the existing classes."""
+        resized = ProtoSegClassScoreNorm(num_classes=len(keep_rows) + num_added, mode=self.mode, eps=self.eps)
+        resized.to(device=self.weight.device, dtype=self.weight.dtype)
+        rows = keep_rows.to(self.weight.device)
+        with torch.no_grad():
+            for name in ("weight", "bias"):
+                old_values = getattr(self, name)
+                added = old_values.mean().expand(num_added)
+                getattr(resized, name).copy_(torch.cat([old_values[rows], added]))
+                getattr(resized, name).requires_grad_(old_values.requires_grad)
+        resized.train(self.training)
+        return resized
+
+    def extra_repr(self) -> str:
+        return f"{self.num_classes}, mode={self.mode!r}"
+
+
+def _exporting() -> bool:
+    """True while torch.jit tracing or ONNX export records the forward (no data-dependent chunking)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def nearest_prototype_scores(
+    pixel_embeddings: torch.Tensor,
+    flat_prototypes: torch.Tensor,
+    num_classes: int,
+    *,
+    chunk_bytes: int = 64 * 2**20,
+) -> torch.Tensor:
+    """max over each class's K prototypes of the (N, C*K) cosine similarities.
+
+    Without autograd (inference) the similarities are computed in row chunks of about `chunk_bytes`, so
+    inference never holds all of them (4.4 GB for 847 classes, batch 8, 512x512); with autograd, or while
+    an exporter records the graph, in one product.
+
+    Arguments:
+        pixel_embeddings: (N, D); flat_prototypes: (C*K, D).
+    Returns:
+        (N, C) class scores.
+    """
+    num_pixels, num_columns = pixel_embeddings.shape[0], flat_prototypes.shape[0]
+    rows_per_chunk = max(64, chunk_bytes // (pixel_embeddings.element_size() * num_columns))
+    if pixel_embeddings.requires_grad or flat_prototypes.requires_grad or _exporting() or num_pixels <= rows_per_chunk:
+        return (pixel_embeddings @ flat_prototypes.T).view(num_pixels, num_classes, -1).amax(dim=-1)
+    prototypes_t = flat_prototypes.T.contiguous()  # (D, C*K)
+    chunks = [
+        (chunk @ prototypes_t).view(chunk.shape[0], num_classes, -1).amax(dim=-1)
+        for chunk in pixel_embeddings.split(rows_per_chunk)
+    ]
+    return torch.cat(chunks)
+
+
+__all__ = ["ProtoSegClassScoreNorm", "nearest_prototype_scores"]
