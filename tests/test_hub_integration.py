@@ -78,7 +78,7 @@ def test_pretrained_encoder_from_a_segformer_segmentation_checkpoint(tmp_path):
     # e.g. "nvidia/segformer-b0-finetuned-ade-512-512": the encoder sits under the "segformer." prefix
     full = SegformerForSemanticSegmentation(tiny_segformer_encoder_config(num_labels=4)).eval()
     full.save_pretrained(tmp_path / "segformer")
-    model = ProtoSegForSemanticSegmentation.from_pretrained_encoder(str(tmp_path / "segformer"), id2label={0: "a"})
+    model = ProtoSegForSemanticSegmentation.from_pretrained_encoder(str(tmp_path / "segformer"), id2label={0: "a", 1: "b"})
     for name, tensor in full.segformer.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[name], tensor), name
 
