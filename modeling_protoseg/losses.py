@@ -30,36 +30,10 @@ def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
     return _weighted_mean(per_pixel, valid.float())
 
 
-def pixel_prototype_losses(
-    prototype_similarities: torch.Tensor,
-    target_prototypes: torch.Tensor,
-    pixel_weights: torch.Tensor,
-    *,
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-prototype contrastive loss (PPC) and pixel-prototype distance loss (PPD).
-
-    Arguments:
-        prototype_similarities: (N, C*K) cosine similarity of every pixel to every prototype.
-        target_prototypes: (N,) long, flat index `class * K + k` of each pixel's assigned prototype.
-            Targets are real indices (no ignore value), so C*K may exceed 255 safely.
-        pixel_weights: (N,) 1 for pixels that take part, 0 for ignored ones.
-        temperature: tau of PPC.
-    Returns:
-        ppc: cross-entropy over all C*K prototypes of similarities / tau, target the assigned prototype.
-        ppd: mean of (1 - similarity to the assigned prototype)^2.
-    """
-    similarities = prototype_similarities.float()
-    ppc = F.cross_entropy(similarities / temperature, target_prototypes, reduction="none")
-    assigned_similarity = similarities.gather(1, target_prototypes[:, None]).squeeze(1)
-    ppd = (1.0 - assigned_similarity).pow(2)
-    return _weighted_mean(ppc, pixel_weights), _weighted_mean(ppd, pixel_weights)
-
-
 class _ClassScoresAndPrototypeLosses(torch.autograd.Function):
     """(N, C*K) similarities -> class scores (max over each class's K), PPC and PPD, in one autograd node.
 
-    The same values as `amax` + `pixel_prototype_losses`, but the backward writes the gradient of the
+    The same values as `amax` + cross-entropy of S / tau (PPC) + (1 - assigned S)^2 (PPD), but the backward writes the gradient of the
     similarities in one pass over N*C*K values plus two sparse scatters (the assigned prototype, and each
     class's best prototype), instead of the dozen full passes of log-softmax, division and amax backwards.
     """
@@ -107,9 +81,14 @@ def class_scores_and_prototype_losses(
 
     Arguments:
         similarities: (N, C*K) cosine similarities (computed in float32 here).
-        target_prototypes, pixel_weights, temperature: as in `pixel_prototype_losses`.
+        target_prototypes: (N,) long, flat index `class * K + k` of each pixel's assigned prototype (real
+            indices, no ignore value, so C*K may exceed 255 safely).
+        pixel_weights: (N,) 1 for pixels that take part, 0 for ignored ones.
+        temperature: tau of PPC.
     Returns:
-        class_scores: (N, C) max over each class's K prototypes; ppc, ppd: scalars.
+        class_scores: (N, C) max over each class's K prototypes.
+        ppc: mean cross-entropy over all C*K prototypes of similarities / tau, target the assigned prototype.
+        ppd: mean of (1 - similarity to the assigned prototype)^2.
     """
     class_scores, _, ppc, ppd = _ClassScoresAndPrototypeLosses.apply(
         similarities.float(), target_prototypes, pixel_weights.float(), num_classes, temperature
@@ -117,4 +96,4 @@ def class_scores_and_prototype_losses(
     return class_scores, ppc, ppd
 
 
-__all__ = ["class_scores_and_prototype_losses", "pixel_cross_entropy", "pixel_prototype_losses"]
+__all__ = ["class_scores_and_prototype_losses", "pixel_cross_entropy"]

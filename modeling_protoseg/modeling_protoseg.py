@@ -360,7 +360,6 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         output_pixel_embeddings: bool = False,
         output_nearest_prototypes: bool = False,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ProtoSegSemanticSegmenterOutput | tuple:
         r"""
         Arguments:

@@ -358,3 +358,9 @@ def test_inference_logits_equal_with_and_without_autograd():
     full = model(pixel_values).logits  # grad enabled: one product
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values).logits, full.detach())
+
+
+def test_a_misspelt_forward_keyword_is_an_error_not_ignored():
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config()).eval()
+    with pytest.raises(TypeError, match="lables"):
+        model(torch.randn(1, 3, 32, 32), lables=torch.zeros(1, 32, 32, dtype=torch.long))
