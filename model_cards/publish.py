@@ -31,14 +31,10 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .card import (
-    CARD_FILE,
-    EVAL_RESULTS_FILE,
-    ModelCardInputError,
-    is_generated_card,
-    read_safetensors_shapes,
-    write_model_card,
-)
+from .card import CARD_FILE, is_generated_card, write_model_card
+from .checkpoint import read_safetensors_shapes
+from .records import EVAL_RESULTS_FILE
+from .validation import ModelCardInputError
 
 DEFAULT_COMMIT_MESSAGE = "Upload ProtoSeg model (weights with prototypes, remote code, processor, card)"
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModelForSemanticSegmentation")
