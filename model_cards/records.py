@@ -48,14 +48,13 @@ class JsonRecord:
     SOURCE: ClassVar[str]  # what error messages call the record, e.g. "eval_results.json"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict; fields that are None are left out (None inside mappings is kept)."""
+        """Plain JSON-ready dict; None fields and an empty `extra` are left out (None inside mappings is kept)."""
         values: dict[str, Any] = {}
         for record_field in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, record_field.name)
-            if isinstance(value, JsonRecord):
-                value = value.to_dict()
-            if value is not None and value != {}:
-                values[record_field.name] = value
+            is_empty_default = value == {} and record_field.default_factory is not dataclasses.MISSING
+            if value is not None and not is_empty_default:
+                values[record_field.name] = value.to_dict() if isinstance(value, JsonRecord) else value
         return values
 
     @classmethod
