@@ -1,7 +1,9 @@
 """Model cards and Hub publishing for ProtoSeg checkpoints.
 
-- `write_model_card(folder, training_summary=None)`: render README.md from config.json and
-  eval_results.json (real measured numbers only).
+- `EvalResults` (with optional `PrototypeHealth`) and `TrainingSummary` (with `ProtoSegSettings`):
+  the typed records training writes (`eval_results.json`) and hands to the card (`training_summary.json`).
+- `write_model_card(folder, training_summary=None, repo_id=None)`: render README.md from config.json and
+  eval_results.json (real measured numbers only), for any model type.
 - `publish_folder(folder, repo_id, token=None, private=False)`: upload the complete folder
   (weights with prototypes, config with auto_map, modeling code, image processor, card) in one commit.
 
@@ -16,7 +18,12 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "ModelCardInputError": "card",
+    "EvalResults": "records",
+    "PrototypeHealth": "records",
+    "ProtoSegSettings": "records",
+    "TrainingSummary": "records",
+    "ModelCardInputError": "validation",
+    "RecordFormatError": "validation",
     "read_eval_results": "card",
     "render_model_card": "card",
     "write_model_card": "card",
@@ -31,7 +38,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .card import ModelCardInputError, read_eval_results, render_model_card, write_model_card
+    from .card import read_eval_results, render_model_card, write_model_card
     from .publish import (
         IncompleteCheckpointError,
         PublishError,
@@ -40,6 +47,8 @@ if TYPE_CHECKING:
         prepare_folder_for_publishing,
         publish_folder,
     )
+    from .records import EvalResults, PrototypeHealth, ProtoSegSettings, TrainingSummary
+    from .validation import ModelCardInputError, RecordFormatError
 
 
 def __getattr__(name: str) -> Any:

@@ -31,14 +31,10 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .card import (
-    CARD_FILE,
-    EVAL_RESULTS_FILE,
-    ModelCardInputError,
-    is_generated_card,
-    read_safetensors_shapes,
-    write_model_card,
-)
+from .card import CARD_FILE, is_generated_card, write_model_card
+from .checkpoint import read_safetensors_shapes
+from .records import EVAL_RESULTS_FILE
+from .validation import ModelCardInputError
 
 DEFAULT_COMMIT_MESSAGE = "Upload ProtoSeg model (weights with prototypes, remote code, processor, card)"
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModelForSemanticSegmentation")
@@ -226,6 +222,52 @@ def resolve_token(token: str | None) -> str | None:
     return token or get_token()
 
 
+def _publish_error(
+    error: BaseException, *, stage: str, folder: Path, repo_id: str, endpoint: str | None
+) -> PublishError:
+    """The PublishError for a failure while `stage`: what happened, whether anything was published, how to retry."""
+    retry_hint = _retry_hint(folder, repo_id)
+    if isinstance(error, OfflineModeIsEnabled):
+        return PublishError(f"Offline mode is on ({error}); nothing was published.\n{retry_hint}")
+    if isinstance(error, HfHubHTTPError):
+        status = error.response.status_code if error.response is not None else None
+        if status == 401:
+            advice = (
+                "The Hub rejected the token (401). Log in again with `hf auth login`, or pass a valid token "
+                "with write access (--token / --hub_token / HF_TOKEN)."
+            )
+        elif status == 403:
+            advice = f"The token has no write access to {repo_id} (403). Use a write token for that namespace."
+        else:
+            advice = f"The Hub answered HTTP {status}."
+        return PublishError(
+            f"Publishing failed while {stage}: {advice} Nothing was published (no commit was made).\n"
+            f"Details: {error}\n{retry_hint}"
+        )
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return PublishError(
+            f"Reading a file of {folder} failed while {stage}: {error}. Nothing was published.\n{retry_hint}"
+        )
+    if isinstance(error, ValueError):  # README.md metadata rejected by the Hub, malformed LFS answer, ...
+        return PublishError(
+            f"Publishing failed while {stage}: {error}. Nothing was published (no commit was made).\n{retry_hint}"
+        )
+    hub_url = endpoint or constants.ENDPOINT
+    if stage.startswith("committing"):
+        # The request may have reached the Hub before the connection broke: say so, never "published".
+        outcome = (
+            "The connection broke during the commit request, so its outcome is unknown: check the "
+            "repository's commits before relying on it. Publishing again is safe (unchanged files are "
+            "skipped)."
+        )
+    else:
+        outcome = "Nothing was published (no commit was made)."
+    return PublishError(
+        f"Could not reach the Hub at {hub_url} while {stage} ({type(error).__name__}: {error}). "
+        f"{outcome} Check the network connection or proxy.\n{retry_hint}"
+    )
+
+
 def publish_folder(
     folder: str | os.PathLike[str],
     repo_id: str,
@@ -284,46 +326,8 @@ def publish_folder(
         commit_info = api.create_commit(
             repo_id, operations, commit_message=commit_message, repo_type="model"
         )
-    except OfflineModeIsEnabled as error:
-        raise PublishError(f"Offline mode is on ({error}); nothing was published.\n{retry_hint}") from error
-    except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else None
-        if status == 401:
-            advice = (
-                "The Hub rejected the token (401). Log in again with `hf auth login`, or pass a valid token "
-                "with write access (--token / --hub_token / HF_TOKEN)."
-            )
-        elif status == 403:
-            advice = f"The token has no write access to {repo_id} (403). Use a write token for that namespace."
-        else:
-            advice = f"The Hub answered HTTP {status}."
-        raise PublishError(
-            f"Publishing failed while {stage}: {advice} Nothing was published (no commit was made).\n"
-            f"Details: {error}\n{retry_hint}"
-        ) from error
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
-        raise PublishError(
-            f"Reading a file of {folder} failed while {stage}: {error}. Nothing was published.\n{retry_hint}"
-        ) from error
-    except ValueError as error:  # README.md metadata rejected by the Hub, malformed LFS answer, ...
-        raise PublishError(
-            f"Publishing failed while {stage}: {error}. Nothing was published (no commit was made).\n{retry_hint}"
-        ) from error
-    except NETWORK_ERRORS as error:
-        hub_url = endpoint or constants.ENDPOINT
-        if stage.startswith("committing"):
-            # The request may have reached the Hub before the connection broke: say so, never "published".
-            outcome = (
-                "The connection broke during the commit request, so its outcome is unknown: check the "
-                "repository's commits before relying on it. Publishing again is safe (unchanged files are "
-                "skipped)."
-            )
-        else:
-            outcome = "Nothing was published (no commit was made)."
-        raise PublishError(
-            f"Could not reach the Hub at {hub_url} while {stage} ({type(error).__name__}: {error}). "
-            f"{outcome} Check the network connection or proxy.\n{retry_hint}"
-        ) from error
+    except (OfflineModeIsEnabled, HfHubHTTPError, ValueError, *NETWORK_ERRORS) as error:
+        raise _publish_error(error, stage=stage, folder=folder, repo_id=repo_id, endpoint=endpoint) from error
     return commit_info
 
 

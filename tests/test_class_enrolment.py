@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from isolated_python import run_python_without_repository
 from tiny_models import tiny_protoseg_config
 from transformers import SegformerImageProcessor
 
@@ -234,16 +230,8 @@ def test_enrolled_model_loads_as_remote_code_without_the_package(tmp_path):
     pixel_values = preprocess_image(noise_scene(3, slice(4, 8))[0])
     with torch.no_grad():
         torch.save({"pixel_values": pixel_values, "logits": model(pixel_values).logits}, tmp_path / "reference.pt")
-    script = textwrap.dedent(
-        """
-        import importlib.abc, sys, torch
-
-        class BlockPackage(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_protoseg" or name.startswith("modeling_protoseg."):
-                    raise ImportError("blocked")
-
-        sys.meta_path.insert(0, BlockPackage())
+    script = """
+        import torch
         from transformers import AutoModelForSemanticSegmentation
         model = AutoModelForSemanticSegmentation.from_pretrained("checkpoint", trust_remote_code=True).eval()
         reference = torch.load("reference.pt")
@@ -253,17 +241,8 @@ def test_enrolled_model_loads_as_remote_code_without_the_package(tmp_path):
         model.remove_classes(["red"])
         print("REMOTE-OK", model.config.num_labels)
         """
-    )
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    completed = subprocess.run(
-        [sys.executable, "-c", script],
-        check=False,
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    completed = run_python_without_repository(
+        script, cwd=tmp_path, environment={"HF_MODULES_CACHE": str(tmp_path / "modules")}
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "REMOTE-OK 3" in completed.stdout

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from isolated_python import run_python_without_repository
 from tiny_models import tiny_protoseg_config, tiny_segformer_encoder_config, tiny_swin_encoder_config
 from transformers import (
     AutoConfig,
@@ -121,16 +119,8 @@ def test_remote_code_loads_in_a_python_without_the_package(tmp_path):
     pixel_values = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.save({"pixel_values": pixel_values, "logits": model(pixel_values).logits}, tmp_path / "reference.pt")
-    script = textwrap.dedent(
-        """
-        import importlib.abc, sys, torch
-
-        class BlockPackage(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_protoseg" or name.startswith("modeling_protoseg."):
-                    raise ImportError("blocked: the installed package must not be used")
-
-        sys.meta_path.insert(0, BlockPackage())
+    script = """
+        import sys, torch
         from transformers import AutoModelForSemanticSegmentation
         model = AutoModelForSemanticSegmentation.from_pretrained("checkpoint", trust_remote_code=True).eval()
         assert "modeling_protoseg" not in sys.modules
@@ -141,11 +131,8 @@ def test_remote_code_loads_in_a_python_without_the_package(tmp_path):
         torch.testing.assert_close(logits, reference["logits"])
         print("REMOTE-OK", type(model).__module__)
         """
-    )
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    completed = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300
+    completed = run_python_without_repository(
+        script, cwd=tmp_path, environment={"HF_MODULES_CACHE": str(tmp_path / "modules")}
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "REMOTE-OK transformers_modules" in completed.stdout

@@ -11,7 +11,16 @@ import pytest
 from huggingface_hub import ModelCard
 
 from checkpoint_folder import CLASS_NAMES, EVAL_RESULTS, TRAINING_SUMMARY, build_model, save_checkpoint_folder
-from model_cards import ModelCardInputError, render_model_card, write_model_card
+from model_cards import (
+    EvalResults,
+    ModelCardInputError,
+    PrototypeHealth,
+    ProtoSegSettings,
+    RecordFormatError,
+    TrainingSummary,
+    render_model_card,
+    write_model_card,
+)
 from model_cards.card import main as card_main
 
 
@@ -109,7 +118,8 @@ def test_training_table_renders_present_keys_only_and_is_saved_for_rerendering(c
         assert absent not in text
 
     saved_summary = json.loads((checkpoint / "training_summary.json").read_text(encoding="utf-8"))
-    assert saved_summary == TRAINING_SUMMARY
+    assert TrainingSummary.from_dict(saved_summary) == TrainingSummary.from_dict(TRAINING_SUMMARY)
+    assert saved_summary["max_steps"] == 200 and "num_train_steps" not in saved_summary  # saved with today's names
     (checkpoint / "README.md").unlink()
     assert card_main([str(checkpoint)]) == 0  # CLI re-render reads training_summary.json
     assert (checkpoint / "README.md").read_text(encoding="utf-8") == text
@@ -268,14 +278,175 @@ def test_linear_segformer_baseline_gets_its_own_card(tmp_path: Path) -> None:
     assert f"| mIoU (%) | {100 * EVAL_RESULTS['mean_iou']:.2f} |" in card.text
 
 
-def test_unsupported_model_type_is_refused(checkpoint: Path) -> None:
-    config_path = checkpoint / "config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_type": "upernet"}))
-    with pytest.raises(ModelCardInputError, match="'upernet'"):
-        render_model_card(checkpoint)
+def _write_linear_head_folder(folder: Path) -> Path:
+    """A checkpoint of a model type model_cards has no text for: a linear head on a Swin encoder (remote code)."""
+    folder.mkdir(parents=True)
+    config = {
+        "model_type": "linear_head_segmentation",
+        "architectures": ["LinearHeadForSemanticSegmentation"],
+        "auto_map": {"AutoConfig": "configuration_linear.LinearHeadConfig"},
+        "encoder_config": {"model_type": "swin", "embed_dim": 96, "depths": [2, 2, 6, 2]},
+        "id2label": {str(index): name for index, name in enumerate(CLASS_NAMES)},
+    }
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (folder / "eval_results.json").write_text(json.dumps(TRAIN_SCRIPT_EVAL_RESULTS), encoding="utf-8")
+    return folder
+
+
+def test_any_other_model_type_gets_a_generic_card_from_head_and_encoder(tmp_path: Path) -> None:
+    folder = _write_linear_head_folder(tmp_path / "linear-swin")
+    summary = {**TRAIN_SCRIPT_SUMMARY, "head": "linear", "encoder": "swin-tiny", "encoder_pretrained": False}
+    del summary["num_prototypes_per_class"]
+    card = ModelCard.load(write_model_card(folder, summary))
+    text = card.text
+    assert "# Linear head with Swin Transformer on camvid" in text
+    assert "a Swin Transformer (embed dim 96, blocks per stage 2/2/6/2) encoder followed by a linear head" in text
+    assert "| Architecture | `linear_head_segmentation`: encoder, linear head |" in text
+    assert "baseline" in text and "protoseg-baseline" in card.data.tags and "swin" in card.data.tags
+    assert 'trust_remote_code=True' in text and "custom_code" in card.data.tags  # it has an auto_map
+    assert "Prototypes per class" not in text and "model.prototypes" not in text and "## Prototype health" not in text
+    assert "height / 4" not in text  # no output stride is claimed for an unknown decoder
+    assert f"| mIoU (%) | {100 * TRAIN_SCRIPT_EVAL_RESULTS['mean_iou']:.2f} |" in text
+    body = text.split("\n---\n", 1)[-1]
+    for placeholder in ("{{", "}}", "{%", "None", "nan"):
+        assert placeholder not in body, placeholder
 
 
 def test_snippets_use_the_hub_id_named_in_the_summary(checkpoint: Path) -> None:
     card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "model_name": "someone/protoseg-camvid"})
     assert 'AutoModelForSemanticSegmentation.from_pretrained("someone/protoseg-camvid", trust_remote_code=True)' in card.text
     assert card.data.model_name == "protoseg-camvid"
+
+
+# ---- the typed records (model_cards.records)
+
+PROTOTYPE_HEALTH = {
+    "num_prototypes": 12,
+    "dead_prototypes": 2,
+    "never_updated_prototypes": 1,
+    "within_class_cosine": {"sky": 0.41, "road": 0.9, "car": None},
+    "reseeded_prototypes": 3,
+    "dead_after_steps": 500,
+}
+
+
+def test_records_round_trip_through_json() -> None:
+    results = EvalResults.from_dict({**TRAIN_SCRIPT_EVAL_RESULTS, "prototype_health": PROTOTYPE_HEALTH})
+    assert isinstance(results.prototype_health, PrototypeHealth)
+    assert EvalResults.from_json(results.to_json()) == results
+    assert EvalResults.from_dict(results.to_dict()) == results
+
+    summary = TrainingSummary(
+        model_name="me/protoseg",
+        head="protoseg",
+        encoder="nvidia/mit-b0",
+        encoder_pretrained=True,
+        max_steps=10,
+        crop_size=[64, 64],
+        learning_rate=6e-5,
+        protoseg=ProtoSegSettings(num_prototypes_per_class=4, prototype_momentum=0.999, sinkhorn_iterations=3),
+        train_runtime_seconds=12.5,
+        extra={"epochs": 2},
+    )
+    assert TrainingSummary.from_json(summary.to_json()) == summary
+    assert TrainingSummary.from_dict(summary.to_dict()) == summary
+
+
+def test_records_read_the_files_training_writes_today(checkpoint: Path) -> None:
+    (checkpoint / "eval_results.json").write_text(json.dumps(TRAIN_SCRIPT_EVAL_RESULTS), encoding="utf-8")
+    (checkpoint / "training_summary.json").write_text(json.dumps(TRAIN_SCRIPT_SUMMARY), encoding="utf-8")
+
+    results = EvalResults.read(checkpoint)
+    assert results.eval_split == "test" and results.num_samples == 233 and results.dataset == "../shared/datasets/camvid"
+    assert results.per_category_iou == {"sky": 0.8123, "road": 0.4321, "car": None}
+    summary = TrainingSummary.read(checkpoint)
+    assert summary.encoder == "nvidia/mit-b0" and summary.max_steps == 1000 and summary.crop_size == [360, 480]
+    assert summary.protoseg == ProtoSegSettings(num_prototypes_per_class=4)  # flat knobs, nested
+    assert summary.extra == {} and "<redacted>" in summary.command
+    assert card_main([str(checkpoint)]) == 0  # the folder renders (and so publishes) as it is
+    assert "| Training steps | 1000 |" in (checkpoint / "README.md").read_text(encoding="utf-8")
+
+
+def test_older_key_names_are_read_through_the_legacy_map(checkpoint: Path) -> None:
+    # checkpoint_folder writes `split`, `dataset_name`, and per-class lists in class-id order
+    with pytest.raises(RecordFormatError, match="'per_category_iou' is a list in class-id order"):
+        EvalResults.read(checkpoint)
+    results = EvalResults.read(checkpoint, class_names=list(CLASS_NAMES))
+    assert results.eval_split == "validation" and results.dataset == "camvid"
+    assert list(results.per_category_iou) == list(CLASS_NAMES)
+    summary = TrainingSummary.from_dict(TRAINING_SUMMARY)
+    assert (summary.dataset, summary.encoder, summary.max_steps, summary.global_batch_size) == ("camvid", "nvidia/mit-b0", 200, 8)
+    assert summary.train_runtime_seconds == 3725.0
+    with pytest.raises(RecordFormatError, match="'encoder_name' .* and 'encoder' disagree"):
+        TrainingSummary.from_dict({"encoder": "a/b", "encoder_name": "c/d"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mean_iou": "high"}, "eval_results.json: 'mean_iou' must be a number, got 'high'"),
+        ({"mean_iou": True}, "'mean_iou' must be a number, got True"),
+        ({"num_samples": 2.5}, "'num_samples' must be an integer or null, got 2.5"),
+        ({"num_samples": -1}, "'num_samples' must be a count >= 0"),
+        ({"per_category_iou": {"sky": "x"}}, "'per_category_iou'['sky'] must be a number or null, got 'x'"),
+        ({"mean_iou_typo": 0.5}, "unknown field(s) ['mean_iou_typo']"),
+        ({"prototype_health": {**PROTOTYPE_HEALTH, "dead_prototypes": 13}}, "'dead_prototypes' must be a count >= 0 and at most 12"),
+        ({"prototype_health": {**PROTOTYPE_HEALTH, "within_class_cosine": {"sky": 1.5}}}, "must be a cosine in [-1, 1]"),
+        ({"prototype_health": {"num_prototypes": 12}}, "prototype_health: 'dead_prototypes' is required"),
+    ],
+)
+def test_record_fields_are_validated_with_the_field_named(changes: dict, message: str) -> None:
+    with pytest.raises(RecordFormatError, match=re.escape(message)):
+        EvalResults.from_dict({**TRAIN_SCRIPT_EVAL_RESULTS, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"max_steps": "many"}, "training_summary.json: 'max_steps' must be an integer or null, got 'many'"),
+        ({"crop_size": [64.5, 64]}, "'crop_size'[0] must be an integer, got 64.5"),
+        ({"encoder_pretrained": "yes"}, "'encoder_pretrained' must be true or false or null"),
+        ({"protoseg": {"prototype_momentum": "fast"}}, "protoseg: 'prototype_momentum' must be a number or null"),
+    ],
+)
+def test_training_summary_fields_are_validated_with_the_field_named(changes: dict, message: str) -> None:
+    with pytest.raises(RecordFormatError, match=re.escape(message)):
+        TrainingSummary.from_dict({**TRAIN_SCRIPT_SUMMARY, **changes})
+
+
+def test_prototype_health_section_is_rendered_when_measured(checkpoint: Path) -> None:
+    _write_eval_results(checkpoint, prototype_health=PROTOTYPE_HEALTH)
+    text = render_model_card(checkpoint).text
+    assert "## Prototype health" in text
+    assert "| Prototypes (C × K) | 12 |" in text
+    assert "| Dead prototypes (no pixels for 500 steps or more) | 2 |" in text
+    assert "| Never updated (no pixels during the whole run) | 1 |" in text
+    assert "| Re-seeded during training | 3 |" in text
+    assert "| sky | 0.410 |" in text and "| road | 0.900 |" in text and "| car | n/a |" in text
+    assert text.index("## Evaluation") < text.index("## Prototype health") < text.index("## How to use")
+
+
+def test_prototype_health_section_is_omitted_when_not_measured_or_without_prototypes(checkpoint: Path, tmp_path: Path) -> None:
+    assert "Prototype health" not in render_model_card(checkpoint).text
+    folder = _write_linear_head_folder(tmp_path / "linear")
+    results = {**TRAIN_SCRIPT_EVAL_RESULTS, "prototype_health": PROTOTYPE_HEALTH}
+    (folder / "eval_results.json").write_text(json.dumps(results), encoding="utf-8")
+    assert "Prototype health" not in render_model_card(folder, {"head": "linear"}).text
+
+
+def test_prototype_health_must_match_the_model(checkpoint: Path) -> None:
+    _write_eval_results(checkpoint, prototype_health={**PROTOTYPE_HEALTH, "num_prototypes": 10, "dead_prototypes": 0})
+    with pytest.raises(ModelCardInputError, match=re.escape("C x K = 3 x 4 = 12")):
+        render_model_card(checkpoint)
+    _write_eval_results(checkpoint, prototype_health={**PROTOTYPE_HEALTH, "within_class_cosine": {"bicycle": 0.5}})
+    with pytest.raises(ModelCardInputError, match="names classes not in config.json"):
+        render_model_card(checkpoint)
+
+
+def test_model_cards_imports_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, model_cards; model_cards.EvalResults; model_cards.render_model_card; assert 'torch' not in sys.modules"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]

@@ -31,6 +31,7 @@ from checkpoint_folder import (
     save_checkpoint_folder,
 )
 from hub_stand_in import HubStandIn
+from isolated_python import run_python_without_repository
 from model_cards import IncompleteCheckpointError, PublishError, publish_folder, write_model_card
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
@@ -183,23 +184,14 @@ def test_publishing_replaces_a_generic_card_already_on_the_hub(checkpoint: Path,
 
 
 FRESH_PROCESS_CHECK = r"""
-import importlib.abc
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
 folder, reference_path, repository_root = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-
-class BlockRepositoryPackages(importlib.abc.MetaPathFinder):
-    # The repository is not on sys.path here (python -I, cwd elsewhere, no PYTHONPATH); this also
-    # blocks an editable install of it, so only the code uploaded with the weights can be used.
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname.split(".")[0] in ("modeling_protoseg", "model_cards", "training"):
-            raise ModuleNotFoundError(f"{fullname} is blocked in this check", name=fullname)
-        return None
-
-sys.meta_path.insert(0, BlockRepositoryPackages())
+# The repository is not on sys.path here (python -I, cwd elsewhere); the import blocker of
+# isolated_python also rules out an editable install, so only the uploaded code can be used.
 assert not any(Path(entry or ".").resolve() == repository_root for entry in sys.path), sys.path
 try:
     importlib.util.find_spec("modeling_protoseg")
@@ -262,22 +254,17 @@ def test_uploaded_folder_loads_in_a_fresh_process_without_this_repository(
 
     work_dir = tmp_path / "fresh"
     work_dir.mkdir()
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("PYTHON")}
-    environment.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_HOME=str(work_dir / "hf_home"),
-        HF_MODULES_CACHE=str(work_dir / "modules"),
-        OMP_NUM_THREADS="1",
-    )
-    completed = subprocess.run(
-        [sys.executable, "-I", "-c", FRESH_PROCESS_CHECK, str(uploaded_folder),
-         str(trained_checkpoint["reference_path"]), str(REPOSITORY_ROOT)],
+    completed = run_python_without_repository(
+        FRESH_PROCESS_CHECK,
+        str(uploaded_folder),
+        str(trained_checkpoint["reference_path"]),
+        str(REPOSITORY_ROOT),
         cwd=work_dir,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        environment={
+            "HF_HOME": str(work_dir / "hf_home"),
+            "HF_MODULES_CACHE": str(work_dir / "modules"),
+            "OMP_NUM_THREADS": "1",
+        },
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])

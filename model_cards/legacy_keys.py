@@ -1,0 +1,101 @@
+"""The one place where older key names of eval_results.json / training_summary.json are mapped to the current ones.
+
+Checkpoint folders written before the typed records (model_cards.records) still render and publish:
+
+eval_results.json
+  - `split` -> `eval_split`, `dataset_name` -> `dataset`, `num_images` -> `num_samples`;
+  - `per_category_iou` / `per_category_accuracy` as a list in class-id order -> a mapping by class
+    name (the names come from config.json's id2label).
+
+training_summary.json (and the summary dict training/train.py passed before it built a TrainingSummary)
+  - `encoder_name` -> `encoder`, `dataset_name` -> `dataset`, `num_train_steps` / `steps` -> `max_steps`,
+    `batch_size` -> `global_batch_size`, `lr` -> `learning_rate`, `device` -> `hardware`,
+    `wall_time_seconds` / `wall_time` -> `train_runtime_seconds`;
+  - the flat ProtoSeg knobs (`num_prototypes_per_class`, `prototype_momentum`, `ppc_loss_weight`,
+    `ppd_loss_weight`, `ppc_temperature`, `sinkhorn_iterations`, `sinkhorn_epsilon`) -> the nested
+    `protoseg` record;
+  - dropped, because another file holds them: `eval_split`, `eval_mode` (eval_results.json) and
+    `num_labels` (config.json).
+
+When an old key and its current name are both present they must agree, or the error names both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .validation import RecordFormatError
+
+EVAL_RESULTS_RENAMED = {"split": "eval_split", "dataset_name": "dataset", "num_images": "num_samples"}
+PER_CATEGORY_KEYS = ("per_category_iou", "per_category_accuracy")
+TRAINING_SUMMARY_RENAMED = {
+    "encoder_name": "encoder",
+    "dataset_name": "dataset",
+    "num_train_steps": "max_steps",
+    "steps": "max_steps",
+    "batch_size": "global_batch_size",
+    "lr": "learning_rate",
+    "device": "hardware",
+    "wall_time_seconds": "train_runtime_seconds",
+    "wall_time": "train_runtime_seconds",
+}
+PROTOSEG_FLAT_KEYS = (
+    "num_prototypes_per_class",
+    "prototype_momentum",
+    "ppc_loss_weight",
+    "ppd_loss_weight",
+    "ppc_temperature",
+    "sinkhorn_iterations",
+    "sinkhorn_epsilon",
+)
+TRAINING_SUMMARY_DROPPED = ("eval_split", "eval_mode", "num_labels")
+
+
+def _rename(data: dict[str, Any], renamed: dict[str, str], source: str) -> dict[str, Any]:
+    """Copy of `data` with old key names replaced by the current ones."""
+    upgraded = {key: value for key, value in data.items() if key not in renamed}
+    for old, current in renamed.items():
+        if old not in data:
+            continue
+        if current in upgraded and upgraded[current] != data[old]:
+            raise RecordFormatError(
+                f"{source}: '{old}' (older name of '{current}') and '{current}' disagree: "
+                f"{data[old]!r} vs {upgraded[current]!r}."
+            )
+        upgraded[current] = data[old]
+    return upgraded
+
+
+def _per_category_by_name(values: list[Any], class_names: list[str] | None, where: str) -> dict[str, Any]:
+    """Per-class values listed in class-id order, keyed by class name."""
+    if class_names is None:
+        raise RecordFormatError(
+            f"{where} is a list in class-id order; write a mapping of class name to value, or read the "
+            "file with the class names (EvalResults.read does, from config.json)."
+        )
+    if len(values) != len(class_names):
+        raise RecordFormatError(f"{where} has {len(values)} values but config.json has {len(class_names)} classes.")
+    return dict(zip(class_names, values))
+
+
+def upgrade_eval_results(data: dict[str, Any], class_names: list[str] | None, source: str) -> dict[str, Any]:
+    """eval_results.json content with the current key names (see the module docstring)."""
+    upgraded = _rename(data, EVAL_RESULTS_RENAMED, source)
+    for key in PER_CATEGORY_KEYS:
+        if isinstance(upgraded.get(key), (list, tuple)):
+            upgraded[key] = _per_category_by_name(list(upgraded[key]), class_names, f"{source}: '{key}'")
+    return upgraded
+
+
+def upgrade_training_summary(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Training summary content with the current key names (see the module docstring)."""
+    upgraded = _rename(data, TRAINING_SUMMARY_RENAMED, source)
+    for key in TRAINING_SUMMARY_DROPPED:
+        upgraded.pop(key, None)
+    flat_knobs = {key: upgraded.pop(key) for key in PROTOSEG_FLAT_KEYS if key in upgraded}
+    if flat_knobs:
+        nested = upgraded.get("protoseg") or {}
+        if not isinstance(nested, dict):
+            raise RecordFormatError(f"{source}: ProtoSeg knobs {sorted(flat_knobs)} given both flat and in 'protoseg'.")
+        upgraded["protoseg"] = {**flat_knobs, **nested}
+    return upgraded
