@@ -176,7 +176,7 @@ def _chunked_class_scores(
 class ProtoSegPreTrainedModel(PreTrainedModel):
     config: ProtoSegConfig
     config_class = ProtoSegConfig
-    base_model_prefix = "protoseg"
+    base_model_prefix = "encoder"  # the attribute holding the encoder, as "segformer" in SegFormer
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
