@@ -119,6 +119,16 @@ def test_lite0_stage_layout_matches_the_reference_blocks():
     assert sum(p.numel() for p in backbone.parameters()) == 2_958_848  # 4.65 M minus the 1280-ch head and classifier
 
 
+def test_image_normalization_is_the_encoders_own_or_imagenets():
+    from modeling_protoseg.encoders import encoder_image_normalization
+
+    assert encoder_image_normalization(ProtoSegEfficientNetLiteConfig()) == ([0.5] * 3, [0.5] * 3)
+    assert encoder_image_normalization(tiny_segformer_encoder_config()) == (
+        [0.485, 0.456, 0.406],
+        [0.229, 0.224, 0.225],
+    )
+
+
 def test_swin_final_norm_stays_frozen(tmp_path):
     encoder = build_encoder(tiny_swin_encoder_config())
     assert not encoder.swin.layernorm.weight.requires_grad
