@@ -114,7 +114,7 @@ class ProtoSegEfficientNetLiteBlock(nn.Module):
 class ProtoSegEfficientNetLitePreTrainedModel(PreTrainedModel):
     config: ProtoSegEfficientNetLiteConfig
     config_class = ProtoSegEfficientNetLiteConfig
-    base_model_prefix = "efficientnet_lite"
+    base_model_prefix = "efficientnet_lite"  # the attribute a wrapping model would use, as "resnet" for ResNetBackbone
     main_input_name = "pixel_values"
     input_modalities = ("image",)
 
