@@ -97,7 +97,10 @@ class ProtoSegEfficientNetLiteConfig(BackboneConfigMixin, PretrainedConfig):
         self.image_mean = list(image_mean if image_mean is not None else [0.5, 0.5, 0.5])
         self.image_std = list(image_std if image_std is not None else [0.5, 0.5, 0.5])
         self.initializer_range = initializer_range
-        lengths = {len(values) for values in (self.kernel_sizes, self.strides, self.expand_ratios, self.out_channels, self.num_repeats)}
+        lengths = {
+            len(values)
+            for values in (self.kernel_sizes, self.strides, self.expand_ratios, self.out_channels, self.num_repeats)
+        }
         if len(lengths) != 1:
             raise ValueError(
                 "kernel_sizes, strides, expand_ratios, out_channels and num_repeats must have one entry per block "

@@ -19,7 +19,7 @@ PACKAGE_BACKBONE_MODEL_TYPES = (ProtoSegEfficientNetLiteConfig.model_type,)
 
 
 def encoder_kind(encoder_config: PretrainedConfig) -> str:
-    """"segformer" for a SegFormer (MiT) config, "backbone" for an AutoBackbone config (built into transformers or
+    """ "segformer" for a SegFormer (MiT) config, "backbone" for an AutoBackbone config (built into transformers or
     registered with `AutoBackbone.register`); a ValueError naming the supported types otherwise."""
     if encoder_config.model_type == "segformer":
         return "segformer"
@@ -51,9 +51,7 @@ def resolve_encoder_config(encoder_config: PretrainedConfig | dict[str, Any] | N
         except ValueError as error:
             raise ValueError(f"encoder_config: unknown encoder model_type {model_type!r}") from error
     elif not isinstance(encoder_config, PretrainedConfig):
-        raise ValueError(
-            f"encoder_config: expected a PretrainedConfig or a dict, got {type(encoder_config).__name__}"
-        )
+        raise ValueError(f"encoder_config: expected a PretrainedConfig or a dict, got {type(encoder_config).__name__}")
     encoder_kind(encoder_config)
     return encoder_config
 

@@ -52,7 +52,7 @@ class ProtoSegLinearHeadConfig(PretrainedConfig):
 
     @property
     def encoder_kind(self) -> str:
-        """"segformer" for MiT encoders, "backbone" for AutoBackbone encoders."""
+        """ "segformer" for MiT encoders, "backbone" for AutoBackbone encoders."""
         return encoder_kind(self.encoder_config)
 
 

