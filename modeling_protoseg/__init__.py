@@ -1,18 +1,28 @@
 """ProtoSeg for transformers: semantic segmentation by nearest non-learnable prototype.
 
-Importing the package registers model type "protoseg" with `AutoConfig` and
-`AutoModelForSemanticSegmentation`, and marks the classes for remote code, so `save_pretrained`
-writes `auto_map` and copies the modeling files beside the weights.
+Importing the package registers with the Auto classes, and marks for remote code (so `save_pretrained` writes
+`auto_map` and copies the modeling files beside the weights):
+    "protoseg"                    ProtoSegConfig / ProtoSegForSemanticSegmentation (AutoModelForSemanticSegmentation)
+    "protoseg_linear_head"        ProtoSegLinearHeadConfig / ProtoSegLinearHeadForSemanticSegmentation (the
+                                  parametric baseline on any encoder)
+    "protoseg_efficientnet_lite"  ProtoSegEfficientNetLiteConfig / ProtoSegEfficientNetLiteBackbone (AutoBackbone)
+The EfficientNet-Lite classes register themselves with AutoConfig / AutoBackbone in their own modules, because
+a remote-code checkpoint imports those copied modules without this file.
 """
 
 from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
+from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig
 from .configuration_protoseg import ProtoSegConfig
+from .configuration_protoseg_linear_head import ProtoSegLinearHeadConfig
+from .encoders import build_encoder, encoder_channels, encoder_feature_maps, load_pretrained_encoder
+from .modeling_efficientnet_lite import ProtoSegEfficientNetLiteBackbone
 from .modeling_protoseg import (
     ProtoSegForSemanticSegmentation,
     ProtoSegPreTrainedModel,
     ProtoSegSemanticSegmenterOutput,
 )
+from .modeling_protoseg_linear_head import ProtoSegLinearHeadForSemanticSegmentation
 from .prototypes import momentum_update_prototypes, sinkhorn_assign_pixels
 
 AutoConfig.register(ProtoSegConfig.model_type, ProtoSegConfig, exist_ok=True)
@@ -20,13 +30,31 @@ AutoModelForSemanticSegmentation.register(ProtoSegConfig, ProtoSegForSemanticSeg
 ProtoSegConfig.register_for_auto_class()
 ProtoSegForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 
+AutoConfig.register(ProtoSegLinearHeadConfig.model_type, ProtoSegLinearHeadConfig, exist_ok=True)
+AutoModelForSemanticSegmentation.register(
+    ProtoSegLinearHeadConfig, ProtoSegLinearHeadForSemanticSegmentation, exist_ok=True
+)
+ProtoSegLinearHeadConfig.register_for_auto_class()
+ProtoSegLinearHeadForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
+ProtoSegEfficientNetLiteConfig.register_for_auto_class()
+ProtoSegEfficientNetLiteBackbone.register_for_auto_class("AutoBackbone")
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ProtoSegConfig",
+    "ProtoSegEfficientNetLiteBackbone",
+    "ProtoSegEfficientNetLiteConfig",
     "ProtoSegForSemanticSegmentation",
+    "ProtoSegLinearHeadConfig",
+    "ProtoSegLinearHeadForSemanticSegmentation",
     "ProtoSegPreTrainedModel",
     "ProtoSegSemanticSegmenterOutput",
+    "build_encoder",
+    "encoder_channels",
+    "encoder_feature_maps",
+    "load_pretrained_encoder",
     "momentum_update_prototypes",
     "sinkhorn_assign_pixels",
 ]

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, PretrainedConfig, SegformerConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
+from transformers import AutoConfig, PretrainedConfig
 
-
-def _encoder_kind(encoder_config: PretrainedConfig) -> str:
-    """Return "segformer" or "backbone" for a supported encoder config, else raise."""
-    if encoder_config.model_type == "segformer":
-        return "segformer"
-    if encoder_config.model_type in MODEL_FOR_BACKBONE_MAPPING_NAMES:
-        return "backbone"
-    supported = ["segformer", *sorted(MODEL_FOR_BACKBONE_MAPPING_NAMES)]
-    raise ValueError(
-        f"encoder_config: unsupported encoder type {encoder_config.model_type!r}; expected a SegFormer (MiT) "
-        f"config or a transformers AutoBackbone config, one of: {', '.join(supported)}"
-    )
+from .configuration_encoders import encoder_kind as _encoder_kind
+from .configuration_encoders import resolve_encoder_config
 
 
 CLASS_SCORE_NORMS = ("affine", "layer_norm")
@@ -31,8 +20,9 @@ class ProtoSegConfig(PretrainedConfig):
 
     Arguments:
         encoder_config (`PretrainedConfig` or `dict`, *optional*):
-            The hierarchical encoder: a `SegformerConfig` (MiT), a `SwinConfig`, or any transformers
-            `AutoBackbone` config (ResNet, ConvNeXt, ...). A dict must carry its `model_type`.
+            The hierarchical encoder: a `SegformerConfig` (MiT), a `SwinConfig`, any transformers `AutoBackbone`
+            config (ResNet, ConvNeXt, ...), one registered with `AutoBackbone.register`, or this package's
+            `ProtoSegEfficientNetLiteConfig`. A dict must carry its `model_type`.
             Defaults to `SegformerConfig()` (MiT-B0).
         decoder_hidden_size (`int`): width of the all-MLP decoder that fuses the four feature maps.
         embedding_dim (`int`): size D of the pixel embeddings and of the prototypes.
@@ -95,22 +85,7 @@ class ProtoSegConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs: Any,
     ) -> None:
-        if encoder_config is None:
-            encoder_config = SegformerConfig()
-        elif isinstance(encoder_config, dict):
-            encoder_config = dict(encoder_config)
-            if "model_type" not in encoder_config:
-                raise ValueError("encoder_config: a dict encoder config must contain its 'model_type'")
-            model_type = encoder_config.pop("model_type")
-            try:
-                encoder_config = AutoConfig.for_model(model_type, **encoder_config)
-            except ValueError as error:
-                raise ValueError(f"encoder_config: unknown encoder model_type {model_type!r}") from error
-        elif not isinstance(encoder_config, PretrainedConfig):
-            raise ValueError(
-                f"encoder_config: expected a PretrainedConfig or a dict, got {type(encoder_config).__name__}"
-            )
-        _encoder_kind(encoder_config)
+        encoder_config = resolve_encoder_config(encoder_config)
         self.encoder_config = encoder_config
 
         self.decoder_hidden_size = decoder_hidden_size

