@@ -23,9 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from training import config as training_config  # noqa: E402
 from training import train as train_script  # noqa: E402
 from training.checkpointing import find_latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
-from training.export import build_image_processor, export_final_model, results_json  # noqa: E402
+from training.export import export_final_model, results_json  # noqa: E402
 from training.models import build_linear_baseline, build_model  # noqa: E402
 from training.optimization import PolyWithWarmup, build_optimizer  # noqa: E402
+from training.preprocessing import IMAGENET_NORMALIZATION, build_image_processor  # noqa: E402
 from training.presets import DATASET_PRESETS, resolve_encoder  # noqa: E402
 from training.sources import load_dataset_splits  # noqa: E402
 
@@ -421,7 +422,9 @@ def test_export_without_model_cards_writes_the_minimal_card(tmp_path: Path, monk
         model,
         output_dir=config.output.output_dir,
         image_processor=build_image_processor(
-            base_size=config.augmentation.base_size, crop_size=tuple(config.augmentation.crop_size)
+            IMAGENET_NORMALIZATION,
+            base_size=config.augmentation.base_size,
+            crop_size=tuple(config.augmentation.crop_size),
         ),
         results={"eval_results.json": eval_json, "train_results.json": {}},
         summary=summary,
@@ -496,3 +499,47 @@ def test_presets_fill_only_what_no_flag_gave_and_help_prints_the_values_used(cap
     assert "(default: 6e-05; with --optimizer sgd: 0.01; preset synthetic: 0.001)" in help_text
     assert "(default: 10; preset synthetic: 4)" in help_text  # --num_prototypes_per_class, from ProtoSegConfig
     assert "(default: the crop's short side)" in help_text
+
+
+# ------------------------------------------------------------------------------ evaluation on any split
+
+
+def test_test_split_and_the_evaluate_command_agree_and_normalise_as_the_encoder_says(tmp_path: Path) -> None:
+    from transformers import SegformerModel
+
+    encoder_folder = tmp_path / "encoder"  # a "pretrained" encoder whose config asks for (x - 0.5) / 0.5
+    encoder_config = resolve_encoder("mit-test").config
+    encoder_config.image_mean, encoder_config.image_std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    SegformerModel(encoder_config).save_pretrained(encoder_folder)
+    output_dir = tmp_path / "run"
+    run_training([*TINY_RUN, "--encoder", str(encoder_folder), "--max_steps", "2", "--test_split", "test",
+                  "--output_dir", str(output_dir)])  # fmt: skip
+    processor = json.loads((output_dir / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.5, 0.5, 0.5] and processor["image_std"] == [0.5, 0.5, 0.5]
+    test_results = json.loads((output_dir / "test_results.json").read_text())
+    eval_results = json.loads((output_dir / "eval_results.json").read_text())
+    assert set(test_results) == set(eval_results) and test_results["eval_split"] == "test"
+    assert test_results["num_samples"] == 6 and test_results["mean_iou"] != eval_results["mean_iou"]
+
+    synthetic = ["--synthetic_num_train", "24", "--synthetic_num_validation", "6", "--synthetic_image_size", "32"]
+    for split, expected in (("test", test_results), ("validation", eval_results)):
+        output_file = tmp_path / f"{split}.json"
+        command = [sys.executable, "-m", "training.evaluate", str(output_dir), "--split", split, *synthetic,
+                   "--output", str(output_file)]  # fmt: skip
+        result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        evaluated = json.loads(output_file.read_text())
+        assert evaluated["per_category_iou"] == pytest.approx(expected["per_category_iou"], nan_ok=True), split
+        assert {key: evaluated[key] for key in ("eval_split", "eval_mode", "num_samples", "dataset")} == {
+            key: expected[key] for key in ("eval_split", "eval_mode", "num_samples", "dataset")
+        }
+
+    from training.config import DataArguments
+    from training.evaluate import EvaluationSettings, evaluate_folder
+
+    multiscale = evaluate_folder(
+        output_dir,
+        DataArguments(preset="synthetic", synthetic_num_train=24, synthetic_num_validation=6, synthetic_image_size=32),
+        EvaluationSettings(split="test", eval_mode="multiscale", eval_scales=(1.0, 1.5), device="cpu"),  # MiT: >= 32 px
+    )
+    assert multiscale["eval_mode"] == "multiscale" and multiscale["num_samples"] == 6

@@ -25,10 +25,8 @@ from typing import Any, Literal, Mapping, Optional, Union
 from transformers import HfArgumentParser
 
 from modeling_protoseg import ProtoSegConfig
+from training.evaluation import EVAL_MODES, MULTISCALE_FACTORS
 from training.presets import DATASET_PRESETS, ENCODER_CONFIGS, DatasetPreset, get_dataset_preset
-
-EVAL_MODES = ("whole", "slide", "multiscale")
-DEFAULT_EVAL_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # mmseg's and the paper's multi-scale test
 
 
 @dataclass
@@ -139,7 +137,7 @@ class EvaluationArguments:
     )  # fmt: skip
     eval_stride: Optional[list[int]] = field(default=None, metadata={"help": "sliding-window stride"})
     eval_scales: list[float] = field(
-        default_factory=lambda: list(DEFAULT_EVAL_SCALES), metadata={"help": "multiscale: factors of the base size"}
+        default_factory=lambda: list(MULTISCALE_FACTORS), metadata={"help": "multiscale: factors of the base size"}
     )
     eval_flip: bool = field(default=True, metadata={"help": "multiscale: also average the horizontally flipped image"})
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})

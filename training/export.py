@@ -25,7 +25,6 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import SegformerImageProcessor
 
-from training.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from training.config import TrainingConfig
 
 
@@ -119,19 +118,6 @@ def training_summary(
         "train_runtime_seconds": train_runtime_seconds,
         "command": " ".join(sys.argv),
     }
-
-
-def build_image_processor(*, base_size: int, crop_size: tuple[int, int]) -> SegformerImageProcessor:
-    """The processor that resizes and normalises as evaluation does (short side -> `base_size`)."""
-    crop_height, crop_width = crop_size
-    return SegformerImageProcessor(
-        do_resize=True,
-        size={"height": base_size, "width": round(base_size * crop_width / crop_height)},
-        do_normalize=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        do_reduce_labels=False,
-    )
 
 
 def write_minimal_card(folder: Path, summary: dict[str, Any], eval_results: dict[str, Any]) -> None:

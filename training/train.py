@@ -6,7 +6,8 @@
     torchrun --nproc_per_node 2 training/train.py ...         # DDP (gloo on CPU, NCCL on GPUs)
     python training/train.py --help                           # every flag, with the value it will take
 
-`run(config)` reads as its phases: setup (processes) -> data -> model, optimizer and resume -> loop ->
+`run(config)` reads as its phases: setup (processes) -> data check -> model -> data (normalised as the model
+expects) -> optimizer and resume -> loop ->
 finish (final evaluation, export, upload). From Python: `run(parse_config([...]), datasets=...)`.
 """
 
@@ -37,7 +38,6 @@ from training.distributed import (
 )
 from training.evaluation import evaluate
 from training.export import (
-    build_image_processor,
     export_final_model,
     hardware_description,
     push_folder_to_hub,
@@ -47,6 +47,12 @@ from training.export import (
 from training.loop import TrainingState, iterate_forever, log_evaluation, train_steps
 from training.models import build_linear_baseline, build_model
 from training.optimization import PolyWithWarmup, build_optimizer
+from training.preprocessing import (
+    IMAGENET_NORMALIZATION,
+    Normalization,
+    build_image_processor,
+    input_normalization,
+)
 from training.presets import EncoderSpec, resolve_encoder
 from training.sources import DatasetSplits, load_dataset_splits
 
@@ -95,12 +101,14 @@ def setup(config: TrainingConfig) -> tuple[Accelerator, EncoderSpec]:
 # ------------------------------------------------------------------------------------------------------ data
 
 
-def _segmentation_dataset(config: TrainingConfig, splits: DatasetSplits, source: SampleSource, *, train: bool):
+def _segmentation_dataset(
+    config: TrainingConfig, splits: DatasetSplits, source: SampleSource, *, train: bool, normalization: Normalization
+) -> SegmentationDataset:
     common = dict(
         num_labels=len(splits.id2label), ignore_index=config.data.ignore_index, label_mapping=splits.label_mapping
     )
     if not train:
-        transform = build_eval_transform(base_size=config.augmentation.base_size)
+        transform = build_eval_transform(base_size=config.augmentation.base_size, normalization=normalization)
         return SegmentationDataset(source, transform=transform, keep_label_size=True, **common)
     transform = build_train_transform(
         crop_size=tuple(config.augmentation.crop_size),
@@ -109,6 +117,7 @@ def _segmentation_dataset(config: TrainingConfig, splits: DatasetSplits, source:
         ignore_index=config.data.ignore_index,
         photometric=config.augmentation.photometric_jitter,
         hflip_probability=config.augmentation.hflip_probability,
+        normalization=normalization,
     )
     return SegmentationDataset(source, transform=transform, **common)
 
@@ -125,26 +134,35 @@ def _eval_loader(config: TrainingConfig, dataset: SegmentationDataset, accelerat
     )
 
 
-def build_datasets(config: TrainingConfig, splits: DatasetSplits) -> dict[str, SegmentationDataset]:
+def build_datasets(
+    config: TrainingConfig, splits: DatasetSplits, *, normalization: Normalization = IMAGENET_NORMALIZATION
+) -> dict[str, SegmentationDataset]:
     """ "train" (augmented crops), "validation" and, with a test source, "test" (resized images, labels
-    at their original size) as `SegmentationDataset`s."""
-    datasets = {
-        "train": _segmentation_dataset(config, splits, splits.train, train=True),
-        "validation": _segmentation_dataset(config, splits, splits.validation, train=False),
-    }
+    at their original size) as `SegmentationDataset`s, normalised as the model expects."""
+    sources = {"train": splits.train, "validation": splits.validation}
     if splits.test is not None:
-        datasets["test"] = _segmentation_dataset(config, splits, splits.test, train=False)
-    return datasets
+        sources["test"] = splits.test
+    return {
+        role: _segmentation_dataset(config, splits, source, train=role == "train", normalization=normalization)
+        for role, source in sources.items()
+    }
 
 
-def prepare_data(config: TrainingConfig, splits: DatasetSplits, accelerator: Accelerator) -> RunData:
-    """Datasets with their transforms, the resumable sharded sampler and the loaders. One sample of each
-    split is read now: wrong columns, formats or labels fail before the model is built."""
-    datasets = build_datasets(config, splits)
-    for dataset in datasets.values():
+def check_first_samples(config: TrainingConfig, splits: DatasetSplits) -> None:
+    """Read one sample of each split now: empty splits, wrong columns, formats or labels fail before the model
+    is built (every other sample is checked when its batch is loaded)."""
+    for dataset in build_datasets(config, splits).values():
         if len(dataset) == 0:
             raise ValueError(f"the {getattr(dataset.source, 'split_name', '')!r} split has no samples")
         dataset.load_checked(0)
+
+
+def prepare_data(
+    config: TrainingConfig, splits: DatasetSplits, accelerator: Accelerator, *, normalization: Normalization
+) -> RunData:
+    """Datasets with their transforms (normalised as the model expects), the resumable sharded sampler and the
+    loaders."""
+    datasets = build_datasets(config, splits, normalization=normalization)
     train_dataset = datasets.pop("train")
     eval_datasets = datasets
     train_sampler = ResumableShardedSampler(
@@ -247,6 +265,8 @@ def evaluate_on(
         mode=config.evaluation.eval_mode,
         crop_size=tuple(config.augmentation.crop_size),
         stride=tuple(config.evaluation.eval_stride) if config.evaluation.eval_stride else None,
+        scales=config.evaluation.eval_scales,
+        flip=config.evaluation.eval_flip,
         device=accelerator.device,
         all_reduce_sum=lambda tensor: accelerator.reduce(tensor, reduction="sum"),
         autocast=accelerator.autocast,
@@ -301,7 +321,9 @@ def export(
         train_runtime_seconds=train_results["train_runtime_seconds"],
     )
     image_processor = build_image_processor(
-        base_size=config.augmentation.base_size, crop_size=tuple(config.augmentation.crop_size)
+        input_normalization(model.config),
+        base_size=config.augmentation.base_size,
+        crop_size=tuple(config.augmentation.crop_size),
     )
     folder = export_final_model(
         model, output_dir=config.output.output_dir, image_processor=image_processor, results=results,
@@ -370,8 +392,9 @@ def run(config: TrainingConfig, *, datasets: DatasetSplits | None = None) -> Tra
     """
     accelerator, encoder = setup(config)
     splits = datasets if datasets is not None else load_dataset_splits(config.data, seed=config.runtime.seed)
-    data = prepare_data(config, splits, accelerator)
+    check_first_samples(config, splits)
     model = prepare_model(config, encoder, splits.id2label, accelerator)
+    data = prepare_data(config, splits, accelerator, normalization=input_normalization(model.config))
     state = prepare_training(config, model, data, accelerator)
     unwrapped_model = accelerator.unwrap_model(state.model)
     if accelerator.is_main_process:
