@@ -67,7 +67,7 @@ def _split_source(data: DataArguments, split: str, seed: int) -> tuple[Any, Any]
 
 
 def evaluate_folder(
-    folder: str | Path, data: DataArguments, settings: EvaluationSettings = EvaluationSettings(), *, seed: int = 42
+    folder: str | Path, data: DataArguments, settings: EvaluationSettings | None = None, *, seed: int = 42
 ) -> dict[str, Any]:
     """Metrics of the model saved in `folder` on `settings.split` of the dataset `data` names, as
     eval_results.json holds them (`mean_iou`, per-class IoU by name, `eval_mode`, `eval_split`, ...).
@@ -76,13 +76,15 @@ def evaluate_folder(
 
     import modeling_protoseg  # noqa: F401  (registers "protoseg" with the Auto classes)
 
-    folder = Path(folder)
+    folder, settings = Path(folder), settings or EvaluationSettings()
     summary = _read_json(folder / "training_summary.json")
     eval_mode = settings.eval_mode or summary.get("eval_mode") or "whole"
     base_size = settings.base_size or _base_size(folder)
     crop_size = tuple(settings.crop_size or summary.get("crop_size") or (base_size, base_size))
     crop_size = crop_size * 2 if len(crop_size) == 1 else crop_size
-    stride = tuple(settings.eval_stride) * (2 if len(settings.eval_stride) == 1 else 1) if settings.eval_stride else None
+    stride = (
+        tuple(settings.eval_stride) * (2 if len(settings.eval_stride) == 1 else 1) if settings.eval_stride else None
+    )
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = AutoModelForSemanticSegmentation.from_pretrained(folder).to(device).eval()
     id2label = {int(index): name for index, name in model.config.id2label.items()}
