@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
@@ -51,7 +50,7 @@ IGNORE_INDEX = 255
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Training with one class held out (training/train.py, its synthetic source patched)
+# 1. Training with one class held out (training.train.run on the synthetic sources, labels remapped)
 
 
 def held_out_label_maps(held_out: int) -> tuple[np.ndarray, dict[int, str]]:
@@ -63,28 +62,45 @@ def held_out_label_maps(held_out: int) -> tuple[np.ndarray, dict[int, str]]:
     return lookup, {new_index: SYNTHETIC_CLASS_NAMES[old_index] for new_index, old_index in enumerate(kept)}
 
 
-def train_without_class(held_out: int | None, output_dir: Path, extra_arguments: list[str]) -> dict[str, Any]:
-    """Run training/train.py's `main` on the synthetic preset with `held_out`'s pixels ignored
+class HeldOutLabels:
+    """A sample source whose labels go through `lookup` (the held-out class -> ignore, the others renumbered)."""
+
+    def __init__(self, source: Any, lookup: np.ndarray) -> None:
+        self.source, self.lookup = source, lookup
+        self.split_name = getattr(source, "split_name", "")
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int) -> tuple[Any, Any, str]:
+        image, label, name = self.source.load(index)
+        return image, self.lookup[np.asarray(label)].astype(np.uint8), name
+
+
+def train_without_class(held_out: int | None, output_dir: Path, extra_arguments: list[str]) -> Any:
+    """Train with `training.train.run` on the synthetic preset with `held_out`'s pixels ignored
     (`held_out=None`: every class, the same recipe, for the reference model)."""
-    from training import train as train_module
-    from training.data import SyntheticSource
+    import dataclasses
+    import logging
 
+    from training.config import parse_config
+    from training.sources import load_dataset_splits
+    from training.train import run
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     argv = ["--preset", "synthetic", "--output_dir", str(output_dir), "--report_to", "none", *extra_arguments]
+    config = parse_config(argv)
     if held_out is None:
-        return train_module.main(argv)
-
+        return run(config)
     lookup, id2label = held_out_label_maps(held_out)
-
-    class HeldOutSyntheticSource(SyntheticSource):
-        def load(self, index: int) -> tuple[Any, Any, str]:
-            image, label, name = super().load(index)
-            return image, lookup[label].astype(np.uint8), name
-
-    with (
-        mock.patch.object(train_module, "SyntheticSource", HeldOutSyntheticSource),
-        mock.patch.object(train_module, "SYNTHETIC_CLASS_NAMES", tuple(id2label.values())),
-    ):
-        return train_module.main(argv)
+    splits = load_dataset_splits(config.data, seed=config.runtime.seed)
+    held_out_splits = dataclasses.replace(
+        splits,
+        train=HeldOutLabels(splits.train, lookup),
+        validation=HeldOutLabels(splits.validation, lookup),
+        id2label=id2label,
+    )
+    return run(config, datasets=held_out_splits)
 
 
 # ----------------------------------------------------------------------------------------------

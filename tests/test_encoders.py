@@ -414,26 +414,25 @@ def test_resolve_encoder_knows_efficientnet_lite0_and_converted_folders(tmp_path
 def test_linear_head_training_model_is_segformer_on_mit_and_the_linear_head_elsewhere(tmp_path):
     from transformers import SegformerForSemanticSegmentation
 
-    from training import train as train_script
+    from training.config import parse_config
+    from training.models import build_linear_baseline
+    from training.optimization import build_optimizer
     from training.presets import EncoderSpec, resolve_encoder
 
-    (parsed,) = train_script.HfArgumentParser(train_script.TrainingConfig).parse_args_into_dataclasses(
-        args=["--head", "linear", "--decoder_hidden_size", "16", "--head_lr_multiplier", "10"]
-    )
-    config, _ = train_script.resolve_config(parsed)
+    config = parse_config(["--head", "linear", "--decoder_hidden_size", "16", "--head_lr_multiplier", "10"])
     id2label, label2id = {0: "a", 1: "b"}, {"a": 0, "b": 1}
-    mit = train_script._build_linear_baseline(config, resolve_encoder("mit-test"), id2label, label2id)
+    mit = build_linear_baseline(config, resolve_encoder("mit-test"), id2label, label2id)
     assert type(mit) is SegformerForSemanticSegmentation
     lite = EncoderSpec(name="tiny-lite", config=tiny_efficientnet_lite_encoder_config())
-    random_lite = train_script._build_linear_baseline(config, lite, id2label, label2id)
+    random_lite = build_linear_baseline(config, lite, id2label, label2id)
     assert type(random_lite) is ProtoSegLinearHeadForSemanticSegmentation
     assert random_lite.config.decoder_hidden_size == 16 and random_lite.config.num_labels == 2
     ProtoSegEfficientNetLiteBackbone(tiny_efficientnet_lite_encoder_config()).save_pretrained(tmp_path)
-    pretrained = train_script._build_linear_baseline(config, resolve_encoder(str(tmp_path)), id2label, label2id)
+    pretrained = build_linear_baseline(config, resolve_encoder(str(tmp_path)), id2label, label2id)
     assert type(pretrained) is ProtoSegLinearHeadForSemanticSegmentation
-    optimizer = train_script.build_optimizer(pretrained, config)
+    optimizer = build_optimizer(pretrained, config.optimization)
     encoder_parameters = {id(parameter) for parameter in pretrained.encoder.parameters()}
     for group in optimizer.param_groups:  # the encoder's parameters ("encoder.*") get the encoder lr, only they
         in_encoder = {id(parameter) in encoder_parameters for parameter in group["params"]}
         assert in_encoder in ({True}, {False})
-        assert group["lr"] == config.learning_rate * (1.0 if in_encoder == {True} else 10.0)
+        assert group["lr"] == config.optimization.learning_rate * (1.0 if in_encoder == {True} else 10.0)

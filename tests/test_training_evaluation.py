@@ -11,7 +11,13 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from training.evaluation import evaluate, predict_logits_sliding, predict_logits_whole, sliding_windows  # noqa: E402
+from training.evaluation import (  # noqa: E402
+    evaluate,
+    predict_logits_sliding,
+    predict_logits_whole,
+    predict_probabilities_multiscale,
+    sliding_windows,
+)
 
 
 class PointwiseModel(nn.Module):
@@ -65,7 +71,7 @@ def _oracle_batch(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
     return image
 
 
-@pytest.mark.parametrize("mode", ["whole", "slide"])
+@pytest.mark.parametrize("mode", ["whole", "slide", "multiscale"])
 def test_evaluate_counts_at_label_resolution_and_mixes_image_sizes(mode: str) -> None:
     num_labels = 3
     first_labels = torch.zeros(16, 16, dtype=torch.long)
@@ -98,5 +104,81 @@ def test_evaluate_restores_training_mode_and_rejects_unknown_modes() -> None:
     batch = {"pixel_values": [torch.randn(3, 8, 8)], "labels": [torch.zeros(8, 8, dtype=torch.long)]}
     evaluate(model, [batch], num_labels=3)
     assert model.training
-    with pytest.raises(ValueError, match="valid modes: whole, slide"):
+    with pytest.raises(ValueError, match="valid modes: whole, slide, multiscale"):
         evaluate(model, [batch], num_labels=3, mode="tiles")
+
+
+def _multiscale_reference(model: nn.Module, image: torch.Tensor, label_size: tuple[int, int]) -> torch.Tensor:
+    """mmseg's multi-scale + flip test written out one view at a time: (C, *label_size) mean probabilities."""
+    height, width = image.shape[-2:]
+    views = []
+    for scale in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75):
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        resized = nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+        for mirrored in (False, True):
+            columns = torch.arange(size[1] - 1, -1, -1) if mirrored else torch.arange(size[1])
+            with torch.no_grad():
+                logits = model(pixel_values=resized[..., columns]).logits.float()  # (1, C, h/4, w/4)
+            logits = nn.functional.interpolate(logits, size=label_size, mode="bilinear", align_corners=False)[0]
+            if mirrored:
+                logits = logits[..., torch.arange(label_size[1] - 1, -1, -1)]
+            views.append(torch.softmax(logits, dim=0))
+    return torch.stack(views).mean(dim=0)
+
+
+def test_multiscale_flip_matches_a_view_by_view_reference_on_a_tiny_protoseg() -> None:
+    from tiny_models import tiny_protoseg_config
+
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config(num_classes=3)).eval()
+    images = torch.randn(2, 3, 64, 96)
+    label_size = (80, 120)  # labels at their own resolution, not the resized image's
+    probabilities = predict_probabilities_multiscale(
+        model, images, label_size, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True
+    )
+    assert probabilities.shape == (2, 3, *label_size)
+    for index in range(2):
+        torch.testing.assert_close(
+            probabilities[index], _multiscale_reference(model, images[index], label_size), rtol=1e-5, atol=1e-6
+        )
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(2, *label_size))
+    # one scale, no flip: the whole-image prediction
+    single = predict_probabilities_multiscale(model, images, label_size, scales=(1.0,), flip=False)
+    assert torch.equal(single.argmax(dim=1), predict_logits_whole(model, images, label_size).argmax(dim=1))
+    # through `evaluate`, with a label size that differs from the image size
+    labels = _multiscale_reference(model, images[0], label_size).argmax(dim=0)
+    metrics = evaluate(model, [{"pixel_values": [images[0]], "labels": [labels]}], num_labels=3, mode="multiscale")
+    assert metrics["overall_accuracy"] == 1.0
+
+
+def test_normalisation_follows_the_encoder_config_in_training_evaluation_and_the_processor() -> None:
+    import numpy as np
+    from tiny_models import tiny_protoseg_config, tiny_segformer_encoder_config
+    from transformers import SegformerConfig
+
+    from training.augmentation import build_eval_transform, build_train_transform
+    from training.preprocessing import IMAGENET_NORMALIZATION, build_image_processor, input_normalization
+
+    half = [0.5, 0.5, 0.5]
+    encoder_config = tiny_segformer_encoder_config(image_mean=half, image_std=half)
+    normalization = input_normalization(tiny_protoseg_config(encoder_config=encoder_config))
+    assert normalization.mean == (0.5, 0.5, 0.5) and normalization.std == (0.5, 0.5, 0.5)
+    assert input_normalization(SegformerConfig(image_mean=half, image_std=half)) == normalization  # linear head
+    assert input_normalization(tiny_protoseg_config()) == IMAGENET_NORMALIZATION
+    assert input_normalization(SegformerConfig()) == IMAGENET_NORMALIZATION
+
+    image = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    evaluated = build_eval_transform(base_size=16, normalization=normalization)(image=image)["image"]
+    np.testing.assert_allclose(evaluated, image / 127.5 - 1.0, atol=1e-5)
+    processor = build_image_processor(normalization, base_size=16, crop_size=(16, 24))
+    processed = processor(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)  # (16, 24, 3)
+    np.testing.assert_allclose(processed, evaluated, atol=1e-5)
+    # training: same normalisation, and the padding normalises to 0
+    train_transform = build_train_transform(
+        crop_size=(40, 40), base_size=16, scale_range=(1.0, 1.0), photometric=False, hflip_probability=0.0,
+        normalization=normalization,
+    )  # fmt: skip
+    crop = train_transform(image=image, mask=np.zeros((16, 24), np.int32))["image"]
+    np.testing.assert_allclose(crop[:16, :24], image / 127.5 - 1.0, atol=1e-5)
+    assert np.abs(crop[20:, 30:]).max() < 0.01

@@ -20,9 +20,15 @@ from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from training import config as training_config  # noqa: E402
 from training import train as train_script  # noqa: E402
 from training.checkpointing import find_latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
+from training.export import export_final_model, results_json  # noqa: E402
+from training.models import build_linear_baseline, build_model  # noqa: E402
+from training.optimization import PolyWithWarmup, build_optimizer  # noqa: E402
+from training.preprocessing import IMAGENET_NORMALIZATION, build_image_processor  # noqa: E402
 from training.presets import DATASET_PRESETS, resolve_encoder  # noqa: E402
+from training.sources import load_dataset_splits  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO_ROOT / "training" / "train.py"
@@ -237,9 +243,9 @@ def test_torchrun_two_processes_keep_prototypes_identical_and_evaluate_once(tmp_
     # the prototypes did move (from the same seeded initialisation the script starts from)
     from accelerate.utils import set_seed
 
-    config, _ = train_script.resolve_config(_parse(*TINY_RUN))
-    set_seed(config.seed)
-    initial = train_script.build_model(config, resolve_encoder(config.encoder), {i: str(i) for i in range(5)})
+    config = _resolve(*TINY_RUN)
+    set_seed(config.runtime.seed)
+    initial = build_model(config, resolve_encoder(config.model.encoder), {i: str(i) for i in range(5)})
     trained = load_file(output_dir / "model.safetensors")
     trained_prototypes = trained[next(key for key in trained if key.endswith("prototypes"))]
     assert not torch.allclose(trained_prototypes, initial.prototypes)
@@ -248,45 +254,41 @@ def test_torchrun_two_processes_keep_prototypes_identical_and_evaluate_once(tmp_
 # ------------------------------------------------------------------------------ in-process pieces
 
 
-def _parse(*args: str) -> train_script.TrainingConfig:
-    from transformers import HfArgumentParser
-
-    (config,) = HfArgumentParser(train_script.TrainingConfig).parse_args_into_dataclasses(args=list(args))
-    return config
+def _resolve(*args: str) -> training_config.TrainingConfig:
+    return training_config.parse_config(list(args))
 
 
 def test_no_arguments_means_the_synthetic_preset_and_flags_override_presets() -> None:
-    config, preset = train_script.resolve_config(_parse())
+    config = _resolve()
     assert (
-        preset.name == "synthetic"
-        and config.encoder == "mit-micro"
-        and config.output_dir == "outputs/protoseg-synthetic"
+        config.dataset_preset.name == "synthetic"
+        and config.model.encoder == "mit-micro"
+        and config.output.output_dir == "outputs/protoseg-synthetic"
     )
-    config, _ = train_script.resolve_config(_parse("--preset", "ade20k", "--crop_size", "256", "--optimizer", "sgd"))
-    assert config.crop_size == [256, 256] and config.reduce_labels and config.learning_rate == 0.01
-    assert config.base_size == 256 and config.head_lr_multiplier == 1.0
-    fields = {field.name for field in dataclasses.fields(train_script.TrainingConfig)}
+    config = _resolve("--preset", "ade20k", "--crop_size", "256", "--optimizer", "sgd")
+    assert config.augmentation.crop_size == [256, 256] and config.data.reduce_labels
+    assert config.optimization.learning_rate == 0.01
+    assert config.augmentation.base_size == 256 and config.optimization.head_lr_multiplier == 1.0
+    fields = set(training_config.FIELD_GROUPS)
     for preset in DATASET_PRESETS.values():
         assert set(preset.overrides) <= fields, preset.name
 
 
 def test_unknown_preset_encoder_and_choices_list_the_valid_ones(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ValueError, match="valid presets: synthetic, ade20k, cityscapes, camvid"):
-        train_script.resolve_config(_parse("--preset", "voc"))
+        _resolve("--preset", "voc")
     with pytest.raises(ValueError, match="needs --dataset_name"):
-        train_script.resolve_config(_parse("--preset", "cityscapes"))
+        _resolve("--preset", "cityscapes")
     with pytest.raises(SystemExit):
-        _parse("--head", "mlp")
+        _resolve("--head", "mlp")
     assert "choose from 'protoseg', 'linear'" in capsys.readouterr().err
-    config, _ = train_script.resolve_config(_parse("--head", "linear"))
-    linear_on_swin = train_script._build_linear_baseline(config, resolve_encoder("swin-tiny"), {0: "a"}, {"a": 0})
+    config = _resolve("--head", "linear")
+    linear_on_swin = build_linear_baseline(config, resolve_encoder("swin-tiny"), {0: "a", 1: "b"}, {"a": 0, "b": 1})
     assert type(linear_on_swin).__name__ == "ProtoSegLinearHeadForSemanticSegmentation"  # any encoder now
 
 
 def test_poly_schedule_with_warmup() -> None:
-    schedule = train_script.PolyWithWarmup(
-        max_steps=100, power=1.0, warmup_steps=10, warmup_start_factor=0.0, min_factor=0.0
-    )
+    schedule = PolyWithWarmup(max_steps=100, power=1.0, warmup_steps=10, warmup_start_factor=0.0, min_factor=0.0)
     assert schedule(0) == 0.0
     assert schedule(5) == pytest.approx(0.95 * 0.5)
     assert schedule(10) == pytest.approx(0.9)
@@ -294,11 +296,9 @@ def test_poly_schedule_with_warmup() -> None:
 
 
 def test_optimizer_groups_give_the_head_more_lr_and_norms_no_decay() -> None:
-    config, preset = train_script.resolve_config(
-        _parse("--encoder", "mit-test", "--learning_rate", "1e-4", "--head_lr_multiplier", "10")
-    )
-    model = train_script.build_model(config, resolve_encoder("mit-test"), {0: "a", 1: "b"})
-    optimizer = train_script.build_optimizer(model, config)
+    config = _resolve("--encoder", "mit-test", "--learning_rate", "1e-4", "--head_lr_multiplier", "10")
+    model = build_model(config, resolve_encoder("mit-test"), {0: "a", 1: "b"})
+    optimizer = build_optimizer(model, config.optimization)
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
     encoder_ids = {id(p) for p in model.encoder.parameters()}
     for group in optimizer.param_groups:
@@ -346,8 +346,8 @@ def test_pretrained_encoder_from_a_local_folder_for_both_heads(tmp_path: Path) -
     id2label = {0: "a", 1: "b", 2: "c"}
     expected_values = torch.sort(torch.cat([tensor.flatten() for tensor in pretrained.values()])).values
     for head in ("protoseg", "linear"):
-        config, _ = train_script.resolve_config(_parse("--head", head, "--encoder", str(encoder_folder)))
-        model = train_script.build_model(config, spec, id2label)
+        config = _resolve("--head", head, "--encoder", str(encoder_folder))
+        model = build_model(config, spec, id2label)
         encoder = model.encoder if head == "protoseg" else model.segformer
         # the same numbers, whatever the encoder module names its tensors
         loaded_values = torch.sort(torch.cat([tensor.flatten() for tensor in encoder.state_dict().values()])).values
@@ -356,11 +356,11 @@ def test_pretrained_encoder_from_a_local_folder_for_both_heads(tmp_path: Path) -
 
 
 def test_swin_encoder_builds_a_protoseg_model() -> None:
-    config, _ = train_script.resolve_config(_parse("--encoder", "swin-tiny", "--embedding_dim", "32"))
-    model = train_script.build_model(config, resolve_encoder("swin-tiny"), {0: "a", 1: "b"})
+    config = _resolve("--encoder", "swin-tiny", "--embedding_dim", "32")
+    model = build_model(config, resolve_encoder("swin-tiny"), {0: "a", 1: "b"})
     assert model.config.encoder_config.model_type == "swin" and tuple(model.prototypes.shape) == (
         2,
-        config.num_prototypes_per_class,
+        config.method.num_prototypes_per_class,
         32,
     )
 
@@ -378,9 +378,11 @@ def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> Non
         Image.fromarray(label_ids).save(
             city_root / "gtFine" / split / "bonn" / "bonn_000000_000019_gtFine_labelIds.png"
         )
-    config, preset = train_script.resolve_config(_parse("--preset", "cityscapes", "--dataset_name", str(city_root)))
-    assert config.crop_size == [512, 1024] and config.eval_mode == "slide"
-    train_dataset, eval_dataset, id2label = train_script.build_datasets(config, preset)
+    config = _resolve("--preset", "cityscapes", "--dataset_name", str(city_root))
+    assert config.augmentation.crop_size == [512, 1024] and config.evaluation.eval_mode == "slide"
+    splits = load_dataset_splits(config.data, seed=config.runtime.seed)
+    datasets, id2label = train_script.build_datasets(config, splits), splits.id2label
+    train_dataset, eval_dataset = datasets["train"], datasets["validation"]
     assert len(id2label) == 19 and id2label[13] == "car"
     assert set(eval_dataset[0]["labels"].unique().tolist()) == {0, 255}
     assert train_dataset[(0, 1)]["pixel_values"].shape == (3, 512, 1024)
@@ -396,10 +398,9 @@ def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> Non
         datasets.Dataset.from_dict(
             {"image": [Image.new("RGB", (16, 16))], "annotation": [Image.fromarray(annotation)]}, features=features
         ).to_parquet(str(ade_folder / f"{split}.parquet"))
-    config, preset = train_script.resolve_config(
-        _parse("--preset", "ade20k", "--dataset_name", str(ade_folder), "--crop_size", "32")
-    )
-    _, eval_dataset, id2label = train_script.build_datasets(config, preset)
+    config = _resolve("--preset", "ade20k", "--dataset_name", str(ade_folder), "--crop_size", "32")
+    splits = load_dataset_splits(config.data, seed=config.runtime.seed)
+    eval_dataset, id2label = train_script.build_datasets(config, splits)["validation"], splits.id2label
     assert len(id2label) == 150 and id2label[149] == "flag"
     labels = eval_dataset[0]["labels"]
     assert set(labels[:8].unique().tolist()) == {255} and set(labels[8:].unique().tolist()) == {149}
@@ -407,17 +408,138 @@ def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> Non
 
 def test_export_without_model_cards_writes_the_minimal_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "model_cards", None)  # `import model_cards` now raises ImportError
-    config, _ = train_script.resolve_config(_parse(*TINY_RUN, "--output_dir", str(tmp_path / "out")))
+    config = _resolve(*TINY_RUN, "--output_dir", str(tmp_path / "out"))
     id2label = {0: "sky", 1: "road"}
-    model = train_script.build_model(config, resolve_encoder(config.encoder), id2label)
+    model = build_model(config, resolve_encoder(config.model.encoder), id2label)
     metrics = {"mean_iou": 0.5, "mean_accuracy": 0.6, "overall_accuracy": 0.7, "num_samples": 3,
                "per_category_iou": [1.0, float("nan")], "per_category_accuracy": [1.0, float("nan")]}  # fmt: skip
-    summary = {"model_name": "out", "head": "protoseg", "encoder": "mit-test", "dataset": "synthetic",
+    summary = {"model_name": "out", "head": "protoseg", "encoder_name": "mit-test", "dataset": "synthetic",
                "num_labels": 2, "max_steps": 3, "optimizer": "adamw", "learning_rate": 1e-3, "global_batch_size": 4,
                "crop_size": [32, 32], "hardware": "cpu", "train_runtime_seconds": 1.0,
                "eval_split": "validation"}  # fmt: skip
-    folder = train_script.export_final_model(model, config, id2label, metrics, {}, summary)
+    eval_json = results_json(metrics, id2label, eval_mode="whole", split="validation", dataset="synthetic")
+    folder = export_final_model(
+        model,
+        output_dir=config.output.output_dir,
+        image_processor=build_image_processor(
+            IMAGENET_NORMALIZATION,
+            base_size=config.augmentation.base_size,
+            crop_size=tuple(config.augmentation.crop_size),
+        ),
+        results={"eval_results.json": eval_json, "train_results.json": {}},
+        summary=summary,
+    )
     card = (folder / "README.md").read_text()
     assert "mIoU **0.5000**" in card and "| road | n/a |" in card and "pipeline_tag: image-segmentation" in card
     assert json.loads((folder / "eval_results.json").read_text())["per_category_iou"] == {"sky": 1.0, "road": None}
     assert not (folder / ".tmp-final").exists()
+
+
+# ------------------------------------------------------------------------------ settings declared once
+
+
+def test_every_protoseg_config_knob_is_a_flag_with_its_default_and_new_knobs_appear() -> None:
+    import inspect
+    from typing import Literal, Optional
+
+    from modeling_protoseg import ProtoSegConfig
+
+    method_fields = {field.name: field for field in dataclasses.fields(training_config.ProtoSegArguments)}
+    for name, parameter in inspect.signature(ProtoSegConfig.__init__).parameters.items():
+        if name in ("self", "kwargs", "encoder_config", "semantic_loss_ignore_index"):
+            continue
+        assert method_fields[name].default == parameter.default, name
+
+    class ExtendedConfig(ProtoSegConfig):
+        """Arguments:
+        class_score_normalization (`str`): how class scores become logits.
+        prototype_initialization (`str`, *optional*): e.g. "kmeans".
+        """
+
+        def __init__(
+            self,
+            class_score_normalization: Literal["layer_norm", "cosine"] = "layer_norm",
+            prototype_initialization: Optional[str] = None,
+            initialization_pixels: int | None = 4096,
+            reseed_dead_prototypes: bool = False,
+            prototype_shape: tuple = (1, 2),  # not a flag
+            **kwargs,
+        ) -> None:
+            super().__init__(**kwargs)
+
+    extended = training_config.method_arguments_class(ExtendedConfig)
+    fields = {field.name: field for field in dataclasses.fields(extended)}
+    assert "prototype_shape" not in fields and "kwargs" not in fields
+    assert fields["class_score_normalization"].default == "layer_norm"
+    assert fields["initialization_pixels"].default == 4096
+    assert fields["class_score_normalization"].metadata["help"] == "how class scores become logits."
+    from transformers import HfArgumentParser
+
+    (parsed,) = HfArgumentParser(extended).parse_args_into_dataclasses(
+        args=["--class_score_normalization", "cosine", "--prototype_initialization", "kmeans",
+              "--initialization_pixels", "8", "--reseed_dead_prototypes"]
+    )  # fmt: skip
+    assert (parsed.class_score_normalization, parsed.prototype_initialization) == ("cosine", "kmeans")
+    assert parsed.initialization_pixels == 8 and parsed.reseed_dead_prototypes is True
+
+
+def test_presets_fill_only_what_no_flag_gave_and_help_prints_the_values_used(capsys: pytest.CaptureFixture) -> None:
+    config = _resolve("--num_prototypes_per_class", "7", "--update_prototypes_with_correct_only", "false")
+    assert config.method.num_prototypes_per_class == 7  # the synthetic preset says 4
+    assert config.method.prototype_momentum == 0.99 and config.method.update_prototypes_with_correct_only is False
+    assert config.method.decoder_hidden_size == 64  # preset
+    assert _resolve("--preset", "camvid", "--encoder", "mit-b2").method.decoder_hidden_size == 768  # the encoder's
+    assert _resolve("--preset", "camvid").method.decoder_hidden_size == 256
+    assert training_config.resolve_config(max_steps=3).optimization.max_steps == 3
+    with pytest.raises(ValueError, match="unknown settings \\['max_step'\\]"):
+        training_config.resolve_config(max_step=3)
+    with pytest.raises(SystemExit):
+        _resolve("--help")
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 6e-05; with --optimizer sgd: 0.01; preset synthetic: 0.001)" in help_text
+    assert "(default: 10; preset synthetic: 4)" in help_text  # --num_prototypes_per_class, from ProtoSegConfig
+    assert "(default: the crop's short side)" in help_text
+
+
+# ------------------------------------------------------------------------------ evaluation on any split
+
+
+def test_test_split_and_the_evaluate_command_agree_and_normalise_as_the_encoder_says(tmp_path: Path) -> None:
+    from transformers import SegformerModel
+
+    encoder_folder = tmp_path / "encoder"  # a "pretrained" encoder whose config asks for (x - 0.5) / 0.5
+    encoder_config = resolve_encoder("mit-test").config
+    encoder_config.image_mean, encoder_config.image_std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    SegformerModel(encoder_config).save_pretrained(encoder_folder)
+    output_dir = tmp_path / "run"
+    run_training([*TINY_RUN, "--encoder", str(encoder_folder), "--max_steps", "2", "--test_split", "test",
+                  "--output_dir", str(output_dir)])  # fmt: skip
+    processor = json.loads((output_dir / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.5, 0.5, 0.5] and processor["image_std"] == [0.5, 0.5, 0.5]
+    test_results = json.loads((output_dir / "test_results.json").read_text())
+    eval_results = json.loads((output_dir / "eval_results.json").read_text())
+    assert set(test_results) == set(eval_results) and test_results["eval_split"] == "test"
+    assert test_results["num_samples"] == 6 and test_results["mean_iou"] != eval_results["mean_iou"]
+
+    synthetic = ["--synthetic_num_train", "24", "--synthetic_num_validation", "6", "--synthetic_image_size", "32"]
+    for split, expected in (("test", test_results), ("validation", eval_results)):
+        output_file = tmp_path / f"{split}.json"
+        command = [sys.executable, "-m", "training.evaluate", str(output_dir), "--split", split, *synthetic,
+                   "--output", str(output_file)]  # fmt: skip
+        result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        evaluated = json.loads(output_file.read_text())
+        assert evaluated["per_category_iou"] == pytest.approx(expected["per_category_iou"], nan_ok=True), split
+        assert {key: evaluated[key] for key in ("eval_split", "eval_mode", "num_samples", "dataset")} == {
+            key: expected[key] for key in ("eval_split", "eval_mode", "num_samples", "dataset")
+        }
+
+    from training.config import DataArguments
+    from training.evaluate import EvaluationSettings, evaluate_folder
+
+    multiscale = evaluate_folder(
+        output_dir,
+        DataArguments(preset="synthetic", synthetic_num_train=24, synthetic_num_validation=6, synthetic_image_size=32),
+        EvaluationSettings(split="test", eval_mode="multiscale", eval_scales=(1.0, 1.5), device="cpu"),  # MiT: >= 32 px
+    )
+    assert multiscale["eval_mode"] == "multiscale" and multiscale["num_samples"] == 6

@@ -2,8 +2,8 @@
 
 Training: rescale so the short side is `base_size` x U{0.5 .. 2.0}, pad to the crop size with the
 ignore index in the label (mean-coloured zeros in the image after normalisation), random crop,
-horizontal flip, photometric jitter, ImageNet normalisation. Evaluation: resize the short side to
-`base_size` (image only; the label keeps its original size, metrics are computed there).
+horizontal flip, photometric jitter, the model's normalisation (`preprocessing.py`). Evaluation: resize the
+short side to `base_size` (image only; the label keeps its original size, metrics are computed there).
 Label maps are always resized with nearest neighbour.
 """
 
@@ -17,10 +17,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Padding value of the image before normalisation: the ImageNet mean colour, which normalises to 0.
-_PAD_COLOUR = tuple(round(255 * channel_mean) for channel_mean in IMAGENET_MEAN)
+from .preprocessing import IMAGENET_NORMALIZATION, Normalization  # noqa: E402
 
 
 def rescale_sizes(base_size: int, scale_range: tuple[float, float], num_scales: int = 31) -> list[int]:
@@ -39,6 +36,7 @@ def build_train_transform(
     ignore_index: int = 255,
     photometric: bool = True,
     hflip_probability: float = 0.5,
+    normalization: Normalization = IMAGENET_NORMALIZATION,
 ) -> A.Compose:
     """Random rescale + crop with ignore-padding + flip + photometric jitter + normalisation.
 
@@ -46,6 +44,7 @@ def build_train_transform(
         crop_size: (height, width) of the training crops.
         base_size: short side of the image at scale 1.0 (the evaluation size).
         scale_range: range of the random rescale factor (paper/mmseg: 0.5 - 2.0).
+        normalization: the model's (`preprocessing.input_normalization`); padding takes its mean colour.
     """
     crop_height, crop_width = crop_size
     transforms: list[A.BasicTransform] = [
@@ -60,23 +59,27 @@ def build_train_transform(
             pad_if_needed=True,
             pad_position="top_left",
             border_mode=cv2.BORDER_CONSTANT,
-            fill=_PAD_COLOUR,
+            fill=normalization.pad_colour,
             fill_mask=ignore_index,
         ),
         A.HorizontalFlip(p=hflip_probability),
     ]
     if photometric:
         transforms.append(A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.05, p=0.8))
-    transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    transforms.append(_normalize(normalization))
     return A.Compose(transforms, mask_interpolation=cv2.INTER_NEAREST)
 
 
-def build_eval_transform(*, base_size: int | None) -> A.Compose:
+def _normalize(normalization: Normalization) -> A.Normalize:
+    return A.Normalize(mean=normalization.mean, std=normalization.std, max_pixel_value=255.0)
+
+
+def build_eval_transform(*, base_size: int | None, normalization: Normalization = IMAGENET_NORMALIZATION) -> A.Compose:
     """Resize the short side to `base_size` (None: keep the size), then normalise; image only."""
     transforms: list[A.BasicTransform] = []
     if base_size is not None:
         transforms.append(A.SmallestMaxSize(max_size=base_size, interpolation=cv2.INTER_LINEAR))
-    transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    transforms.append(_normalize(normalization))
     return A.Compose(transforms)
 
 

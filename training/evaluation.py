@@ -1,13 +1,13 @@
-"""Inference for evaluation: whole-image and sliding-window, then dataset-level metrics.
+"""Inference for evaluation: whole-image, sliding-window and multi-scale + flip, then dataset-level metrics.
 
-The evaluation transform resizes each image's short side to the crop size; predictions are
+The evaluation transform resizes each image's short side to the base size; predictions are
 upsampled back to the label's original size, where the confusion matrix is accumulated.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .metrics import ConfusionMatrix
+
+EVAL_MODES = ("whole", "slide", "multiscale")
+MULTISCALE_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # of the base size: mmseg's and the paper's MS test
 
 
 def _model_logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -82,6 +85,39 @@ def predict_logits_sliding(
 
 
 @torch.no_grad()
+def predict_probabilities_multiscale(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    output_size: tuple[int, int],
+    *,
+    scales: Sequence[float],
+    flip: bool = True,
+) -> torch.Tensor:
+    """Multi-scale (+ horizontal flip) inference, as mmseg's `aug_test` and the paper's "MS" columns: the image,
+    already at the base size, is resized by each factor in `scales` (and mirrored when `flip`); each view's
+    logits are resized to `output_size` (the label's resolution), un-mirrored and turned into softmax
+    probabilities; the result is their mean.
+
+    pixel_values (B, 3, h, w) -> probabilities (B, C, *output_size), float32.
+    """
+    height, width = pixel_values.shape[-2:]
+    summed_probabilities: torch.Tensor | None = None  # (B, C, *output_size)
+    num_views = 0
+    for scale in scales:
+        scaled_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = F.interpolate(pixel_values, size=scaled_size, mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if flip else (False,):
+            view = scaled.flip(-1) if mirrored else scaled
+            logits = predict_logits_whole(model, view, output_size)  # (B, C, *output_size)
+            probabilities = (logits.flip(-1) if mirrored else logits).softmax(dim=1)
+            summed_probabilities = (
+                probabilities if summed_probabilities is None else summed_probabilities + probabilities
+            )
+            num_views += 1
+    return summed_probabilities / num_views
+
+
+@torch.no_grad()
 def predict_segmentation(
     model: nn.Module,
     pixel_values: torch.Tensor,
@@ -90,8 +126,11 @@ def predict_segmentation(
     mode: str = "whole",
     crop_size: tuple[int, int] | None = None,
     stride: tuple[int, int] | None = None,
+    scales: Sequence[float] = MULTISCALE_FACTORS,
+    flip: bool = True,
 ) -> torch.Tensor:
-    """Class index per pixel, (B, *output_size) long. `mode` is "whole" or "slide"."""
+    """Class index per pixel, (B, *output_size) long. `mode` is "whole", "slide" or "multiscale"
+    (`scales` and `flip` apply to "multiscale" only)."""
     if mode == "whole":
         logits = predict_logits_whole(model, pixel_values, output_size)
     elif mode == "slide":
@@ -99,8 +138,10 @@ def predict_segmentation(
             raise ValueError("sliding-window evaluation needs a crop_size")
         stride = stride or (max(1, crop_size[0] * 2 // 3), max(1, crop_size[1] * 2 // 3))
         logits = predict_logits_sliding(model, pixel_values, output_size, crop_size=crop_size, stride=stride)
+    elif mode == "multiscale":
+        logits = predict_probabilities_multiscale(model, pixel_values, output_size, scales=scales, flip=flip)
     else:
-        raise ValueError(f"Unknown evaluation mode {mode!r}; valid modes: whole, slide")
+        raise ValueError(f"Unknown evaluation mode {mode!r}; valid modes: {', '.join(EVAL_MODES)}")
     return logits.argmax(dim=1)
 
 
@@ -114,6 +155,8 @@ def evaluate(
     mode: str = "whole",
     crop_size: tuple[int, int] | None = None,
     stride: tuple[int, int] | None = None,
+    scales: Sequence[float] = MULTISCALE_FACTORS,
+    flip: bool = True,
     device: torch.device | str = "cpu",
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -143,6 +186,8 @@ def evaluate(
                     mode=mode,
                     crop_size=crop_size,
                     stride=stride,
+                    scales=scales,
+                    flip=flip,
                 )
             confusion.update(predictions, torch.stack(group_labels))
         num_samples += len(images)

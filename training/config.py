@@ -1,0 +1,453 @@
+"""The settings of a training run, each declared once.
+
+- The method's knobs come from `ProtoSegConfig.__init__` itself (`ProtoSegArguments`, built at import time
+  from its signature and docstring): a knob added there is a `train.py` flag with the same default.
+- Everything else lives in a few argument dataclasses with their real defaults (data, augmentation, model,
+  optimisation, runtime, evaluation, output).
+- `resolve_config` fills every setting in layers, each overriding the one before:
+  defaults < SGD's defaults (with --optimizer sgd) < the named encoder's decoder width < dataset preset
+  < flags given on the command line. `--help` prints the default and each preset's value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional, Union
+
+from transformers import HfArgumentParser
+
+from modeling_protoseg import ProtoSegConfig
+from training.evaluation import EVAL_MODES, MULTISCALE_FACTORS
+from training.presets import DATASET_PRESETS, ENCODER_CONFIGS, DatasetPreset, get_dataset_preset
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from and how its labels read."""
+
+    preset: Optional[str] = field(default=None, metadata={"help": f"dataset preset: {', '.join(DATASET_PRESETS)}"})
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub dataset id or local folder (Parquet, imagefolder, save_to_disk, Cityscapes)"},
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "dataset configuration name"})
+    dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision (branch, tag, commit)"})
+    train_split: str = field(default="train", metadata={"help": "training split"})
+    validation_split: str = field(default="validation", metadata={"help": "split evaluated during and after training"})
+    test_split: Optional[str] = field(
+        default=None, metadata={"help": "also evaluate the final model on this split (test_results.json)"}
+    )
+    image_column: str = field(default="image", metadata={"help": "image column"})
+    label_column: str = field(default="annotation", metadata={"help": "label-map column"})
+    reduce_labels: bool = field(default=False, metadata={"help": "label 0 ('other') -> ignore, v -> v-1 (ADE20K)"})
+    id2label_file: Optional[str] = field(default=None, metadata={"help": 'JSON class names {"0": "sky", ...}'})
+    num_labels: Optional[int] = field(default=None, metadata={"help": "number of classes if no names are known"})
+    ignore_index: int = field(default=255, metadata={"help": "label value of pixels that are ignored"})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "use only the first N training samples"})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "use only the first N evaluation samples"})
+    synthetic_num_train: int = field(default=2000, metadata={"help": "synthetic preset: training scenes"})
+    synthetic_num_validation: int = field(default=100, metadata={"help": "synthetic preset: validation scenes"})
+    synthetic_image_size: int = field(default=96, metadata={"help": "synthetic preset: scene side length"})
+    dataloader_num_workers: int = field(default=2, metadata={"help": "data loading processes"})
+
+
+@dataclass
+class AugmentationArguments:
+    """Training crops and the short side images are resized to (mmseg's recipe)."""
+
+    crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata={"help": "SIZE or HEIGHT WIDTH"})
+    base_size: Optional[int] = field(default=None, metadata={"help": "short side at scale 1 and at evaluation"})
+    min_scale: float = field(default=0.5, metadata={"help": "random rescale: smallest factor"})
+    max_scale: float = field(default=2.0, metadata={"help": "random rescale: largest factor"})
+    photometric_jitter: bool = field(default=True, metadata={"help": "brightness/contrast/saturation/hue jitter"})
+    hflip_probability: float = field(default=0.5, metadata={"help": "probability of a horizontal flip"})
+
+
+@dataclass
+class ModelArguments:
+    """The encoder and the classifier on top of it."""
+
+    encoder: str = field(
+        default="mit-b0",
+        metadata={"help": "encoder name (random init: mit-b0..mit-b5, swin-tiny/small/base/large, mit-micro, mit-test) "
+                  "or a pretrained checkpoint id/folder (e.g. nvidia/mit-b0)"},
+    )  # fmt: skip
+    head: str = field(
+        default="protoseg",
+        metadata={"help": "protoseg: nearest-prototype classifier; linear: a parametric 1x1 classifier on the same encoder and decoder (SegformerForSemanticSegmentation on MiT encoders)",
+                  "choices": ["protoseg", "linear"]},
+    )  # fmt: skip
+
+
+@dataclass
+class OptimizationArguments:
+    """Steps, batches, optimizer and learning-rate schedule (defaults: SegFormer's AdamW recipe)."""
+
+    max_steps: int = field(default=160_000, metadata={"help": "optimizer steps"})
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "images per process and step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    optimizer: str = field(
+        default="adamw", metadata={"help": "adamw (SegFormer recipe) or sgd (FCN recipe)", "choices": ["adamw", "sgd"]}
+    )
+    learning_rate: float = field(default=6e-5, metadata={"help": "peak learning rate"})
+    head_lr_multiplier: float = field(default=10.0, metadata={"help": "lr factor of everything but the encoder"})
+    weight_decay: float = field(default=0.01, metadata={"help": "weight decay (none on norms and biases)"})
+    sgd_momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    poly_power: float = field(default=1.0, metadata={"help": "poly decay power"})
+    min_learning_rate: float = field(default=0.0, metadata={"help": "poly schedule floor"})
+    warmup_steps: int = field(default=1500, metadata={"help": "linear warm-up steps"})
+    warmup_start_factor: float = field(default=1e-6, metadata={"help": "lr factor at the first warm-up step"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables"})
+
+
+@dataclass
+class RuntimeArguments:
+    """Processes, precision, threads and randomness."""
+
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16", "choices": ["no", "fp16", "bf16"]})
+    use_cpu: bool = field(default=False, metadata={"help": "train on CPU even when a GPU is available"})
+    ddp_find_unused_parameters: bool = field(
+        default=False, metadata={"help": "DDP option; the models here give every trainable parameter a gradient"}
+    )
+    seed: int = field(default=42, metadata={"help": "base seed (process i uses seed + i for dropout etc.)"})
+    num_threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads per process"})
+    step_delay_seconds: float = field(
+        default=0.0, metadata={"help": "testing aid: sleep after every step so a test can kill the run mid-way"}
+    )
+
+
+@dataclass
+class EvaluationArguments:
+    """How and how often the model is evaluated."""
+
+    eval_mode: str = field(
+        default="whole",
+        metadata={"help": "whole (short side -> base size), slide (windows of the crop size), or multiscale "
+                  "(whole at each of --eval_scales, with --eval_flip; softmax averaged)", "choices": list(EVAL_MODES)},
+    )  # fmt: skip
+    eval_stride: Optional[list[int]] = field(default=None, metadata={"help": "sliding-window stride"})
+    eval_scales: list[float] = field(
+        default_factory=lambda: list(MULTISCALE_FACTORS), metadata={"help": "multiscale: factors of the base size"}
+    )
+    eval_flip: bool = field(default=True, metadata={"help": "multiscale: also average the horizontally flipped image"})
+    eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    per_device_eval_batch_size: int = field(default=1, metadata={"help": "evaluation images per process"})
+
+
+@dataclass
+class OutputArguments:
+    """Logging, resumable checkpoints, the exported folder and the Hub upload."""
+
+    output_dir: Optional[str] = field(default=None, metadata={"help": "where the model, logs and checkpoints go"})
+    logging_steps: int = field(default=50, metadata={"help": "log every N steps"})
+    report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker(s): tensorboard, all, none"})
+    checkpointing_steps: int = field(default=1000, metadata={"help": "save a resumable state every N steps (0: never)"})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "keep only the newest N checkpoints"})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    push_to_hub: bool = field(default=False, metadata={"help": "upload the final folder and model card"})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Hub repo id for --push_to_hub"})
+    hub_token: Optional[str] = field(default=None, metadata={"help": "Hub token (default: the logged-in one)"})
+    hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The method's knobs, from ProtoSegConfig
+
+
+# Parameters of ProtoSegConfig that are not method flags: the encoder comes from --encoder, the ignore index
+# from --ignore_index (a property of the data), the class names from the dataset.
+_NOT_METHOD_FLAGS = {"self", "encoder_config", "semantic_loss_ignore_index", "id2label", "label2id", "num_labels"}
+_SCALAR_TYPES = (bool, int, float, str)
+
+
+def _argument_docs(docstring: str | None) -> dict[str, str]:
+    """`name (`type`): text` entries of a transformers-style "Arguments:" docstring, continuation lines joined."""
+    docs: dict[str, str] = {}
+    current, indent = None, 0
+    for line in (docstring or "").splitlines():
+        match = re.match(r"^(\s*)(\w+) \(`[^`]*`[^)]*\):\s*(.*)$", line)
+        if match:
+            current, indent = match.group(2), len(match.group(1))
+            docs[current] = match.group(3).strip()
+        elif current and line.strip() and len(line) - len(line.lstrip()) > indent:
+            docs[current] += " " + line.strip()
+        else:
+            current = None
+    return docs
+
+
+def _flag_type(parameter: inspect.Parameter, namespace: dict[str, Any]) -> Any | None:
+    """The flag type of a signature parameter (bool, int, float, str, a Literal, or Optional of one), or None
+    when it cannot be a command-line flag (a dict, a config, a list ...)."""
+    annotation = parameter.annotation
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, {**vars(typing), **namespace})  # noqa: S307 - the class's own annotations
+        except Exception:  # noqa: BLE001 - an annotation this module cannot evaluate: fall back to the default's type
+            annotation = inspect.Parameter.empty
+    if annotation is inspect.Parameter.empty:
+        annotation = type(parameter.default) if isinstance(parameter.default, _SCALAR_TYPES) else None
+    optional = parameter.default is None
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
+        optional = optional or len(arguments) < len(typing.get_args(annotation))
+        annotation = arguments[0] if len(arguments) == 1 else None
+    is_literal = typing.get_origin(annotation) is Literal
+    if not (is_literal or annotation in _SCALAR_TYPES):
+        return None
+    return Optional[annotation] if optional else annotation
+
+
+def method_arguments_class(config_class: type = ProtoSegConfig) -> type:
+    """A dataclass with one field per method knob of `config_class.__init__` (bool, int, float, str, Literal or
+    Optional of one): its name, type, default, and the help text of its docstring entry."""
+    namespace = vars(inspect.getmodule(config_class))
+    docs = _argument_docs(config_class.__doc__)
+    fields = []
+    for name, parameter in inspect.signature(config_class.__init__).parameters.items():
+        if name in _NOT_METHOD_FLAGS or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        flag_type = _flag_type(parameter, namespace)
+        if flag_type is None or parameter.default is inspect.Parameter.empty:
+            continue
+        help_text = docs.get(name) or f"{config_class.__name__}.{name}"
+        fields.append((name, flag_type, field(default=parameter.default, metadata={"help": help_text})))
+    arguments_class = dataclasses.make_dataclass("ProtoSegArguments", fields)
+    arguments_class.__doc__ = f"The method's knobs: the parameters of `{config_class.__name__}.__init__`, its defaults."
+    arguments_class.__module__ = __name__
+    return arguments_class
+
+
+ProtoSegArguments = method_arguments_class(ProtoSegConfig)
+
+ARGUMENT_GROUPS: dict[str, type] = {
+    "data": DataArguments,
+    "augmentation": AugmentationArguments,
+    "model": ModelArguments,
+    "method": ProtoSegArguments,
+    "optimization": OptimizationArguments,
+    "runtime": RuntimeArguments,
+    "evaluation": EvaluationArguments,
+    "output": OutputArguments,
+}
+FIELD_GROUPS: dict[str, str] = {}  # flag name -> its group
+for _group, _arguments_class in ARGUMENT_GROUPS.items():
+    for _field in dataclasses.fields(_arguments_class):
+        if _field.name in FIELD_GROUPS:
+            raise TypeError(f"setting {_field.name!r} is declared twice ({FIELD_GROUPS[_field.name]}, {_group})")
+        FIELD_GROUPS[_field.name] = _group
+
+
+@dataclass
+class TrainingConfig:
+    """Every setting of a run, resolved, by group; `chosen` names the settings a flag or the preset set."""
+
+    data: DataArguments
+    augmentation: AugmentationArguments
+    model: ModelArguments
+    method: Any  # ProtoSegArguments
+    optimization: OptimizationArguments
+    runtime: RuntimeArguments
+    evaluation: EvaluationArguments
+    output: OutputArguments
+    chosen: frozenset[str] = frozenset()
+
+    @property
+    def dataset_preset(self) -> DatasetPreset | None:
+        """The `DatasetPreset` named by `data.preset`, or None."""
+        return get_dataset_preset(self.data.preset) if self.data.preset else None
+
+    def flat(self, *, redact_token: bool = True) -> dict[str, Any]:
+        """All settings by flag name (the Hub token redacted)."""
+        values = {name: getattr(getattr(self, group), name) for name, group in FIELD_GROUPS.items()}
+        if redact_token and values.get("hub_token"):
+            values["hub_token"] = "<redacted>"
+        return values
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Defaults that depend on another setting, and presets
+
+# With --optimizer sgd (FCN recipe) these replace the AdamW defaults above.
+SGD_DEFAULTS: dict[str, float] = {
+    "learning_rate": 0.01,
+    "weight_decay": 5e-4,
+    "head_lr_multiplier": 1.0,
+    "poly_power": 0.9,
+}
+# Settings whose default is computed from others when left at None.
+DERIVED_DEFAULTS: dict[str, str] = {
+    "preset": "synthetic when no --dataset_name",
+    "base_size": "the crop's short side",
+    "eval_stride": "2/3 of the crop",
+    "num_threads": "CPU: the cores per process minus the data workers",
+    "output_dir": "outputs/<head>-<preset or dataset folder>",
+}
+_DATASET_FIELDS = ("dataset_name", "dataset_config_name", "dataset_revision", "train_split", "validation_split",
+                   "image_column", "label_column", "reduce_labels")  # fmt: skip
+
+
+def field_defaults() -> dict[str, Any]:
+    """Every setting's declared default, by flag name."""
+    defaults = {}
+    for arguments_class in ARGUMENT_GROUPS.values():
+        for item in dataclasses.fields(arguments_class):
+            has_factory = item.default_factory is not dataclasses.MISSING
+            defaults[item.name] = item.default_factory() if has_factory else item.default
+    return defaults
+
+
+def preset_values(preset: DatasetPreset) -> dict[str, Any]:
+    """The settings a preset fills: where its data is and how it reads, plus its training overrides."""
+    values = {name: getattr(preset, name) for name in _DATASET_FIELDS if getattr(preset, name) is not None}
+    return {**values, **preset.overrides}
+
+
+def encoder_decoder_width(encoder: str) -> int | None:
+    """The decoder width that goes with a named random-init encoder (e.g. 768 for mit-b2), else None."""
+    entry = ENCODER_CONFIGS.get(encoder.strip().lower().replace("_", "-"))
+    return entry[0].get("decoder_hidden_size") if entry else None
+
+
+def _preset_layer(flags: Mapping[str, Any], preset: DatasetPreset) -> dict[str, Any]:
+    """The preset's values that apply: not its optimizer's numbers under another --optimizer, not its Hub
+    configuration/revision for another --dataset_name."""
+    values = preset_values(preset)
+    other_optimizer = "optimizer" in flags and flags["optimizer"] != values.get("optimizer", flags["optimizer"])
+    other_dataset = "dataset_name" in flags and flags["dataset_name"] != preset.dataset_name
+    skipped = (set(SGD_DEFAULTS) if other_optimizer else set()) | (
+        {"dataset_config_name", "dataset_revision"} if other_dataset else set()
+    )
+    return {name: value for name, value in values.items() if name not in skipped}
+
+
+def _finish_values(values: dict[str, Any], preset: DatasetPreset | None) -> None:
+    """Derived settings (crop pair, base size, stride pair, output folder) and checks across settings."""
+    crop = list(values["crop_size"])
+    if len(crop) == 1:
+        crop = [crop[0], crop[0]]
+    if len(crop) != 2 or min(crop) < 1:
+        raise ValueError(f"--crop_size takes SIZE or HEIGHT WIDTH, got {crop}")
+    values["crop_size"] = crop
+    if values["base_size"] is None:
+        values["base_size"] = min(crop)
+    if values["eval_stride"] is not None and len(values["eval_stride"]) == 1:
+        values["eval_stride"] = list(values["eval_stride"]) * 2
+    if values["output_dir"] is None:
+        dataset_tag = values["preset"] or Path(str(values["dataset_name"]).rstrip("/")).name
+        values["output_dir"] = os.path.join("outputs", f"{values['head']}-{dataset_tag}")
+    if values["push_to_hub"] and not values["hub_model_id"]:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/protoseg-mit-b0-ade20k)")
+    if values["dataset_name"] is None and (preset is None or preset.source != "synthetic"):
+        raise ValueError(f"--preset {values['preset']} needs --dataset_name (the dataset's local folder)")
+
+
+def resolve_config(flags: Mapping[str, Any] | None = None, /, **keyword_flags: Any) -> TrainingConfig:
+    """Every setting of a run from the flags given (by flag name, e.g. `resolve_config(max_steps=10)`).
+
+    Layers, each overriding the one before: declared defaults < SGD's defaults with `optimizer="sgd"` < the
+    named encoder's decoder width < the dataset preset (synthetic when neither preset nor dataset_name is
+    given) < the given flags. Raises a ValueError for unknown names or inconsistent settings.
+    """
+    flags = {**(flags or {}), **keyword_flags}
+    unknown = sorted(set(flags) - set(FIELD_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; valid: {', '.join(FIELD_GROUPS)}")
+    preset_name = flags.get("preset") or (None if flags.get("dataset_name") else "synthetic")
+    preset = get_dataset_preset(preset_name) if preset_name else None
+    preset_layer = _preset_layer(flags, preset) if preset is not None else {}
+    if preset is not None:
+        preset_layer["preset"] = preset.name
+
+    def chosen_value(name: str) -> Any:
+        return flags.get(name, preset_layer.get(name, field_defaults()[name]))
+
+    values = field_defaults()
+    if chosen_value("optimizer") == "sgd":
+        values.update(SGD_DEFAULTS)
+    decoder_width = encoder_decoder_width(chosen_value("encoder"))
+    if decoder_width is not None and "decoder_hidden_size" in values:
+        values["decoder_hidden_size"] = decoder_width
+    values.update(preset_layer)
+    values.update(flags)
+    _finish_values(values, preset)
+    groups = {
+        group: arguments_class(**{item.name: values[item.name] for item in dataclasses.fields(arguments_class)})
+        for group, arguments_class in ARGUMENT_GROUPS.items()
+    }
+    return TrainingConfig(**groups, chosen=frozenset(flags) | frozenset(preset_layer))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command line
+
+
+def describe_default(name: str, default: Any) -> str:
+    """E.g. "default: 6e-05; with --optimizer sgd: 0.01; preset synthetic: 0.001" for `--help`."""
+
+    def text(value: Any) -> str:
+        return " ".join(str(item) for item in value) if isinstance(value, (list, tuple)) else str(value)
+
+    parts = [f"default: {DERIVED_DEFAULTS[name] if default is None and name in DERIVED_DEFAULTS else text(default)}"]
+    if name in SGD_DEFAULTS:
+        parts.append(f"with --optimizer sgd: {text(SGD_DEFAULTS[name])}")
+    if name == "decoder_hidden_size":
+        widths = {encoder: encoder_decoder_width(encoder) for encoder in ENCODER_CONFIGS}
+        parts.append(", ".join(f"--encoder {encoder}: {width}" for encoder, width in widths.items() if width))
+    for preset in DATASET_PRESETS.values():
+        value = preset_values(preset).get(name)
+        if value is not None and value != default:
+            parts.append(f"preset {preset.name}: {text(value)}")
+    return "; ".join(parts)
+
+
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends what a flag will be when not given: its default, the value it takes with other settings, and
+    each preset's value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.dest not in FIELD_GROUPS or action.option_strings[0].startswith("--no_"):
+            return help_text
+        return f"{help_text} ({describe_default(action.dest, action.default)})".replace("%", "%%")
+
+
+def build_parser() -> HfArgumentParser:
+    """The `train.py` command line: one flag per setting of every argument group."""
+    return HfArgumentParser(
+        list(ARGUMENT_GROUPS.values()),
+        prog="training/train.py",
+        description="Train ProtoSeg (or the linear-classifier baseline). Presets fill settings not given as flags.",
+        formatter_class=_DefaultsHelpFormatter,
+    )
+
+
+class _NotGiven:
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_NOT_GIVEN = _NotGiven()
+
+
+def parse_flags(argv: list[str] | None = None) -> dict[str, Any]:
+    """Only the flags given on the command line, parsed and typed, by name (defaults left out)."""
+    parser = build_parser()
+    not_given = argparse.Namespace(**dict.fromkeys(FIELD_GROUPS, _NOT_GIVEN))
+    namespace = parser.parse_args(argv, namespace=not_given)
+    return {name: value for name, value in vars(namespace).items() if value is not _NOT_GIVEN}
+
+
+def parse_config(argv: list[str] | None = None) -> TrainingConfig:
+    """Command-line flags (default: sys.argv) -> the resolved `TrainingConfig`."""
+    return resolve_config(parse_flags(argv))

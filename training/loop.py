@@ -1,0 +1,168 @@
+"""The training loop: optimizer steps over endless batches, with logging, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from training.checkpointing import save_checkpoint
+from training.config import TrainingConfig
+from training.data import ResumableShardedSampler
+
+logger = logging.getLogger("protoseg.train")
+
+LOSS_TERMS = ("loss", "ce_loss", "ppc_loss", "ppd_loss")
+
+
+def iterate_forever(
+    loader: torch.utils.data.DataLoader, sampler: ResumableShardedSampler, epoch: int, start_batch: int
+) -> Iterator[dict]:
+    """Batches across epoch boundaries, starting at (epoch, start_batch)."""
+    sampler.set_epoch(epoch, start_batch)
+    while True:
+        yield from loader
+        epoch += 1
+        sampler.set_epoch(epoch, 0)
+
+
+@dataclass
+class TrainingState:
+    """What the loop steps: the prepared (possibly DDP-wrapped) model, optimizer, scheduler, the batches
+    from the resume position on, the first step to run and the images one optimizer step consumes."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: Iterator[dict]
+    start_step: int
+    images_per_step: int
+
+
+class RunningMeans:
+    """Means of the loss terms (and the throughput) since the last log line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        self.counts = dict.fromkeys(LOSS_TERMS, 0)
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def add(self, outputs: Any) -> None:
+        for name in LOSS_TERMS:
+            value = getattr(outputs, name, None)
+            if value is not None:
+                self.sums[name] += float(value.detach())
+                self.counts[name] += 1
+
+    def restart_clock(self) -> None:
+        """Evaluation and checkpoint time is not training throughput."""
+        self.window_start = time.perf_counter()
+
+    def log_values(self, images_per_step: int) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.window_start
+        values = {f"train/{name}": self.sums[name] / self.counts[name] for name in LOSS_TERMS if self.counts[name]}
+        values["train/images_per_second"] = self.window_steps * images_per_step / max(elapsed, 1e-9)
+        return values
+
+
+def optimizer_step(
+    config: TrainingConfig, accelerator: Accelerator, state: TrainingState, running: RunningMeans
+) -> None:
+    """One optimizer step over `gradient_accumulation_steps` micro-batches (DDP syncs on the last only)."""
+    model = state.model
+    for micro_step in range(config.optimization.gradient_accumulation_steps):
+        batch = next(state.batches)
+        pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)  # (B, 3, h, w)
+        labels = batch["labels"].to(accelerator.device, non_blocking=True)  # (B, h, w)
+        is_last_micro_step = micro_step == config.optimization.gradient_accumulation_steps - 1
+        sync_context = contextlib.nullcontext() if is_last_micro_step else accelerator.no_sync(model)
+        with sync_context:
+            with accelerator.autocast():
+                outputs = model(pixel_values=pixel_values, labels=labels)
+            accelerator.backward(outputs.loss / config.optimization.gradient_accumulation_steps)
+        running.add(outputs)
+    if config.optimization.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), config.optimization.max_grad_norm)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    running.window_steps += 1
+
+
+def _log(step: int, accelerator: Accelerator, state: TrainingState, running: RunningMeans, progress: tqdm) -> None:
+    values = running.log_values(state.images_per_step)
+    values["train/learning_rate"] = state.scheduler.get_last_lr()[0]
+    accelerator.log(values, step=step)
+    progress.set_postfix(
+        loss=f"{values.get('train/loss', float('nan')):.4f}", lr=f"{values['train/learning_rate']:.2e}"
+    )
+    running.reset()
+
+
+def log_evaluation(accelerator: Accelerator, metrics: dict[str, Any], step: int, label: str) -> None:
+    """Send mIoU and pixel accuracy to the trackers and the log."""
+    accelerator.log(
+        {"eval/mean_iou": metrics["mean_iou"], "eval/overall_accuracy": metrics["overall_accuracy"]}, step=step
+    )
+    logger.info("%s: mIoU %.4f, pixel accuracy %.4f", label, metrics["mean_iou"], metrics["overall_accuracy"])
+
+
+def train_steps(
+    config: TrainingConfig,
+    accelerator: Accelerator,
+    state: TrainingState,
+    *,
+    evaluate_validation: Callable[[], dict[str, Any]],
+    checkpoint_root: Path,
+) -> float:
+    """Run steps start_step .. max_steps; log, evaluate and checkpoint on their schedules.
+    Returns the wall time of the loop in seconds."""
+    progress = tqdm(
+        range(state.start_step, config.optimization.max_steps),
+        initial=state.start_step,
+        total=config.optimization.max_steps,
+        desc="train",
+        disable=not accelerator.is_local_main_process,
+    )
+    state.model.train()
+    train_start = time.perf_counter()
+    running = RunningMeans()
+    for step in progress:
+        optimizer_step(config, accelerator, state, running)
+        completed_steps = step + 1
+        is_last = completed_steps == config.optimization.max_steps
+        if config.runtime.step_delay_seconds > 0:
+            time.sleep(config.runtime.step_delay_seconds)
+        if completed_steps % config.output.logging_steps == 0 or is_last:
+            _log(completed_steps, accelerator, state, running, progress)
+        if config.evaluation.eval_steps and completed_steps % config.evaluation.eval_steps == 0 and not is_last:
+            log_evaluation(accelerator, evaluate_validation(), completed_steps, f"step {completed_steps}: eval")
+            running.restart_clock()
+        if (
+            config.output.checkpointing_steps
+            and completed_steps % config.output.checkpointing_steps == 0
+            and not is_last
+        ):
+            training_state = {"global_batch_size": state.images_per_step, "num_processes": accelerator.num_processes}
+            folder = save_checkpoint(
+                accelerator,
+                checkpoint_root,
+                completed_steps,
+                training_state,
+                total_limit=config.output.checkpoints_total_limit,
+            )
+            logger.info("saved %s", folder)
+            running.restart_clock()
+    progress.close()
+    return time.perf_counter() - train_start

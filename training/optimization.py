@@ -1,0 +1,50 @@
+"""Optimizer (AdamW or SGD, 4 parameter groups) and the poly learning-rate schedule with warm-up."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.config import OptimizationArguments
+
+
+def build_optimizer(model: nn.Module, config: OptimizationArguments) -> torch.optim.Optimizer:
+    """AdamW or SGD with 4 parameter groups: (encoder | head) x (decay | no decay on norms and biases).
+    The head (decoder, projection, classifier) learns `head_lr_multiplier` times faster."""
+    encoder_prefixes = ("encoder.", "segformer.")  # ProtoSeg's and SegFormer's encoder attributes
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_encoder = name.startswith(encoder_prefixes)
+        decays = parameter.ndim > 1 and "pos_block" not in name
+        groups.setdefault((is_encoder, decays), []).append(parameter)
+    param_groups = [
+        {
+            "params": params,
+            "lr": config.learning_rate * (1.0 if is_encoder else config.head_lr_multiplier),
+            "weight_decay": config.weight_decay if decays else 0.0,
+        }
+        for (is_encoder, decays), params in sorted(groups.items())
+    ]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2))
+    return torch.optim.SGD(param_groups, lr=config.learning_rate, momentum=config.sgd_momentum)
+
+
+class PolyWithWarmup:
+    """lr factor at step t: poly decay (1 - t/T)^power (floored at min_lr), times a linear warm-up
+    from `warmup_start_factor` to 1 over the first `warmup_steps` (mmseg's schedule)."""
+
+    def __init__(
+        self, *, max_steps: int, power: float, warmup_steps: int, warmup_start_factor: float, min_factor: float
+    ) -> None:
+        self.max_steps, self.power = max_steps, power
+        self.warmup_steps, self.warmup_start_factor, self.min_factor = warmup_steps, warmup_start_factor, min_factor
+
+    def __call__(self, step: int) -> float:
+        progress = min(step / max(self.max_steps, 1), 1.0)
+        factor = (1.0 - self.min_factor) * (1.0 - progress) ** self.power + self.min_factor
+        if step < self.warmup_steps:
+            factor *= self.warmup_start_factor + (1.0 - self.warmup_start_factor) * step / self.warmup_steps
+        return factor

@@ -1,0 +1,65 @@
+"""How a model's input images are normalised: one definition for the training augmentation, the evaluation
+transform and the exported image processor, so the processor a pipeline loads normalises exactly as
+evaluation did.
+
+The normalisation follows the encoder: `image_mean` / `image_std` of the encoder config when it has them
+(`model.config.encoder_config` for ProtoSeg; `model.config` itself for the linear SegFormer head, whose config
+is the encoder's), else ImageNet's mean and std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PretrainedConfig, SegformerImageProcessor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel `(pixel / 255 - mean) / std` of RGB images."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def pad_colour(self) -> tuple[int, int, int]:
+        """The 8-bit colour that normalises to 0 (what padded image borders are filled with)."""
+        return tuple(round(255 * channel_mean) for channel_mean in self.mean)
+
+
+IMAGENET_NORMALIZATION = Normalization()
+
+
+def input_normalization(model_config: PretrainedConfig) -> Normalization:
+    """The normalisation a model expects: its encoder config's `image_mean`/`image_std`, else ImageNet's.
+
+    Arguments:
+        model_config: a `ProtoSegConfig` (its `encoder_config` is read) or an encoder-style config such as the
+            linear head's `SegformerConfig` (read itself).
+    """
+    encoder_config = getattr(model_config, "encoder_config", None) or model_config
+    mean = getattr(encoder_config, "image_mean", None)
+    std = getattr(encoder_config, "image_std", None)
+    if mean is None or std is None:
+        return IMAGENET_NORMALIZATION
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"image_mean/image_std must hold 3 values (RGB), got {mean} / {std}")
+    return Normalization(mean=tuple(float(value) for value in mean), std=tuple(float(value) for value in std))
+
+
+def build_image_processor(
+    normalization: Normalization, *, base_size: int, crop_size: tuple[int, int]
+) -> SegformerImageProcessor:
+    """The processor saved beside a model: resize to `base_size` high (the crop's aspect ratio), normalise."""
+    crop_height, crop_width = crop_size
+    return SegformerImageProcessor(
+        do_resize=True,
+        size={"height": base_size, "width": round(base_size * crop_width / crop_height)},
+        do_normalize=True,
+        image_mean=list(normalization.mean),
+        image_std=list(normalization.std),
+        do_reduce_labels=False,
+    )

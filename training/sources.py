@@ -1,0 +1,175 @@
+"""Which data a run uses: the dataset a config names, as raw sample sources plus class names.
+
+`DatasetSplits` is also what a caller hands to `training.train.run(config, datasets=...)` to train on
+data of its own (e.g. a benchmark that holds a class out) without touching the training code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import DataArguments
+from training.data import (
+    FilePairSource,
+    HubDatasetSource,
+    LabelMapping,
+    SampleSource,
+    SyntheticSource,
+    cityscapes_file_pairs,
+    find_id2label,
+    load_hub_dataset,
+    pick_split,
+)
+from training.presets import CITYSCAPES_LABEL_ID_TO_TRAIN_ID, DatasetPreset, get_dataset_preset
+from training.synthetic import SYNTHETIC_CLASS_NAMES, SyntheticScenes, synthetic_splits
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DatasetSplits:
+    """Raw (image, label) sources of a run and their class names.
+
+    Arguments:
+        train: the training samples.
+        validation: the samples evaluated during and at the end of training.
+        id2label: class index -> name; its length is the number of classes.
+        test: optional further split, evaluated once with the final model (`--test_split`).
+        label_mapping: raw label value -> class index (default: identity, `ignore_index` kept).
+        description: what the data is, for the summary and the model card (e.g. "synthetic", a Hub id).
+        hub_dataset_id: the Hub id when the data came from the Hub (model card metadata), else None.
+    """
+
+    train: SampleSource
+    validation: SampleSource
+    id2label: dict[int, str]
+    test: SampleSource | None = None
+    label_mapping: LabelMapping | None = None
+    description: str | None = None
+    hub_dataset_id: str | None = None
+
+
+class FirstSamples:
+    """The first `count` samples of a source."""
+
+    def __init__(self, source: SampleSource, count: int) -> None:
+        self.source, self.count = source, min(count, len(source))
+        self.split_name = getattr(source, "split_name", "")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def load(self, index: int) -> tuple[Any, Any, str]:
+        if index >= self.count:
+            raise IndexError(index)
+        return self.source.load(index)
+
+
+def preset_source(preset: DatasetPreset | None) -> str:
+    """Where the data comes from: "synthetic", "cityscapes" or "hub" (anything `load_dataset` reads)."""
+    return preset.source if preset is not None else "hub"
+
+
+def _dataset_path(dataset_name: str, preset: DatasetPreset | None) -> str:
+    """A preset's relative dataset path also works from another working directory (repository-relative)."""
+    if preset is not None and not os.path.isabs(dataset_name) and not os.path.exists(dataset_name):
+        repo_relative = _REPO_ROOT / dataset_name
+        if repo_relative.exists():
+            return str(repo_relative)
+    return dataset_name
+
+
+def _synthetic_splits(data: DataArguments, seed: int) -> DatasetSplits:
+    train_scenes, validation_scenes = synthetic_splits(
+        num_train=data.synthetic_num_train,
+        num_validation=data.synthetic_num_validation,
+        image_size=data.synthetic_image_size,
+        seed=seed,
+    )
+    test = None
+    if data.test_split:  # more scenes like the validation ones, from their own seed
+        test_scenes = SyntheticScenes(
+            num_samples=len(validation_scenes), image_size=data.synthetic_image_size, seed=seed * 2 + 3
+        )
+        test = SyntheticSource(test_scenes, split_name=data.test_split)
+    return DatasetSplits(
+        train=SyntheticSource(train_scenes, split_name="train"),
+        validation=SyntheticSource(validation_scenes, split_name="validation"),
+        test=test,
+        id2label=dict(enumerate(SYNTHETIC_CLASS_NAMES)),
+        label_mapping=LabelMapping(ignore_index=data.ignore_index),
+        description="synthetic",
+    )
+
+
+def _cityscapes_splits(data: DataArguments, preset: DatasetPreset) -> DatasetSplits:
+    def split(name: str, split_name: str) -> FilePairSource:
+        return FilePairSource(cityscapes_file_pairs(data.dataset_name, name), split_name=split_name)
+
+    return DatasetSplits(
+        train=split(data.train_split, "train"),
+        validation=split(data.validation_split, data.validation_split),
+        test=split(data.test_split, data.test_split) if data.test_split else None,
+        id2label=find_id2label(
+            id2label_file=data.id2label_file, dataset_name=None, class_names=preset.class_names, num_labels=None
+        ),
+        label_mapping=LabelMapping(ignore_index=data.ignore_index, id_to_train_id=CITYSCAPES_LABEL_ID_TO_TRAIN_ID),
+        description=data.dataset_name,
+    )
+
+
+def _hub_splits(data: DataArguments, preset: DatasetPreset | None) -> DatasetSplits:
+    dataset_name = _dataset_path(data.dataset_name, preset)
+    splits = load_hub_dataset(dataset_name, config_name=data.dataset_config_name, revision=data.dataset_revision)
+
+    def source(split_name: str) -> HubDatasetSource:
+        return HubDatasetSource(
+            splits[split_name],
+            image_column=data.image_column,
+            label_column=data.label_column,
+            split_name=split_name,
+        )
+
+    train_split = pick_split(list(splits), data.train_split)
+    eval_split = pick_split(list(splits), data.validation_split, fallbacks=("validation", "val", "valid", "test"))
+    is_hub = not os.path.exists(data.dataset_name) and preset_source(preset) == "hub"
+    return DatasetSplits(
+        train=source(train_split),
+        validation=source(eval_split),
+        test=source(pick_split(list(splits), data.test_split)) if data.test_split else None,
+        id2label=find_id2label(
+            id2label_file=data.id2label_file,
+            dataset_name=dataset_name,
+            class_names=preset.class_names if preset is not None else None,
+            num_labels=data.num_labels,
+        ),
+        label_mapping=LabelMapping(ignore_index=data.ignore_index, reduce_labels=bool(data.reduce_labels)),
+        description=data.dataset_name,
+        hub_dataset_id=data.dataset_name if is_hub else None,
+    )
+
+
+def load_dataset_splits(data: DataArguments, *, seed: int) -> DatasetSplits:
+    """The training and evaluation (and `test_split`) sources and class names that `data` names (synthetic,
+    Cityscapes folder, or anything `datasets.load_dataset` reads), cut to `max_train_samples`/`max_eval_samples`.
+    `seed` draws the synthetic scenes."""
+    preset = get_dataset_preset(data.preset) if data.preset else None
+    source_kind = preset_source(preset)
+    if source_kind == "synthetic":
+        splits = _synthetic_splits(data, seed)
+    elif source_kind == "cityscapes":
+        splits = _cityscapes_splits(data, preset)
+    else:
+        splits = _hub_splits(data, preset)
+    if data.num_labels is not None and data.num_labels != len(splits.id2label):
+        raise ValueError(f"--num_labels {data.num_labels} disagrees with the {len(splits.id2label)} class names found")
+    if data.max_train_samples is not None:
+        splits.train = FirstSamples(splits.train, data.max_train_samples)
+    if data.max_eval_samples is not None:
+        splits.validation = FirstSamples(splits.validation, data.max_eval_samples)
+        if splits.test is not None:
+            splits.test = FirstSamples(splits.test, data.max_eval_samples)
+    return splits
