@@ -18,6 +18,8 @@ Tasks:
 Heads:
   linear        the parametric baseline: SegFormer's 1x1 classifier on the same encoder and decoder.
   protoseg      ProtoSeg with the package defaults.
+  protoseg-layer-norm  the defaults but the paper's LayerNorm over the class scores (scratch only): what the
+                default class-score normalisation changes on its own.
   protoseg-0.1  ProtoSeg as package 0.1 trained it (the paper's LayerNorm over class scores, prototypes
                 from their random start): the package at commit 3eae069, same flags, scratch only.
 
@@ -89,6 +91,9 @@ SETTINGS = {
 HEADS = {
     "linear": Head("linear", ["--head", "linear"]),
     "protoseg": Head("protoseg", ["--head", "protoseg"]),
+    "protoseg-layer-norm": Head(
+        "protoseg-layer-norm", ["--head", "protoseg", "--class_score_norm", "layer_norm"], settings=("scratch",)
+    ),
     "protoseg-0.1": Head("protoseg-0.1", ["--head", "protoseg"], commit=PACKAGE_0_1_COMMIT, settings=("scratch",)),
 }
 TASKS = {
