@@ -89,12 +89,14 @@ class PrototypeHealth(JsonRecord):
 
     Fields:
         num_prototypes: all prototypes, C x K.
-        dead_prototypes: prototypes that were assigned no pixel for `dead_after_steps` steps or more.
-        never_updated_prototypes: prototypes never assigned a pixel during the whole run.
+        dead_prototypes: prototypes that did not move in the last `dead_after_steps` (or more) consecutive
+            training steps in which their class had labelled pixels.
+        never_updated_prototypes: prototypes that never moved during the whole run (still at their initial value).
         within_class_cosine: class name -> mean pairwise cosine similarity between that class's K
             prototypes (1 = collapsed onto one direction); None when K = 1.
         reseeded_prototypes: prototypes re-initialised during training, when the run re-seeds dead ones.
         dead_after_steps: the number of steps without pixels after which a prototype counts as dead.
+        skipped_nonfinite_updates: prototype updates refused because their pixels were not finite.
     """
 
     SOURCE: ClassVar[str] = f"{EVAL_RESULTS_FILE}: prototype_health"
@@ -105,6 +107,7 @@ class PrototypeHealth(JsonRecord):
     within_class_cosine: dict[str, float | None]
     reseeded_prototypes: int | None = None
     dead_after_steps: int | None = None
+    skipped_nonfinite_updates: int | None = None
 
     def __post_init__(self) -> None:
         check_record_fields(self, self.SOURCE)
@@ -113,6 +116,7 @@ class PrototypeHealth(JsonRecord):
             require_count(getattr(self, name), f"{self.SOURCE}: '{name}'", at_most=self.num_prototypes)
         require_count(self.reseeded_prototypes, f"{self.SOURCE}: 'reseeded_prototypes'")
         require_count(self.dead_after_steps, f"{self.SOURCE}: 'dead_after_steps'")
+        require_count(self.skipped_nonfinite_updates, f"{self.SOURCE}: 'skipped_nonfinite_updates'")
         for class_name, cosine in self.within_class_cosine.items():
             if cosine is not None and not (math.isfinite(cosine) and -1.0 <= cosine <= 1.0):
                 raise RecordFormatError(

@@ -106,13 +106,14 @@ def prototype_health(inputs: CardInputs) -> str:
     if health is None or not inputs.facts.has_prototypes:
         return ""
     _check_health_matches_model(inputs)
-    dead_label = "Dead prototypes" + (
-        f" (no pixels for {health.dead_after_steps} steps or more)" if health.dead_after_steps is not None else " (no pixels for a long time)"
-    )
+    idle = f"{health.dead_after_steps} or more" if health.dead_after_steps is not None else "many"
+    dead_label = f"Dead prototypes (did not move in the last {idle} steps in which their class had pixels)"
     rows = [("Prototypes (C × K)", str(health.num_prototypes)), (dead_label, str(health.dead_prototypes))]
-    rows.append(("Never updated (no pixels during the whole run)", str(health.never_updated_prototypes)))
+    rows.append(("Never updated (still at their initial value)", str(health.never_updated_prototypes)))
     if health.reseeded_prototypes is not None:
         rows.append(("Re-seeded during training", str(health.reseeded_prototypes)))
+    if health.skipped_nonfinite_updates:
+        rows.append(("Updates refused (non-finite pixels)", str(health.skipped_nonfinite_updates)))
     cosines = [
         (name, "n/a" if health.within_class_cosine.get(name) is None else f"{health.within_class_cosine[name]:.3f}")
         for name in inputs.facts.class_names

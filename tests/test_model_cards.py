@@ -419,8 +419,8 @@ def test_prototype_health_section_is_rendered_when_measured(checkpoint: Path) ->
     text = render_model_card(checkpoint).text
     assert "## Prototype health" in text
     assert "| Prototypes (C × K) | 12 |" in text
-    assert "| Dead prototypes (no pixels for 500 steps or more) | 2 |" in text
-    assert "| Never updated (no pixels during the whole run) | 1 |" in text
+    assert "| Dead prototypes (did not move in the last 500 or more steps in which their class had pixels) | 2 |" in text
+    assert "| Never updated (still at their initial value) | 1 |" in text
     assert "| Re-seeded during training | 3 |" in text
     assert "| sky | 0.410 |" in text and "| road | 0.900 |" in text and "| car | n/a |" in text
     assert text.index("## Evaluation") < text.index("## Prototype health") < text.index("## How to use")

@@ -74,8 +74,19 @@ def run_training(
 # ------------------------------------------------------------------------------ full runs
 
 
+def saved_model_health(model) -> dict:
+    """The eval_results.json fields of `prototype_health()`, computed from the saved model."""
+    health = model.prototype_health()
+    fields = ("num_prototypes", "dead_prototypes", "never_updated_prototypes", "within_class_cosine",
+              "reseeded_prototypes", "skipped_nonfinite_updates")  # fmt: skip
+    return {name: health[name] for name in fields}
+
+
 def test_tiny_protoseg_run_writes_a_loadable_folder_logs_loss_terms_and_pushes(tmp_path: Path) -> None:
     from hub_stand_in import HubStandIn
+    from transformers import AutoModelForSemanticSegmentation
+
+    import modeling_protoseg  # noqa: F401  (registers the model type)
 
     output_dir = tmp_path / "run"
     with HubStandIn(tmp_path / "hub", valid_token="hf_stand_in_write_token", user_name="someone") as hub:
@@ -100,6 +111,12 @@ def test_tiny_protoseg_run_writes_a_loadable_folder_logs_loss_terms_and_pushes(t
     assert eval_results["num_samples"] == 6
     assert [step for step, _ in list_checkpoints(output_dir / "checkpoints")] == [2]
     assert "ProtoSeg" in (output_dir / "README.md").read_text()
+    # prototype health: measured on the saved prototypes, in eval_results.json and the card
+    health = eval_results["prototype_health"]
+    saved_model = AutoModelForSemanticSegmentation.from_pretrained(output_dir)
+    assert health == {**saved_model_health(saved_model), "dead_after_steps": saved_model.config.dead_prototype_patience}
+    assert health["num_prototypes"] == 5 * saved_model.config.num_prototypes_per_class
+    assert "Never updated (still at their initial value)" in (output_dir / "README.md").read_text()
 
     # TensorBoard got the three loss terms, the learning rate and the throughput
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -111,12 +128,11 @@ def test_tiny_protoseg_run_writes_a_loadable_folder_logs_loss_terms_and_pushes(t
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
     assert {"train/loss", "train/ce_loss", "train/ppc_loss", "train/ppd_loss", "train/learning_rate",
-            "train/images_per_second", "eval/mean_iou"} <= tags  # fmt: skip
+            "train/images_per_second", "eval/mean_iou", "prototypes/mean_within_class_cosine",
+            "prototypes/never_updated", "prototypes/dead", "prototypes/within_class_cosine/ember"} <= tags  # fmt: skip
 
     # the folder loads with from_pretrained and serves the image-segmentation pipeline
-    from transformers import AutoModelForSemanticSegmentation, pipeline
-
-    import modeling_protoseg  # noqa: F401  (registers the model type)
+    from transformers import pipeline
 
     model = AutoModelForSemanticSegmentation.from_pretrained(output_dir)
     saved = load_file(output_dir / "model.safetensors")

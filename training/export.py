@@ -49,6 +49,23 @@ def results_json(
     }
 
 
+def prototype_health_json(model: nn.Module) -> dict[str, Any] | None:
+    """A ProtoSeg model's prototype health as `eval_results.json` holds it (`model_cards.PrototypeHealth`
+    fields); None for models without prototypes."""
+    if not hasattr(model, "prototype_health"):
+        return None
+    health = model.prototype_health()
+    return {
+        "num_prototypes": health["num_prototypes"],
+        "dead_prototypes": health["dead_prototypes"],
+        "never_updated_prototypes": health["never_updated_prototypes"],
+        "within_class_cosine": health["within_class_cosine"],
+        "reseeded_prototypes": health["reseeded_prototypes"],
+        "dead_after_steps": model.config.dead_prototype_patience,
+        "skipped_nonfinite_updates": health["skipped_nonfinite_updates"],
+    }
+
+
 def hardware_description(accelerator: Accelerator) -> str:
     """E.g. "1 x cpu (Intel(R) Xeon(R) ..., 2 threads per process)" or "2 x NVIDIA H100 80GB HBM3"."""
     if accelerator.device.type == "cuda":

@@ -100,9 +100,26 @@ def optimizer_step(
     running.window_steps += 1
 
 
+def prototype_health_scalars(model: nn.Module) -> dict[str, float]:
+    """Tracker scalars of a ProtoSeg model's `prototype_health()` (none for other heads)."""
+    if not hasattr(model, "prototype_health"):
+        return {}
+    health = model.prototype_health()
+    values = {
+        "prototypes/mean_within_class_cosine": health["mean_within_class_cosine"],
+        "prototypes/never_updated": health["never_updated_prototypes"],
+        "prototypes/dead": health["dead_prototypes"],
+        "prototypes/reseeded": health["reseeded_prototypes"],
+        "prototypes/skipped_nonfinite_updates": health["skipped_nonfinite_updates"],
+    }
+    values.update({f"prototypes/within_class_cosine/{name}": value for name, value in health["within_class_cosine"].items()})
+    return values
+
+
 def _log(step: int, accelerator: Accelerator, state: TrainingState, running: RunningMeans, progress: tqdm) -> None:
     values = running.log_values(state.images_per_step)
     values["train/learning_rate"] = state.scheduler.get_last_lr()[0]
+    values.update(prototype_health_scalars(accelerator.unwrap_model(state.model)))
     accelerator.log(values, step=step)
     progress.set_postfix(
         loss=f"{values.get('train/loss', float('nan')):.4f}", lr=f"{values['train/learning_rate']:.2e}"

@@ -39,6 +39,7 @@ from training.distributed import (
 from training.evaluation import evaluate
 from training.export import (
     export_final_model,
+    prototype_health_json,
     hardware_description,
     push_folder_to_hub,
     results_json,
@@ -304,6 +305,9 @@ def export(
         )
         for role, values in metrics.items()
     }
+    health = prototype_health_json(model)
+    if health is not None:
+        results["eval_results.json"]["prototype_health"] = health
     results["train_results.json"] = train_results
     summary = training_summary(
         config,
