@@ -17,22 +17,18 @@ import platform
 import random
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+import modeling_protoseg
+from modeling_protoseg import ProtoSegConfig, ProtoSegForSemanticSegmentation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
-    sys.path.insert(0, str(REPO_ROOT))
-
-from transformers import SegformerConfig, SegformerForSemanticSegmentation  # noqa: E402
-
-from modeling_protoseg import ProtoSegConfig, ProtoSegForSemanticSegmentation  # noqa: E402
-
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 IGNORE_INDEX = -1  # outside [0, C) for every class count of the grid (255 is a real class at 847)
 CLASS_GRID = (19, 150, 847)  # Cityscapes, ADE20K, ADE20K-full
@@ -79,8 +75,8 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "git_commit": _git_commit(),
+        "date_utc": utc_timestamp(seconds=False),
+        "git_commit": git_commit(),
         "model_files_sha256": model_files_digest(),
     }
     if device.type == "cuda":
@@ -88,18 +84,24 @@ def machine_description(device: torch.device) -> dict[str, Any]:
     return description
 
 
+def utc_timestamp(*, seconds: bool = True) -> str:
+    """The current UTC time as 'YYYY-MM-DD HH:MM[:SS]'."""
+    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 (datetime.UTC needs Python 3.11)
+    return now.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
 def model_files_digest() -> str:
-    """First 12 hex digits of the SHA-256 of the model package's sources: which model was measured,
-    even when the working tree moves between benchmarks."""
+    """First 12 hex digits of the SHA-256 of the imported model package's sources: which model was
+    measured, even when the working tree moves between benchmarks (or an installed copy was imported)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "modeling_protoseg").glob("*.py")):
+    for path in sorted(Path(modeling_protoseg.__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
@@ -312,6 +314,11 @@ def time_interleaved(
 
 # ----------------------------------------------------------------------------------------------
 # Results
+
+
+def results_suffix(setting: str, quick: bool) -> str:
+    """File-name suffix of a run's results: '' for the full CPU setting, then '_gpu' and/or '_quick'."""
+    return ("" if setting == "cpu" else f"_{setting}") + ("_quick" if quick else "")
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

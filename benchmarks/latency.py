@@ -4,20 +4,16 @@ Both models run `model(pixel_values).logits` in eval mode under `torch.inference
 size, the six (model, classes) candidates run in a shuffled order inside every repetition, so each
 ProtoSeg/SegFormer ratio is taken within one repetition. Targets: <= 1.10x at 19 classes, <= 1.30x at 150.
 
-    python benchmarks/latency.py [--setting gpu] [--repetitions N] [--quick]
+    python -m benchmarks.latency [--setting gpu] [--repetitions N] [--quick]
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     CLASS_GRID,
     Summary,
     base_argument_parser,
@@ -29,12 +25,13 @@ from benchmarks.common import (  # noqa: E402
     machine_line,
     make_inference,
     markdown_table,
+    results_suffix,
     set_threads,
     synthetic_batch,
     time_interleaved,
     write_json,
 )
-from benchmarks.plots import ratio_bars  # noqa: E402
+from benchmarks.plots import ratio_bars
 
 TARGETS = {19: 1.10, 150: 1.30}
 
@@ -104,7 +101,7 @@ def main() -> None:
             repetitions = 30
         print(f"latency: batch {batch_size}, {image_size}px, {repetitions} repetitions", flush=True)
         cells += measure_batch(batch_size, image_size, class_counts, repetitions=repetitions, device=device)
-    suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
+    suffix = results_suffix(args.setting, args.quick)
     write_json(args.output / f"latency{suffix}.json", {"machine": machine, "cells": cells})
     table = markdown(cells)
     text = (f"Machine: {machine_line(machine)}\n\nInference latency, median [q1, q3] over interleaved repetitions; "

@@ -5,19 +5,15 @@ classes, ProtoSeg flat at 27.37 M). Learnable = `requires_grad` parameters, what
 the prototype buffer (C x K x D floats, saved in the checkpoint, never trained by gradient) is listed
 apart. Exact counts: one run, no timing.
 
-    python benchmarks/parameters.py
+    python -m benchmarks.parameters
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     base_argument_parser,
     build_protoseg,
     build_segformer,
@@ -26,7 +22,7 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
     write_json,
 )
-from benchmarks.plots import lines  # noqa: E402
+from benchmarks.plots import lines
 
 CLASS_COUNTS = (150, 300, 500, 700, 847)
 PAPER_TABLE_4_MIT_B2_MILLIONS = {  # (parametric K=1, ProtoSeg) learnable parameters, paper Table 4

@@ -11,22 +11,18 @@ The stages follow `ProtoSegForSemanticSegmentation.forward` (calling the model's
 has them). Stages run alone pay a little more (fresh gradient buffers, no overlap), so their sum is
 reported beside a measured full step: read the shares, not the absolute sum.
 
-    python benchmarks/profile_breakdown.py                 # CPU setting
-    python benchmarks/profile_breakdown.py --setting gpu
+    python -m benchmarks.profile_breakdown                 # CPU setting
+    python -m benchmarks.profile_breakdown --setting gpu
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Summary,
     base_argument_parser,
     build_protoseg,
@@ -37,13 +33,14 @@ from benchmarks.common import (  # noqa: E402
     make_inference,
     make_train_step,
     markdown_table,
+    results_suffix,
     set_threads,
     synthetic_batch,
     time_interleaved,
     write_json,
 )
-from modeling_protoseg.losses import class_scores_and_prototype_losses, pixel_cross_entropy  # noqa: E402
-from modeling_protoseg.modeling_protoseg import _chunked_class_scores  # noqa: E402
+from modeling_protoseg.losses import class_scores_and_prototype_losses, pixel_cross_entropy
+from modeling_protoseg.modeling_protoseg import _chunked_class_scores
 
 Stage = Callable[[], None]
 
@@ -279,8 +276,7 @@ def main() -> None:
     for mode, num_classes, batch_size, image_size in cells:
         print(f"breakdown {mode} C={num_classes} B={batch_size} {image_size}px", flush=True)
         results.append(breakdown(num_classes, batch_size, image_size, mode=mode, repetitions=repetitions, device=device))
-    suffix = "" if args.setting == "cpu" else f"_{args.setting}"
-    suffix += "_quick" if args.quick else ""
+    suffix = results_suffix(args.setting, args.quick)
     write_json(args.output / f"profile_breakdown{suffix}.json", {"machine": machine, "results": results})
     text = "\n\n".join(_markdown(result) for result in results)
     (args.output / f"profile_breakdown{suffix}.md").write_text(f"Machine: {machine_line(machine)}\n\n{text}\n")

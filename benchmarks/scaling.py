@@ -6,22 +6,18 @@ and ProtoSeg's clustering and prototype update alone run interleaved in each rep
 times linear in pixels; clustering + update flat in the number of classes (all classes are clustered at
 once, no per-class loop); the ProtoSeg step growing with C only through the N x C*K similarity work.
 
-    python benchmarks/scaling.py [--setting gpu] [--repetitions N] [--quick]
+    python -m benchmarks.scaling [--setting gpu] [--repetitions N] [--quick]
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.clustering import clustering_and_update  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from benchmarks.clustering import clustering_and_update
+from benchmarks.common import (
     Summary,
     base_argument_parser,
     build_protoseg,
@@ -32,12 +28,13 @@ from benchmarks.common import (  # noqa: E402
     machine_line,
     make_train_step,
     markdown_table,
+    results_suffix,
     set_threads,
     synthetic_batch,
     time_interleaved,
     write_json,
 )
-from benchmarks.plots import lines  # noqa: E402
+from benchmarks.plots import lines
 
 NAMES = ("protoseg step", "segformer step", "clustering", "prototype update")
 
@@ -117,7 +114,7 @@ def main() -> None:
     for num_classes in class_counts:
         print(f"scaling: {num_classes} classes, batch {class_batch}, {class_size}px", flush=True)
         class_points.append(measure_point(num_classes, class_batch, class_size, repetitions=repetitions, device=device))
-    suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
+    suffix = results_suffix(args.setting, args.quick)
     write_json(args.output / f"scaling{suffix}.json",
                {"machine": machine, "pixel_sweep": pixel_points, "class_sweep": class_points})
     text = (

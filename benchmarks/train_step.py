@@ -9,22 +9,18 @@ figure: 10,000 pixels into 10 prototypes (paper: ~2.5 ms on a GPU). Target: step
 CPU setting (2 cores): batch 1 at 512x512, batch 8 at 256x256 (the 512x512 batch-8 steps take 15-25 s
 each and at 847 classes need more memory than the machine has). GPU setting: batch 1 and 8 at 512x512.
 
-    python benchmarks/train_step.py [--setting gpu] [--repetitions N] [--quick]
+    python -m benchmarks.train_step [--setting gpu] [--repetitions N] [--quick]
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.utils.benchmark as torch_benchmark
 
-import torch  # noqa: E402
-import torch.utils.benchmark as torch_benchmark  # noqa: E402
-
-from benchmarks.clustering import clustering_and_update, paper_clustering_problem  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from benchmarks.clustering import clustering_and_update, paper_clustering_problem
+from benchmarks.common import (
     CLASS_GRID,
     Summary,
     base_argument_parser,
@@ -36,12 +32,13 @@ from benchmarks.common import (  # noqa: E402
     machine_line,
     make_train_step,
     markdown_table,
+    results_suffix,
     set_threads,
     synthetic_batch,
     time_interleaved,
     write_json,
 )
-from benchmarks.plots import ratio_bars  # noqa: E402
+from benchmarks.plots import ratio_bars
 
 STEP_TARGETS = {150: 1.15}
 CLUSTERING_SHARE_TARGET = 0.05
@@ -180,7 +177,7 @@ def main() -> None:
         shares += [share] if share else []
     print("paper figure: 10,000 pixels into 10 prototypes", flush=True)
     paper = paper_figure(device, args.threads)
-    suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
+    suffix = results_suffix(args.setting, args.quick)
     write_json(args.output / f"train_step{suffix}.json",
                {"machine": machine, "cells": cells, "clustering_share": shares, "paper_figure": paper})
     text = (f"Machine: {machine_line(machine)}\n\nTraining step (forward, losses, clustering, prototype update, "

@@ -9,20 +9,16 @@
 3. Whole training step and inference: the package / the package with the proposals (exp-domain
    Sinkhorn in training, BatchNorms folded at inference) / SegFormer, interleaved.
 
-    python benchmarks/proposal_gain.py [--setting gpu] [--quick]
+    python -m benchmarks.proposal_gain [--setting gpu] [--quick]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Summary,
     base_argument_parser,
     build_protoseg,
@@ -33,18 +29,19 @@ from benchmarks.common import (  # noqa: E402
     make_inference,
     make_train_step,
     markdown_table,
+    results_suffix,
     set_threads,
     synthetic_batch,
     time_interleaved,
     write_json,
 )
-from benchmarks.faster_forward import (  # noqa: E402
+from benchmarks.proposals.faster_forward import (
     FasterForwardOptions,
     FasterProtoSegForSemanticSegmentation,
     sinkhorn_assign_pixels_exp_domain,
 )
-from modeling_protoseg.losses import class_scores_and_prototype_losses, pixel_prototype_losses  # noqa: E402
-from modeling_protoseg.prototypes import sinkhorn_assign_pixels  # noqa: E402
+from modeling_protoseg.losses import class_scores_and_prototype_losses, pixel_prototype_losses
+from modeling_protoseg.prototypes import sinkhorn_assign_pixels
 
 
 def build_faster(num_classes: int, options: FasterForwardOptions | None = None) -> FasterProtoSegForSemanticSegmentation:
@@ -238,7 +235,7 @@ def main() -> None:
     for mode, *cell in whole_cells:
         print("whole", mode, cell, flush=True)
         payload["whole"].append(whole_timings(*cell, mode=mode, repetitions=repetitions, device=device))
-    suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
+    suffix = results_suffix(args.setting, args.quick)
     write_json(args.output / f"proposal_gain{suffix}.json", payload)
     text = _markdown(payload)
     (args.output / f"proposal_gain{suffix}.md").write_text(f"Machine: {machine_line(payload['machine'])}\n\n{text}\n")
