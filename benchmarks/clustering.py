@@ -35,6 +35,7 @@ class PixelClusters:
     labelled: torch.Tensor  # bool, not ignored
     pixel_classes: torch.Tensor  # class index, 0 for ignored pixels
     pixel_groups: torch.Tensor  # class index, C for ignored pixels (a spare Sinkhorn group)
+    own_class_similarities: torch.Tensor  # (N, K) similarities to the K prototypes of the pixel's class
     assignments: torch.Tensor  # prototype index within the class, in [0, K)
     num_prototypes: int
 
@@ -64,7 +65,9 @@ def cluster_pixels(config, similarities: torch.Tensor, labels: torch.Tensor, hei
         own_class_similarities, pixel_groups, num_classes + 1,
         iterations=config.sinkhorn_iterations, epsilon=config.sinkhorn_epsilon,
     )
-    return PixelClusters(pixel_labels, labelled, pixel_classes, pixel_groups, assignments, num_prototypes)
+    return PixelClusters(
+        pixel_labels, labelled, pixel_classes, pixel_groups, own_class_similarities, assignments, num_prototypes
+    )
 
 
 @torch.no_grad()

@@ -175,6 +175,12 @@ def build_segformer(num_classes: int, *, encoder_config: SegformerConfig | None 
     return SegformerForSemanticSegmentation(config)
 
 
+def mit_feature_maps(encoder: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The 4 feature maps of a MiT encoder (a `SegformerModel`: ProtoSeg's `model.encoder`, SegFormer's
+    `model.segformer`), strides 4..32, each (B, C_i, H_i, W_i)."""
+    return tuple(encoder(pixel_values, output_hidden_states=True).hidden_states)
+
+
 MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"protoseg": build_protoseg, "segformer": build_segformer}
 
 

@@ -34,6 +34,7 @@ from benchmarks.common import (
     make_inference,
     make_train_step,
     markdown_table,
+    mit_feature_maps,
     results_suffix,
     set_threads,
     synthetic_batch,
@@ -65,11 +66,6 @@ def _forward_backward(function: Callable[[], torch.Tensor | tuple[torch.Tensor, 
 def _seed_like(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     return tuple(torch.randn_like(output) if output.ndim else torch.ones_like(output) for output in outputs)
-
-
-def mit_feature_maps(encoder, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The 4 feature maps of a MiT encoder (`SegformerModel`: `model.encoder` / `model.segformer`)."""
-    return tuple(encoder(pixel_values, output_hidden_states=True).hidden_states)
 
 
 def protoseg_training_stages(model, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict[str, Stage]:
