@@ -69,7 +69,7 @@ def measure_cell(model_name: str, num_classes: int, batch_size: int, image_size:
 def run_child(model_name: str, num_classes: int, batch_size: int, image_size: int, setting: str, threads: int) -> dict:
     command = [sys.executable, "-m", "benchmarks.memory", "--cell", model_name, str(num_classes), str(batch_size),
                str(image_size), "--setting", setting, "--threads", str(threads)]
-    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         return {"model": model_name, "num_classes": num_classes, "batch_size": batch_size, "image_size": image_size,
                 "error": completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "failed"}

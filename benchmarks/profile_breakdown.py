@@ -18,30 +18,27 @@ shares, not the absolute sum.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.clustering import capture_training_step, cluster_pixels, update_prototypes
 from benchmarks.common import (
-    Summary,
     base_argument_parser,
     build_protoseg,
     build_segformer,
-    device_for,
-    machine_description,
     machine_line,
     make_inference,
     make_train_step,
     markdown_table,
     mit_feature_maps,
     results_suffix,
-    set_threads,
+    start_run,
     synthetic_batch,
     time_interleaved,
     write_json,
 )
-from benchmarks.clustering import capture_training_step, cluster_pixels, update_prototypes
 from modeling_protoseg.class_scores import nearest_prototype_scores
 from modeling_protoseg.losses import class_scores_and_prototype_losses, pixel_cross_entropy
 
@@ -254,10 +251,7 @@ def _markdown(result: dict) -> str:
 
 def main() -> None:
     parser = base_argument_parser(__doc__.splitlines()[0])
-    args = parser.parse_args()
-    device = device_for(args.setting)
-    set_threads(args.threads)
-    machine = machine_description(device)  # at the start: load average, commit and model files measured
+    args, device, machine = start_run(parser)
     repetitions = args.repetitions or (2 if args.quick else 5)
     if args.quick:
         cells = [("train", 19, 2, 64), ("infer", 19, 1, 64)]

@@ -22,14 +22,12 @@ from benchmarks.common import (
     base_argument_parser,
     build_protoseg,
     build_segformer,
-    device_for,
     free_memory,
-    machine_description,
     machine_line,
     make_train_step,
     markdown_table,
     results_suffix,
-    set_threads,
+    start_run,
     synthetic_batch,
     time_interleaved,
     write_json,
@@ -95,10 +93,7 @@ def markdown(points: list[dict], x_key: str, x_label: str) -> str:
 
 def main() -> None:
     parser = base_argument_parser(__doc__.splitlines()[0])
-    args = parser.parse_args()
-    device = device_for(args.setting)
-    set_threads(args.threads)
-    machine = machine_description(device)  # at the start: load average, commit and model files measured
+    args, device, machine = start_run(parser)
     repetitions = args.repetitions or (2 if args.quick else (20 if device.type == "cuda" else 5))
     if args.quick:
         batch, sizes, class_batch, class_size, class_counts = 1, (32, 64), 1, 64, (19, 150)

@@ -26,13 +26,12 @@ from benchmarks.common import (
     base_argument_parser,
     build_protoseg,
     build_segformer,
-    device_for,
-    machine_description,
     machine_line,
     make_inference,
     markdown_table,
     results_suffix,
-    set_threads,
+    start_run,
+    summary_text,
     synthetic_batch,
     time_interleaved,
     write_json,
@@ -115,9 +114,6 @@ def inference_timings(num_classes: int, batch_size: int, image_size: int, *, rep
     }
 
 
-def _summary_text(summary: dict, digits: int = 2, scale: float = 1.0) -> str:
-    return f"{summary['median'] * scale:.{digits}f} [{summary['q1'] * scale:.{digits}f}, {summary['q3'] * scale:.{digits}f}]"
-
 
 def _markdown(payload: dict) -> str:
     title = ("### Exactness: eval forward after one training step (MiT-B0, 19 classes, batch 2); Sinkhorn alone: "
@@ -128,17 +124,17 @@ def _markdown(payload: dict) -> str:
     for part in payload["sinkhorn"]:
         cell = f"C={part['num_classes']} B={part['batch_size']} {part['image_size']}px, {part['repetitions']} reps"
         for name in part["wall_seconds"]:
-            rows.append([cell, name, _summary_text(part["wall_seconds"][name], 1, 1e3),
-                         _summary_text(part["ratio_to_current"][name])])
+            rows.append([cell, name, summary_text(part["wall_seconds"][name], 1e3, 1),
+                         summary_text(part["ratio_to_current"][name])])
     lines += ["", "### Sinkhorn clustering of a training step, 3 iterations (interleaved repetitions)", ""]
     lines.append(markdown_table(["cell", "variant", "ms median [q1, q3]", "time / current"], rows))
     rows = []
     for whole in payload["inference"]:
         cell = f"C={whole['num_classes']} B={whole['batch_size']} {whole['image_size']}px, {whole['repetitions']} reps"
         for name in whole["wall_seconds"]:
-            rows.append([cell, name, _summary_text(whole["wall_seconds"][name], 3),
-                         _summary_text(whole["ratio_to_segformer"][name])])
-        rows.append(["", "folded / current", "", _summary_text(whole["proposed_over_current"])])
+            rows.append([cell, name, summary_text(whole["wall_seconds"][name], digits=3),
+                         summary_text(whole["ratio_to_segformer"][name])])
+        rows.append(["", "folded / current", "", summary_text(whole["proposed_over_current"])])
     lines += ["", "### Whole inference (interleaved repetitions; ratios per repetition)", ""]
     lines.append(markdown_table(["cell", "model", "seconds median [q1, q3]", "ratio to SegFormer median [q1, q3]"], rows))
     return "\n".join(lines)
@@ -146,9 +142,7 @@ def _markdown(payload: dict) -> str:
 
 def main() -> None:
     parser = base_argument_parser(__doc__.splitlines()[0])
-    args = parser.parse_args()
-    device = device_for(args.setting)
-    set_threads(args.threads)
+    args, device, machine = start_run(parser)
     repetitions = args.repetitions or (2 if args.quick else 5)
     if args.quick:
         sinkhorn_cells, inference_cells = [(19, 2, 64)], [(19, 2, 64)]
@@ -156,7 +150,7 @@ def main() -> None:
         sinkhorn_cells, inference_cells = [(150, 8, 512), (847, 8, 512)], [(19, 8, 512), (150, 8, 512)]
     else:
         sinkhorn_cells, inference_cells = [(150, 8, 256), (847, 2, 256)], [(19, 8, 512), (150, 8, 512)]
-    payload = {"machine": machine_description(device), "threads": args.threads}
+    payload = {"machine": machine, "threads": args.threads}
     print("exactness", flush=True)
     payload["exactness"] = exactness(19, 64 if args.quick else 128, device=device)
     payload["sinkhorn"] = []
