@@ -1,43 +1,154 @@
-"""The clustering and prototype-update part of a ProtoSeg training step, as separately timed callables.
+"""The clustering and prototype update of a ProtoSeg training step, as separately timed callables.
 
-`clustering_and_update(model, pixel_values, labels)` runs one real forward to capture the embeddings and
-similarities, then returns the model's own no-grad clustering (labels to feature resolution, own-class
-similarities, batched Sinkhorn over all classes) and prototype update (correct-only weights, momentum
-update) on them, as two callables.
+The package runs both inside `ProtoSegForSemanticSegmentation.forward` (training mode, with labels) and has
+no public entry point for either alone, so `cluster_pixels` and `update_prototypes` rebuild them here from
+the package's public building blocks (`modeling_protoseg.prototypes`), step for step as the forward runs
+them. `capture_training_step` checks the rebuild against the public forward on every use: one training
+forward on a copy of the model moves its prototypes, and the rebuild, fed that forward's own embeddings
+and logits, must move a copy of the prototype bank taken before it to the same values.
+(Re-seeding dead prototypes, off by default, is not rebuilt: the capture refuses a config that enables it.)
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from modeling_protoseg.prototypes import momentum_update_prototypes, sinkhorn_assign_pixels
+from modeling_protoseg.prototypes import (
+    assigned_pixel_sums,
+    labelled_pixels_per_class,
+    momentum_update_prototypes,
+    move_prototypes,
+    sinkhorn_assign_pixels,
+)
+
+
+@dataclass
+class PixelClusters:
+    """Result of the within-class clustering, each (N,) over the pixels at feature resolution."""
+
+    pixel_labels: torch.Tensor  # class index or the ignore index
+    labelled: torch.Tensor  # bool, not ignored
+    pixel_classes: torch.Tensor  # class index, 0 for ignored pixels
+    pixel_groups: torch.Tensor  # class index, C for ignored pixels (a spare Sinkhorn group)
+    own_class_similarities: torch.Tensor  # (N, K) similarities to the K prototypes of the pixel's class
+    assignments: torch.Tensor  # prototype index within the class, in [0, K)
+    num_prototypes: int
+
+    @property
+    def target_prototypes(self) -> torch.Tensor:
+        """Flat index `class * K + k` of each pixel's assigned prototype, in [0, C*K)."""
+        return self.pixel_classes * self.num_prototypes + self.assignments
+
+
+@torch.no_grad()
+def cluster_pixels(config, similarities: torch.Tensor, labels: torch.Tensor, height: int, width: int) -> PixelClusters:
+    """The forward's clustering: labels to feature resolution (nearest), each pixel's similarities to its own
+    class's K prototypes, batched Sinkhorn over all classes (ignored pixels in a spare group C).
+
+    Arguments:
+        similarities: (N, C*K) float32 similarities of the step; labels: (B, H, W) at input resolution.
+    """
+    num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
+    pixel_labels = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest").long().reshape(-1)
+    labelled = pixel_labels != config.semantic_loss_ignore_index
+    pixel_classes = torch.where(labelled, pixel_labels, torch.zeros_like(pixel_labels))
+    own_class_similarities = similarities.detach().view(-1, num_classes, num_prototypes).gather(
+        1, pixel_classes[:, None, None].expand(-1, 1, num_prototypes)
+    ).squeeze(1)  # (N, K)
+    pixel_groups = torch.where(labelled, pixel_classes, torch.full_like(pixel_classes, num_classes))
+    assignments, _ = sinkhorn_assign_pixels(
+        own_class_similarities, pixel_groups, num_classes + 1,
+        iterations=config.sinkhorn_iterations, epsilon=config.sinkhorn_epsilon,
+    )
+    return PixelClusters(
+        pixel_labels, labelled, pixel_classes, pixel_groups, own_class_similarities, assignments, num_prototypes
+    )
+
+
+@torch.no_grad()
+def update_prototypes(
+    config, bank: torch.nn.Module, pixel_embeddings: torch.Tensor, pixel_logits: torch.Tensor, clusters: PixelClusters
+) -> None:
+    """The forward's momentum update of a prototype bank (`model.prototype_bank` or a copy), in place.
+
+    Arguments:
+        pixel_embeddings: (N, D) unit embeddings; pixel_logits: (N, C) logits of the step.
+    """
+    num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
+    flat_index = clusters.target_prototypes
+    first_update = (bank.update_counts == 0).reshape(-1)  # (C*K,)
+    if config.prototype_init == "random":
+        first_update = torch.zeros_like(first_update)
+    update_weights = clusters.labelled
+    if config.update_prototypes_with_correct_only:
+        correct = pixel_logits.argmax(dim=-1) == clusters.pixel_labels
+        update_weights = update_weights & (correct | first_update[flat_index])
+    feature_sums, counts = assigned_pixel_sums(pixel_embeddings, flat_index, update_weights, num_classes * num_prototypes)
+    momentum = torch.where(first_update, 0.0, config.prototype_momentum)
+    updated, moved = move_prototypes(bank.prototypes, feature_sums, counts, momentum)
+    bank.prototypes.copy_(updated)
+    bank.skipped_nonfinite_updates += ((counts > 0) & ~moved).sum()
+    class_present = (labelled_pixels_per_class(clusters.pixel_groups, num_classes + 1)[:num_classes] > 0)[:, None]
+    moved = moved.view(num_classes, num_prototypes)
+    bank.update_counts += moved.long()
+    bank.idle_steps.copy_(torch.where(moved, 0, bank.idle_steps + class_present.long()))
+
+
+@dataclass
+class TrainingStepCapture:
+    """What one training forward clusters and updates with, captured through the public forward."""
+
+    pixel_embeddings: torch.Tensor  # (N, D)
+    pixel_logits: torch.Tensor  # (N, C)
+    similarities: torch.Tensor  # (N, C*K), against the prototypes before the step
+    height: int
+    width: int
+    bank: torch.nn.Module  # a copy of the prototype bank before the step
+    clusters: PixelClusters
+
+
+@torch.no_grad()
+def capture_training_step(model, pixel_values: torch.Tensor, labels: torch.Tensor) -> TrainingStepCapture:
+    """Run one training forward on a copy of `model` (which is left untouched), capture its embeddings and
+    logits, and check that the rebuilt clustering + update moves the prototypes as the forward did."""
+    config = model.config
+    if config.reseed_dead_prototypes:
+        raise ValueError("the rebuilt prototype update does not re-seed dead prototypes")
+    reference = copy.deepcopy(model).train()
+    bank = copy.deepcopy(reference.prototype_bank)
+    outputs = reference(pixel_values=pixel_values, labels=labels, output_pixel_embeddings=True)
+    _, embedding_dim, height, width = outputs.pixel_embeddings.shape
+    pixel_embeddings = outputs.pixel_embeddings.permute(0, 2, 3, 1).reshape(-1, embedding_dim)
+    pixel_logits = outputs.logits.permute(0, 2, 3, 1).reshape(-1, config.num_labels)
+    similarities = pixel_embeddings @ bank.prototypes.reshape(-1, embedding_dim).T
+    clusters = cluster_pixels(config, similarities, labels, height, width)
+    capture = TrainingStepCapture(pixel_embeddings, pixel_logits, similarities, height, width, bank, clusters)
+    rebuilt = copy.deepcopy(bank)
+    update_prototypes(config, rebuilt, pixel_embeddings, pixel_logits, clusters)
+    difference = (rebuilt.prototypes - reference.prototypes).abs().max().item()
+    if difference > 1e-5 or not torch.equal(rebuilt.update_counts, reference.prototype_bank.update_counts):
+        raise RuntimeError(f"the rebuilt clustering + prototype update no longer matches the package's forward "
+                           f"(prototypes differ by up to {difference:.3g}): update benchmarks/clustering.py")
+    return capture
 
 
 def clustering_and_update(
     model, pixel_values: torch.Tensor, labels: torch.Tensor
 ) -> tuple[Callable[[], object], Callable[[], None]]:
-    """(cluster, update) callables replaying the step's clustering and prototype update on one batch,
-    through the model's own `_assign_pixels_to_prototypes` and `_update_prototypes`."""
-    config = model.config
-    num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
-    model.train()
-    with torch.no_grad():
-        embeddings = model.projection_head(model.decode_head(list(model._encode(pixel_values))))
-        batch_size, embedding_dim, height, width = embeddings.shape
-        rows = embeddings.permute(0, 2, 3, 1).reshape(-1, embedding_dim)
-        similarities = rows @ model.prototypes.reshape(num_classes * num_prototypes, embedding_dim).T
-        pixel_logits = model.class_score_norm(similarities.view(-1, num_classes, num_prototypes).amax(dim=-1))
+    """(cluster, update) callables replaying the step's clustering and prototype update on one batch (on a
+    copy of the prototype bank: `model` is not changed)."""
+    capture = capture_training_step(model, pixel_values, labels)
 
-    def cluster():
-        return model._assign_pixels_to_prototypes(rows, similarities, labels, height, width)
-
-    assignment = cluster()
+    def cluster() -> PixelClusters:
+        return cluster_pixels(model.config, capture.similarities, labels, capture.height, capture.width)
 
     def update() -> None:
-        model._update_prototypes(rows, pixel_logits, assignment)
+        update_prototypes(model.config, capture.bank, capture.pixel_embeddings, capture.pixel_logits, capture.clusters)
 
     return cluster, update
 

@@ -17,26 +17,24 @@ import platform
 import random
 import statistics
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+import modeling_protoseg
+from modeling_protoseg import ProtoSegConfig, ProtoSegForSemanticSegmentation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
-    sys.path.insert(0, str(REPO_ROOT))
-
-from transformers import SegformerConfig, SegformerForSemanticSegmentation  # noqa: E402
-
-from modeling_protoseg import ProtoSegConfig, ProtoSegForSemanticSegmentation  # noqa: E402
-
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 IGNORE_INDEX = -1  # outside [0, C) for every class count of the grid (255 is a real class at 847)
 CLASS_GRID = (19, 150, 847)  # Cityscapes, ADE20K, ADE20K-full
 DEFAULT_THREADS = 2
+CPU = torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,8 +77,8 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "git_commit": _git_commit(),
+        "date_utc": utc_timestamp(seconds=False),
+        "git_commit": git_commit(),
         "model_files_sha256": model_files_digest(),
     }
     if device.type == "cuda":
@@ -88,18 +86,24 @@ def machine_description(device: torch.device) -> dict[str, Any]:
     return description
 
 
+def utc_timestamp(*, seconds: bool = True) -> str:
+    """The current UTC time as 'YYYY-MM-DD HH:MM[:SS]'."""
+    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 (datetime.UTC needs Python 3.11)
+    return now.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
 def model_files_digest() -> str:
-    """First 12 hex digits of the SHA-256 of the model package's sources: which model was measured,
-    even when the working tree moves between benchmarks."""
+    """First 12 hex digits of the SHA-256 of the imported model package's sources: which model was
+    measured, even when the working tree moves between benchmarks (or an installed copy was imported)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "modeling_protoseg").glob("*.py")):
+    for path in sorted(Path(modeling_protoseg.__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
@@ -131,6 +135,15 @@ def device_for(setting: str) -> torch.device:
             raise SystemExit("--setting gpu needs a CUDA device")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def start_run(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.device, dict[str, Any]]:
+    """Parse the flags, set the device and threads, and describe the machine at the start (load average,
+    commit and model files measured): (args, device, machine)."""
+    args = parser.parse_args()
+    device = device_for(args.setting)
+    set_threads(args.threads)
+    return args, device, machine_description(device)
 
 
 def synchronize(device: torch.device) -> None:
@@ -173,6 +186,12 @@ def build_segformer(num_classes: int, *, encoder_config: SegformerConfig | None 
     return SegformerForSemanticSegmentation(config)
 
 
+def mit_feature_maps(encoder: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The 4 feature maps of a MiT encoder (a `SegformerModel`: ProtoSeg's `model.encoder`, SegFormer's
+    `model.segformer`), strides 4..32, each (B, C_i, H_i, W_i)."""
+    return tuple(encoder(pixel_values, output_hidden_states=True).hidden_states)
+
+
 MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"protoseg": build_protoseg, "segformer": build_segformer}
 
 
@@ -212,12 +231,12 @@ def make_train_step(
 
 
 def make_inference(model: torch.nn.Module, pixel_values: torch.Tensor) -> Callable[[], None]:
-    """Eval-mode forward under `torch.inference_mode()`, returning the (B, C, H/4, W/4) logits."""
+    """Eval-mode forward under `torch.inference_mode()` (the (B, C, H/4, W/4) logits are computed, then dropped)."""
     model.eval()
 
     def infer() -> None:
         with torch.inference_mode():
-            model(pixel_values=pixel_values).logits
+            model(pixel_values=pixel_values)
 
     return infer
 
@@ -238,7 +257,7 @@ class Summary:
     count: int
 
     @classmethod
-    def of(cls, values: list[float]) -> "Summary":
+    def of(cls, values: list[float]) -> Summary:
         ordered = sorted(values)
         if len(ordered) >= 2:
             q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
@@ -256,6 +275,12 @@ class Summary:
         return f"{f.format(self.median * unit_scale)} [{f.format(self.q1 * unit_scale)}, {f.format(self.q3 * unit_scale)}]"
 
 
+def summary_text(summary: dict[str, float], scale: float = 1.0, digits: int = 2) -> str:
+    """'median [q1, q3]' of a `Summary.as_dict()`, in the given unit."""
+    return Summary(summary["median"], summary["q1"], summary["q3"], summary["min"], summary["max"],
+                   summary["n"]).text(scale, digits)
+
+
 @dataclass
 class InterleavedTimes:
     """Wall-clock and process CPU seconds of each candidate, one entry per repetition."""
@@ -267,6 +292,17 @@ class InterleavedTimes:
         """Per-repetition ratios numerator / denominator (the two ran in the same repetition)."""
         times = self.wall if kind == "wall" else self.cpu
         return [a / b for a, b in zip(times[numerator], times[denominator])]
+
+    def paired_cell(self, protoseg: str, segformer: str, **fields: Any) -> dict[str, Any]:
+        """One ProtoSeg / SegFormer cell: both models' times, the per-repetition ratios (wall and CPU time)
+        and the raw times, after the given descriptive `fields`."""
+        return fields | {
+            "protoseg_seconds": Summary.of(self.wall[protoseg]).as_dict(),
+            "segformer_seconds": Summary.of(self.wall[segformer]).as_dict(),
+            "ratio": Summary.of(self.ratios(protoseg, segformer)).as_dict(),
+            "ratio_cpu_time": Summary.of(self.ratios(protoseg, segformer, "cpu")).as_dict(),
+            "raw_seconds": {"protoseg": self.wall[protoseg], "segformer": self.wall[segformer]},
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -281,7 +317,7 @@ def time_interleaved(
     *,
     repetitions: int,
     warmup: int = 1,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = CPU,
     seed: int = 0,
 ) -> InterleavedTimes:
     """Run every candidate once per repetition, in a shuffled order, timing each call.
@@ -314,6 +350,36 @@ def time_interleaved(
 # Results
 
 
+def results_suffix(setting: str, quick: bool) -> str:
+    """File-name suffix of a run's results: '' for the full CPU setting, then '_gpu' and/or '_quick'."""
+    return ("" if setting == "cpu" else f"_{setting}") + ("_quick" if quick else "")
+
+
+def time_paired_cells(
+    candidates: dict[str, Callable[[], None]],
+    class_counts: tuple[int, ...],
+    *,
+    repetitions: int,
+    device: torch.device,
+    targets: dict[int, float],
+    **fields: Any,
+) -> tuple[list[dict[str, Any]], InterleavedTimes]:
+    """Time `candidates` interleaved ('protoseg/C' and 'segformer/C' for every class count C, and any
+    others) and return one ProtoSeg / SegFormer cell per class count (with the descriptive `fields`, the
+    load average before and after, and the target ratio), and all the times."""
+    load_before = os.getloadavg()[0]
+    times = time_interleaved(candidates, repetitions=repetitions, device=device)
+    load_average = [load_before, os.getloadavg()[0]]
+    cells = [
+        times.paired_cell(
+            f"protoseg/{num_classes}", f"segformer/{num_classes}", **fields, num_classes=num_classes,
+            repetitions=repetitions, load_average=load_average, target=targets.get(num_classes),
+        )
+        for num_classes in class_counts
+    ]
+    return cells, times
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
@@ -333,6 +399,24 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def paired_cells_table(cells: list[dict[str, Any]]) -> str:
+    """Markdown table of `time_paired_cells` cells: times in ms, ratios (wall, CPU time), target verdict."""
+    rows = []
+    for cell in cells:
+        target = cell["target"]
+        verdict = "" if target is None else ("met" if cell["ratio"]["median"] <= target else "**missed**")
+        rows.append([
+            cell["batch_size"], f"{cell['image_size']}x{cell['image_size']}", cell["num_classes"],
+            summary_text(cell["protoseg_seconds"], 1e3, 0), summary_text(cell["segformer_seconds"], 1e3, 0),
+            summary_text(cell["ratio"]), summary_text(cell["ratio_cpu_time"]),
+            f"<= {target:.2f}x {verdict}" if target else "report", cell["repetitions"],
+        ])
+    return markdown_table(
+        ["batch", "size", "classes", "ProtoSeg ms", "SegFormer ms", "ratio (wall)", "ratio (CPU time)", "target", "reps"],
+        rows,
+    )
 
 
 def machine_line(machine: dict[str, Any]) -> str:

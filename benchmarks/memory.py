@@ -5,8 +5,8 @@ builds the model, the batch and the optimizer, records its resident set size (RS
 step (forward with losses, clustering and prototype update; backward; AdamW), and reports its peak RSS
 (`ru_maxrss`) — or, on a GPU, `torch.cuda.max_memory_allocated` around the step.
 
-    python benchmarks/memory.py [--setting gpu] [--quick]
-    python benchmarks/memory.py --cell protoseg 150 8 256     # one cell, prints JSON (what the parent runs)
+    python -m benchmarks.memory [--setting gpu] [--quick]
+    python -m benchmarks.memory --cell protoseg 150 8 256     # one cell, prints JSON (what the parent runs)
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ import json
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     CLASS_GRID,
     MODEL_BUILDERS,
     REPO_ROOT,
@@ -31,12 +28,13 @@ from benchmarks.common import (  # noqa: E402
     machine_line,
     make_train_step,
     markdown_table,
+    results_suffix,
     set_threads,
     synthetic_batch,
     write_json,
 )
-from benchmarks.plots import ratio_bars  # noqa: E402
-from benchmarks.train_step import grid  # noqa: E402
+from benchmarks.plots import ratio_bars
+from benchmarks.train_step import grid
 
 
 def _rss_bytes() -> int:
@@ -69,9 +67,9 @@ def measure_cell(model_name: str, num_classes: int, batch_size: int, image_size:
 
 
 def run_child(model_name: str, num_classes: int, batch_size: int, image_size: int, setting: str, threads: int) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--cell", model_name, str(num_classes), str(batch_size),
+    command = [sys.executable, "-m", "benchmarks.memory", "--cell", model_name, str(num_classes), str(batch_size),
                str(image_size), "--setting", setting, "--threads", str(threads)]
-    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         return {"model": model_name, "num_classes": num_classes, "batch_size": batch_size, "image_size": image_size,
                 "error": completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "failed"}
@@ -120,7 +118,7 @@ def main() -> None:
             for model_name in ("protoseg", "segformer"):
                 print(f"memory: {model_name} {num_classes} classes, batch {batch_size}, {image_size}px", flush=True)
                 cells.append(run_child(model_name, num_classes, batch_size, image_size, args.setting, args.threads))
-    suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
+    suffix = results_suffix(args.setting, args.quick)
     kind = cells[0].get("kind", "")
     write_json(args.output / f"memory{suffix}.json", {"machine": machine, "cells": cells})
     text = (f"Machine: {machine_line(machine)}\n\nPeak memory of one training step ({kind}), one fresh process per "

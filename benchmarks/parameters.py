@@ -5,28 +5,25 @@ classes, ProtoSeg flat at 27.37 M). Learnable = `requires_grad` parameters, what
 the prototype buffer (C x K x D floats, saved in the checkpoint, never trained by gradient) is listed
 apart. Exact counts: one run, no timing.
 
-    python benchmarks/parameters.py
+    python -m benchmarks.parameters        # --quick: the same counts, written as parameters_quick.*
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     base_argument_parser,
     build_protoseg,
     build_segformer,
     count_learnable_parameters,
     machine_description,
+    machine_line,
     markdown_table,
+    results_suffix,
     write_json,
 )
-from benchmarks.plots import lines  # noqa: E402
+from benchmarks.plots import lines
 
 CLASS_COUNTS = (150, 300, 500, 700, 847)
 PAPER_TABLE_4_MIT_B2_MILLIONS = {  # (parametric K=1, ProtoSeg) learnable parameters, paper Table 4
@@ -68,7 +65,7 @@ def main() -> None:
     crossing = first["num_classes"] + (first["protoseg_learnable"] - first["segformer_learnable"]) / per_class_gap
     table = markdown_table(
         ["classes", "ProtoSeg learnable (M)", "SegFormer learnable (M)", "SegFormer - ProtoSeg (M)",
-         "SegFormer classifier (M)", "ProtoSeg per-class learnable (class-score LayerNorm)",
+         "SegFormer classifier (M)", "ProtoSeg per-class learnable (class-score norm)",
          "ProtoSeg prototype buffer, not learnable (M floats)", "paper Table 4, MiT-B2: parametric / ProtoSeg (M)"],
         rows,
     )
@@ -76,17 +73,20 @@ def main() -> None:
         f"Learnable parameters, MiT-B0 encoder, decoder width 256, ProtoSeg K = 10, D = 256 (torch {torch.__version__}).\n\n"
         f"{table}\n\nFrom {first['num_classes']} to {last['num_classes']} classes SegFormer grows by "
         f"{growth_segformer:,} learnable parameters (257 per class: a 256-wide classifier row and a bias); ProtoSeg by "
-        f"{growth_protoseg:,} (2 per class: the weight and bias of the LayerNorm over the class scores, the official "
-        f"code's learned temperature). ProtoSeg's prototypes are a non-learnable buffer (K x D = 2,560 floats per class) "
+        f"{growth_protoseg:,} (2 per class: the weight and bias of `model.class_score_norm`, the "
+        f"`ProtoSegClassScoreNorm` that turns class scores into logits, in its default 'affine' mode and in the paper's "
+        f"'layer_norm' mode). ProtoSeg's prototypes are a non-learnable buffer (K x D = 2,560 floats per class) "
         f"that the checkpoint stores and the optimizer never sees. ProtoSeg's fixed extra is its projection head "
         f"({first['protoseg_projection_head']:,} parameters), so with this small encoder the two "
         f"counts cross at about {crossing:.0f} classes.\n"
     )
-    write_json(args.output / "parameters.json", {"machine": machine_description(torch.device("cpu")), "rows": rows_data})
-    (args.output / "parameters.md").write_text(text)
+    machine = machine_description(torch.device("cpu"))
+    suffix = results_suffix("cpu", args.quick)  # the counts need no GPU and no reduced size
+    write_json(args.output / f"parameters{suffix}.json", {"machine": machine, "rows": rows_data})
+    (args.output / f"parameters{suffix}.md").write_text(f"Machine: {machine_line(machine)}\n\n{text}")
     xs = list(CLASS_COUNTS)
     lines(
-        args.output / "parameters.png",
+        args.output / f"parameters{suffix}.png",
         {
             "SegFormer (parametric) learnable": (xs, [r["segformer_learnable"] / million for r in rows_data], None, None),
             "ProtoSeg learnable": (xs, [r["protoseg_learnable"] / million for r in rows_data], None, None),

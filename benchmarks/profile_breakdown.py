@@ -4,46 +4,43 @@ Each stage runs alone on inputs captured from a real forward (detached leaves th
 its backward runs too, seeded with a gradient of the output's shape), and all stages of both models are
 timed interleaved in the same repetitions. Training stages (forward + backward each):
     encoder | decode head (SegFormer: with its classifier) | projection head | similarity GEMM |
-    class scores + PPC + PPD (the package's fused function) | class-score LayerNorm + logits layout |
-    CE (upsample + cross-entropy) | clustering (`_assign_pixels_to_prototypes`, no grad) |
-    prototype update (`_update_prototypes`, no grad) | AdamW step
-The stages follow `ProtoSegForSemanticSegmentation.forward` (calling the model's own methods where it
-has them). Stages run alone pay a little more (fresh gradient buffers, no overlap), so their sum is
-reported beside a measured full step: read the shares, not the absolute sum.
+    class scores + PPC + PPD (the package's fused function) | class-score norm + logits layout |
+    CE (upsample + cross-entropy) | clustering (no grad) | prototype update (no grad) | AdamW step
+The stages follow `ProtoSegForSemanticSegmentation.forward` through the model's public submodules and
+functions; the clustering and the update, which the package runs only inside its forward, are those of
+`benchmarks/clustering.py` (checked there against the public forward). Stages run alone pay a little
+more (fresh gradient buffers, no overlap), so their sum is reported beside a measured full step: read the
+shares, not the absolute sum.
 
-    python benchmarks/profile_breakdown.py                 # CPU setting
-    python benchmarks/profile_breakdown.py --setting gpu
+    python -m benchmarks.profile_breakdown                 # CPU setting
+    python -m benchmarks.profile_breakdown --setting gpu
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
-    Summary,
+from benchmarks.clustering import capture_training_step, cluster_pixels, update_prototypes
+from benchmarks.common import (
     base_argument_parser,
     build_protoseg,
     build_segformer,
-    device_for,
-    machine_description,
     machine_line,
     make_inference,
     make_train_step,
     markdown_table,
-    set_threads,
+    mit_feature_maps,
+    results_suffix,
+    start_run,
     synthetic_batch,
     time_interleaved,
     write_json,
 )
-from modeling_protoseg.losses import class_scores_and_prototype_losses, pixel_cross_entropy  # noqa: E402
-from modeling_protoseg.modeling_protoseg import _chunked_class_scores  # noqa: E402
+from modeling_protoseg.class_scores import nearest_prototype_scores
+from modeling_protoseg.losses import class_scores_and_prototype_losses, pixel_cross_entropy
 
 Stage = Callable[[], None]
 
@@ -69,46 +66,38 @@ def _seed_like(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.
 
 
 def protoseg_training_stages(model, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict[str, Stage]:
-    """The training step of the package's model, cut into separately timed stages (its own methods for
-    the clustering and the update, its fused class-score/PPC/PPD function for the losses)."""
+    """The training step of the package's model, cut into separately timed stages (its public submodules,
+    its fused class-score/PPC/PPD function, and the clustering and update of `benchmarks.clustering`,
+    checked there against the public forward)."""
     model.train()
     config = model.config
-    num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
+    num_classes = config.num_labels
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
+    step = capture_training_step(model, pixel_values, labels)  # clustering/update inputs, rebuild checked
 
     with torch.no_grad():
-        feature_maps = model._encode(pixel_values)
+        feature_maps = mit_feature_maps(model.encoder, pixel_values)
         decoded = model.decode_head(list(feature_maps))
         embeddings = model.projection_head(decoded)
     batch_size, embedding_dim, height, width = embeddings.shape
     feature_leaves = [_leaf(feature_map) for feature_map in feature_maps]
     decoded_leaf, embeddings_leaf = _leaf(decoded), _leaf(embeddings)  # clones keep the channels-last strides
-    flat_prototypes = model.prototypes.reshape(num_classes * num_prototypes, embedding_dim).clone()
+    flat_prototypes = model.prototypes.reshape(-1, embedding_dim).clone()
 
     def similarity_gemm() -> torch.Tensor:
         rows = embeddings_leaf.permute(0, 2, 3, 1).reshape(-1, embedding_dim)  # a view
         return rows @ flat_prototypes.T
 
-    with torch.no_grad():
-        similarities = similarity_gemm()
-        rows = embeddings.permute(0, 2, 3, 1).reshape(-1, embedding_dim)
-    similarities_leaf = _leaf(similarities)
-
-    def cluster():
-        return model._assign_pixels_to_prototypes(rows, similarities, labels, height, width)
-
-    assignment = cluster()
+    similarities_leaf = _leaf(step.similarities)
 
     def scores_and_losses() -> tuple[torch.Tensor, torch.Tensor]:
         class_scores, ppc, ppd = class_scores_and_prototype_losses(
-            similarities_leaf, assignment.target_prototypes, assignment.labelled,
+            similarities_leaf, step.clusters.target_prototypes, step.clusters.labelled,
             num_classes=num_classes, temperature=config.ppc_temperature,
         )
         return class_scores, ppc + ppd
 
-    with torch.no_grad():
-        class_scores = similarities.view(-1, num_classes, num_prototypes).amax(dim=-1)
-    class_scores_leaf = _leaf(class_scores)
+    class_scores_leaf = _leaf(step.similarities.view(-1, num_classes, config.num_prototypes_per_class).amax(dim=-1))
 
     def norm_and_layout() -> torch.Tensor:
         pixel_logits = model.class_score_norm(class_scores_leaf)
@@ -116,26 +105,27 @@ def protoseg_training_stages(model, pixel_values: torch.Tensor, labels: torch.Te
 
     with torch.no_grad():
         logits = norm_and_layout()
-        pixel_logits_rows = logits.permute(0, 2, 3, 1).reshape(-1, num_classes)
     logits_leaf = _leaf(logits)
 
     for parameter in model.parameters():  # give AdamW gradients to step on
         parameter.grad = torch.randn_like(parameter) * 1e-3
 
     return {
-        "encoder": _forward_backward(lambda: model._encode(pixel_values), _seed_like(feature_maps)),
+        "encoder": _forward_backward(lambda: mit_feature_maps(model.encoder, pixel_values), _seed_like(feature_maps)),
         "decode head": _forward_backward(lambda: model.decode_head(feature_leaves), _seed_like(decoded)),
         "projection head": _forward_backward(lambda: model.projection_head(decoded_leaf), _seed_like(embeddings)),
-        "similarity GEMM": _forward_backward(similarity_gemm, _seed_like(similarities)),
+        "similarity GEMM": _forward_backward(similarity_gemm, _seed_like(step.similarities)),
         "class scores + PPC + PPD (fused)": _forward_backward(
-            scores_and_losses, (torch.randn_like(class_scores), torch.ones(()))
+            scores_and_losses, (torch.randn_like(class_scores_leaf), torch.ones(()))
         ),
         "class-score norm + layout": _forward_backward(norm_and_layout, _seed_like(logits)),
         "CE loss": _forward_backward(
             lambda: pixel_cross_entropy(logits_leaf, labels, config.semantic_loss_ignore_index), None
         ),
-        "clustering": cluster,
-        "prototype update": lambda: model._update_prototypes(rows, pixel_logits_rows, assignment),
+        "clustering": lambda: cluster_pixels(config, step.similarities, labels, step.height, step.width),
+        "prototype update": lambda: update_prototypes(
+            config, step.bank, step.pixel_embeddings, step.pixel_logits, step.clusters
+        ),
         "optimizer step": optimizer.step,
     }
 
@@ -145,7 +135,7 @@ def segformer_training_stages(model, pixel_values: torch.Tensor, labels: torch.T
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
     with torch.no_grad():
-        feature_maps = model.segformer(pixel_values, output_hidden_states=True).hidden_states
+        feature_maps = mit_feature_maps(model.segformer, pixel_values)
         logits = model.decode_head(list(feature_maps))
     feature_leaves = [_leaf(feature_map) for feature_map in feature_maps]
     logits_leaf = _leaf(logits)
@@ -157,10 +147,7 @@ def segformer_training_stages(model, pixel_values: torch.Tensor, labels: torch.T
     for parameter in model.parameters():
         parameter.grad = torch.randn_like(parameter) * 1e-3
     return {
-        "encoder": _forward_backward(
-            lambda: tuple(model.segformer(pixel_values, output_hidden_states=True).hidden_states),
-            _seed_like(tuple(feature_maps)),
-        ),
+        "encoder": _forward_backward(lambda: mit_feature_maps(model.segformer, pixel_values), _seed_like(feature_maps)),
         "decode head": _forward_backward(lambda: model.decode_head(feature_leaves), _seed_like(logits)),
         "CE loss": _forward_backward(segformer_loss, None),
         "optimizer step": optimizer.step,
@@ -172,15 +159,15 @@ def protoseg_inference_stages(model, pixel_values: torch.Tensor) -> dict[str, St
     config = model.config
     num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
     with torch.inference_mode():
-        feature_maps = model._encode(pixel_values)
+        feature_maps = mit_feature_maps(model.encoder, pixel_values)
         decoded = model.decode_head(list(feature_maps))
         embeddings = model.projection_head(decoded)
     batch_size, embedding_dim, height, width = embeddings.shape
     flat_prototypes = model.prototypes.reshape(num_classes * num_prototypes, embedding_dim)
 
-    def matching() -> None:  # as the package's forward: chunked GEMM + max over K, LayerNorm, channels-last view
+    def matching() -> None:  # as the package's forward: chunked GEMM + max over K, norm, channels-last view
         rows = embeddings.permute(0, 2, 3, 1).reshape(-1, embedding_dim)
-        class_scores = _chunked_class_scores(rows, flat_prototypes, num_classes)
+        class_scores = nearest_prototype_scores(rows, flat_prototypes, num_classes)
         model.class_score_norm(class_scores).view(batch_size, height, width, num_classes).permute(0, 3, 1, 2)
 
     def similarity_gemm() -> None:
@@ -194,7 +181,7 @@ def protoseg_inference_stages(model, pixel_values: torch.Tensor) -> dict[str, St
         return run
 
     return {
-        "encoder": inference_mode(lambda: model._encode(pixel_values)),
+        "encoder": inference_mode(lambda: mit_feature_maps(model.encoder, pixel_values)),
         "decode head": inference_mode(lambda: model.decode_head(list(feature_maps))),
         "projection head": inference_mode(lambda: model.projection_head(decoded)),
         "matching (chunked GEMM + max over K + norm)": inference_mode(matching),
@@ -205,11 +192,11 @@ def protoseg_inference_stages(model, pixel_values: torch.Tensor) -> dict[str, St
 def segformer_inference_stages(model, pixel_values: torch.Tensor) -> dict[str, Stage]:
     model.eval()
     with torch.inference_mode():
-        feature_maps = model.segformer(pixel_values, output_hidden_states=True).hidden_states
+        feature_maps = mit_feature_maps(model.segformer, pixel_values)
 
     def run_encoder() -> None:
         with torch.inference_mode():
-            model.segformer(pixel_values, output_hidden_states=True)
+            mit_feature_maps(model.segformer, pixel_values)
 
     def run_decoder() -> None:
         with torch.inference_mode():
@@ -264,10 +251,7 @@ def _markdown(result: dict) -> str:
 
 def main() -> None:
     parser = base_argument_parser(__doc__.splitlines()[0])
-    args = parser.parse_args()
-    device = device_for(args.setting)
-    set_threads(args.threads)
-    machine = machine_description(device)  # at the start: load average, commit and model files measured
+    args, device, machine = start_run(parser)
     repetitions = args.repetitions or (2 if args.quick else 5)
     if args.quick:
         cells = [("train", 19, 2, 64), ("infer", 19, 1, 64)]
@@ -279,8 +263,7 @@ def main() -> None:
     for mode, num_classes, batch_size, image_size in cells:
         print(f"breakdown {mode} C={num_classes} B={batch_size} {image_size}px", flush=True)
         results.append(breakdown(num_classes, batch_size, image_size, mode=mode, repetitions=repetitions, device=device))
-    suffix = "" if args.setting == "cpu" else f"_{args.setting}"
-    suffix += "_quick" if args.quick else ""
+    suffix = results_suffix(args.setting, args.quick)
     write_json(args.output / f"profile_breakdown{suffix}.json", {"machine": machine, "results": results})
     text = "\n\n".join(_markdown(result) for result in results)
     (args.output / f"profile_breakdown{suffix}.md").write_text(f"Machine: {machine_line(machine)}\n\n{text}\n")

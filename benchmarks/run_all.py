@@ -1,11 +1,15 @@
-"""Run every benchmark, one fresh process each, and record how long each took.
+"""Run every measurement, one fresh process each, and record which files this run wrote.
 
-    python benchmarks/run_all.py                    # the CPU setting, all benchmarks
-    python benchmarks/run_all.py --skip camvid_accuracy
-    python benchmarks/run_all.py --setting gpu      # the full grid on a CUDA machine
-    python benchmarks/run_all.py --quick            # smoke run, tiny sizes (results/*_quick.*)
+    python -m benchmarks.run_all                          # the CPU setting, every measurement
+    python -m benchmarks.run_all --skip accuracy          # speed / memory / parameters only
+    python -m benchmarks.run_all --with_proposals         # also the code proposals' gains (benchmarks/proposals/)
+    python -m benchmarks.run_all --setting gpu            # the full grid on a CUDA machine
+    python -m benchmarks.run_all --quick --output /tmp/bench-quick   # smoke run, tiny sizes (*_quick.*)
 
-Results land in benchmarks/results/ (JSON, Markdown tables, PNG plots); run_all.json lists the runtimes.
+Results land in --output (default benchmarks/results/). `manifest.json` there (`manifest_quick.json`, ...)
+maps every result file to the run_all invocation that last wrote it (commit, model files digest, start and
+end time, settings, each benchmark's runtime and exit status), so files from different runs are never
+mistaken for one run; after a full run without --only/--skip every file names the same run.
 """
 
 from __future__ import annotations
@@ -17,46 +21,87 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-BENCHMARKS = (
-    "parameters", "latency", "train_step", "memory", "scaling", "profile_breakdown", "proposal_gain", "camvid_accuracy",
-)
-HERE = Path(__file__).resolve().parent
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, git_commit, model_files_digest, results_suffix, utc_timestamp
+
+MEASUREMENTS = ("parameters", "latency", "train_step", "memory", "scaling", "profile_breakdown", "accuracy")
+PROPOSALS = ("proposal_gain",)  # modules of benchmarks/proposals/, run only with --with_proposals
+
+
+def benchmark_command(name: str, args: argparse.Namespace) -> list[str]:
+    """The `python -m ...` command of one benchmark with the flags it accepts."""
+    module = f"benchmarks.proposals.{name}" if name in PROPOSALS else f"benchmarks.{name}"
+    command = [sys.executable, "-m", module, "--output", str(args.output)]
+    if name not in ("parameters", "accuracy"):  # parameters counts; accuracy trains on the CPU in any setting
+        command += ["--setting", args.setting]
+    if name != "parameters":
+        command += ["--threads", str(args.threads)]
+    return command + (["--quick"] if args.quick else [])
+
+
+def _file_stamps(folder: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_mtime_ns for path in folder.iterdir() if path.is_file()}
+
+
+def run_benchmarks(names: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Run each benchmark in a fresh process; per benchmark: command, seconds, exit status, files written."""
+    records: dict[str, dict[str, Any]] = {}
+    for name in names:
+        command = benchmark_command(name, args)
+        print(f"=== {name}: {' '.join(command[1:])}", flush=True)
+        before = _file_stamps(args.output)
+        start = time.perf_counter()
+        returncode = subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+        seconds = round(time.perf_counter() - start, 1)
+        written = sorted(file for file, stamp in _file_stamps(args.output).items() if before.get(file) != stamp)
+        records[name] = {"command": " ".join(["python", *command[1:]]), "seconds": seconds,
+                         "returncode": returncode, "files": written}
+        print(f"=== {name}: {seconds:.0f} s{' (FAILED)' if returncode else ''}", flush=True)
+    return records
+
+
+def update_manifest(path: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """Point every file this run wrote at it; keep the earlier runs that still own a file."""
+    manifest = json.loads(path.read_text()) if path.exists() else {"files": {}, "runs": {}}
+    run_id = run["started_utc"]
+    for record in run["benchmarks"].values():
+        for file_name in record["files"]:
+            manifest["files"][file_name] = run_id
+    manifest["files"][path.name] = run_id
+    manifest["runs"][run_id] = run
+    owners = set(manifest["files"].values())
+    manifest["runs"] = {key: value for key, value in manifest["runs"].items() if key in owners}
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def main() -> None:
+    choices = MEASUREMENTS + PROPOSALS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=None)
-    parser.add_argument("--skip", nargs="+", choices=BENCHMARKS, default=[])
-    parser.add_argument("--output", type=Path, default=HERE / "results")
+    parser.add_argument("--only", nargs="+", choices=choices, default=None)
+    parser.add_argument("--skip", nargs="+", choices=choices, default=[])
+    parser.add_argument("--with_proposals", action="store_true", help="also run benchmarks/proposals/")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
-    selected = [name for name in (args.only or BENCHMARKS) if name not in args.skip]
-    runtimes: dict[str, float] = {}
-    failures: list[str] = []
-    start_all = time.perf_counter()
-    for name in selected:
-        command = [sys.executable, str(HERE / f"{name}.py"), "--output", str(args.output)]
-        if name != "parameters":
-            command += ["--setting", args.setting, "--threads", str(args.threads)]
-        command += ["--quick"] if args.quick else []
-        print(f"=== {name}: {' '.join(command[1:])}", flush=True)
-        start = time.perf_counter()
-        completed = subprocess.run(command, cwd=HERE.parent)
-        runtimes[name] = round(time.perf_counter() - start, 1)
-        if completed.returncode != 0:
-            failures.append(name)
-        print(f"=== {name}: {runtimes[name]:.0f} s{' (FAILED)' if completed.returncode else ''}", flush=True)
-    total = round(time.perf_counter() - start_all, 1)
-    suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
-    record = {"setting": args.setting, "quick": args.quick, "threads": args.threads, "runtimes_seconds": runtimes,
-              "total_seconds": total, "failed": failures, "load_average_at_end": list(os.getloadavg())}
+    default = MEASUREMENTS + (PROPOSALS if args.with_proposals else ())
+    selected = [name for name in (args.only or default) if name not in args.skip]
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"run_all{suffix}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
-    sys.exit(1 if failures else 0)
+    run = {"started_utc": utc_timestamp(), "git_commit": git_commit(), "model_files_sha256": model_files_digest(),
+           "setting": args.setting, "quick": args.quick, "threads": args.threads, "argv": sys.argv[1:]}
+    start = time.perf_counter()
+    run["benchmarks"] = run_benchmarks(selected, args)
+    run |= {"finished_utc": utc_timestamp(), "total_seconds": round(time.perf_counter() - start, 1),
+            "load_average_at_end": list(os.getloadavg())}
+    manifest_path = args.output / f"manifest{results_suffix(args.setting, args.quick)}.json"
+    update_manifest(manifest_path, run)
+    print(json.dumps(run, indent=2))
+    failed = [name for name, record in run["benchmarks"].items() if record["returncode"]]
+    sys.exit(f"failed: {', '.join(failed)}" if failed else 0)
 
 
 if __name__ == "__main__":

@@ -6,38 +6,33 @@ and ProtoSeg's clustering and prototype update alone run interleaved in each rep
 times linear in pixels; clustering + update flat in the number of classes (all classes are clustered at
 once, no per-class loop); the ProtoSeg step growing with C only through the N x C*K similarity work.
 
-    python benchmarks/scaling.py [--setting gpu] [--repetitions N] [--quick]
+    python -m benchmarks.scaling [--setting gpu] [--repetitions N] [--quick]
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.clustering import clustering_and_update  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from benchmarks.clustering import clustering_and_update
+from benchmarks.common import (
     Summary,
     base_argument_parser,
     build_protoseg,
     build_segformer,
-    device_for,
     free_memory,
-    machine_description,
     machine_line,
     make_train_step,
     markdown_table,
-    set_threads,
+    results_suffix,
+    start_run,
     synthetic_batch,
     time_interleaved,
     write_json,
 )
-from benchmarks.plots import lines  # noqa: E402
+from benchmarks.plots import lines
 
 NAMES = ("protoseg step", "segformer step", "clustering", "prototype update")
 
@@ -98,10 +93,7 @@ def markdown(points: list[dict], x_key: str, x_label: str) -> str:
 
 def main() -> None:
     parser = base_argument_parser(__doc__.splitlines()[0])
-    args = parser.parse_args()
-    device = device_for(args.setting)
-    set_threads(args.threads)
-    machine = machine_description(device)  # at the start: load average, commit and model files measured
+    args, device, machine = start_run(parser)
     repetitions = args.repetitions or (2 if args.quick else (20 if device.type == "cuda" else 5))
     if args.quick:
         batch, sizes, class_batch, class_size, class_counts = 1, (32, 64), 1, 64, (19, 150)
@@ -117,7 +109,7 @@ def main() -> None:
     for num_classes in class_counts:
         print(f"scaling: {num_classes} classes, batch {class_batch}, {class_size}px", flush=True)
         class_points.append(measure_point(num_classes, class_batch, class_size, repetitions=repetitions, device=device))
-    suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
+    suffix = results_suffix(args.setting, args.quick)
     write_json(args.output / f"scaling{suffix}.json",
                {"machine": machine, "pixel_sweep": pixel_points, "class_sweep": class_points})
     text = (

@@ -9,39 +9,34 @@ figure: 10,000 pixels into 10 prototypes (paper: ~2.5 ms on a GPU). Target: step
 CPU setting (2 cores): batch 1 at 512x512, batch 8 at 256x256 (the 512x512 batch-8 steps take 15-25 s
 each and at 847 classes need more memory than the machine has). GPU setting: batch 1 and 8 at 512x512.
 
-    python benchmarks/train_step.py [--setting gpu] [--repetitions N] [--quick]
+    python -m benchmarks.train_step [--setting gpu] [--repetitions N] [--quick]
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
+import torch
+import torch.utils.benchmark as torch_benchmark
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-import torch.utils.benchmark as torch_benchmark  # noqa: E402
-
-from benchmarks.clustering import clustering_and_update, paper_clustering_problem  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from benchmarks.clustering import clustering_and_update, paper_clustering_problem
+from benchmarks.common import (
     CLASS_GRID,
     Summary,
     base_argument_parser,
     build_protoseg,
     build_segformer,
-    device_for,
     free_memory,
-    machine_description,
     machine_line,
     make_train_step,
     markdown_table,
-    set_threads,
+    paired_cells_table,
+    results_suffix,
+    start_run,
+    summary_text,
     synthetic_batch,
-    time_interleaved,
+    time_paired_cells,
     write_json,
 )
-from benchmarks.plots import ratio_bars  # noqa: E402
+from benchmarks.plots import ratio_bars
 
 STEP_TARGETS = {150: 1.15}
 CLUSTERING_SHARE_TARGET = 0.05
@@ -73,22 +68,10 @@ def measure_batch(batch_size: int, image_size: int, class_counts: tuple[int, ...
             cluster, update = clustering_and_update(protoseg, pixel_values, labels)
             share_candidates = {"clustering": cluster, "prototype update": update}
     candidates |= share_candidates
-    load_before = os.getloadavg()[0]
-    times = time_interleaved(candidates, repetitions=repetitions, device=device)
-    load_after = os.getloadavg()[0]
-    cells = []
-    for num_classes in class_counts:
-        protoseg, segformer = f"protoseg/{num_classes}", f"segformer/{num_classes}"
-        cells.append({
-            "batch_size": batch_size, "image_size": image_size, "num_classes": num_classes,
-            "repetitions": repetitions, "load_average": [load_before, load_after],
-            "protoseg_seconds": Summary.of(times.wall[protoseg]).as_dict(),
-            "segformer_seconds": Summary.of(times.wall[segformer]).as_dict(),
-            "ratio": Summary.of(times.ratios(protoseg, segformer)).as_dict(),
-            "ratio_cpu_time": Summary.of(times.ratios(protoseg, segformer, "cpu")).as_dict(),
-            "target": STEP_TARGETS.get(num_classes),
-            "raw_seconds": {"protoseg": times.wall[protoseg], "segformer": times.wall[segformer]},
-        })
+    cells, times = time_paired_cells(
+        candidates, class_counts, repetitions=repetitions, device=device, targets=STEP_TARGETS,
+        batch_size=batch_size, image_size=image_size,
+    )
     share = None
     if share_candidates:
         step = times.wall[f"protoseg/{share_classes}"]
@@ -120,37 +103,21 @@ def paper_figure(device: torch.device, threads: int) -> dict:
     return result
 
 
-def _text(summary: dict, scale: float = 1.0, digits: int = 2) -> str:
-    return f"{summary['median'] * scale:.{digits}f} [{summary['q1'] * scale:.{digits}f}, {summary['q3'] * scale:.{digits}f}]"
-
 
 def markdown(cells: list[dict], shares: list[dict], paper: dict) -> str:
-    rows = []
-    for cell in cells:
-        target = cell["target"]
-        verdict = "" if target is None else ("met" if cell["ratio"]["median"] <= target else "**missed**")
-        rows.append([
-            cell["batch_size"], f"{cell['image_size']}x{cell['image_size']}", cell["num_classes"],
-            _text(cell["protoseg_seconds"], 1e3, 0), _text(cell["segformer_seconds"], 1e3, 0),
-            _text(cell["ratio"]), _text(cell["ratio_cpu_time"]),
-            f"<= {target:.2f}x {verdict}" if target else "report", cell["repetitions"],
-        ])
-    text = markdown_table(
-        ["batch", "size", "classes", "ProtoSeg ms", "SegFormer ms", "ratio (wall)", "ratio (CPU time)", "target", "reps"],
-        rows,
-    )
+    text = paired_cells_table(cells)
     share_rows = []
     for share in shares:
         verdict = "met" if share["share_of_step"]["median"] <= share["target"] else "**missed**"
         share_rows.append([
             share["batch_size"], f"{share['image_size']}x{share['image_size']}", share["num_classes"],
-            _text(share["clustering_seconds"], 1e3, 1), _text(share["update_seconds"], 1e3, 1),
-            _text(share["share_of_step"], 100, 1) + " %", f"<= 5 % {verdict}", share["repetitions"],
+            summary_text(share["clustering_seconds"], 1e3, 1), summary_text(share["update_seconds"], 1e3, 1),
+            summary_text(share["share_of_step"], 100, 1) + " %", f"<= 5 % {verdict}", share["repetitions"],
         ])
     text += "\n\nClustering + prototype update alone, interleaved with the ProtoSeg steps above:\n\n" + markdown_table(
         ["batch", "size", "classes", "clustering ms", "update ms", "share of step", "target", "reps"], share_rows
     )
-    paper_rows = [[name, _text(values, 1e3, 2), values["blocks"], values["runs"]]
+    paper_rows = [[name, summary_text(values, 1e3, 2), values["blocks"], values["runs"]]
                   for name, values in paper.items() if isinstance(values, dict)]
     text += ("\n\nThe paper's figure, 10,000 pixels (D = 256) into 10 prototypes (paper: ~2.5 ms on a GPU), "
              "`torch.utils.benchmark.Timer.blocked_autorange`:\n\n"
@@ -160,10 +127,7 @@ def markdown(cells: list[dict], shares: list[dict], paper: dict) -> str:
 
 def main() -> None:
     parser = base_argument_parser(__doc__.splitlines()[0])
-    args = parser.parse_args()
-    device = device_for(args.setting)
-    set_threads(args.threads)
-    machine = machine_description(device)  # at the start: load average, commit and model files measured
+    args, device, machine = start_run(parser)
     class_counts = (19, 150) if args.quick else CLASS_GRID
     share_classes = 150 if not args.quick else 19
     cells, shares = [], []
@@ -180,7 +144,7 @@ def main() -> None:
         shares += [share] if share else []
     print("paper figure: 10,000 pixels into 10 prototypes", flush=True)
     paper = paper_figure(device, args.threads)
-    suffix = ("" if args.setting == "cpu" else f"_{args.setting}") + ("_quick" if args.quick else "")
+    suffix = results_suffix(args.setting, args.quick)
     write_json(args.output / f"train_step{suffix}.json",
                {"machine": machine, "cells": cells, "clustering_share": shares, "paper_figure": paper})
     text = (f"Machine: {machine_line(machine)}\n\nTraining step (forward, losses, clustering, prototype update, "
