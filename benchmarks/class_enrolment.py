@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Enrol a held-out class from 1, 5 and 20 labelled images, with no gradient step, on the synthetic data.
 
-    python benchmarks/class_enrolment.py                     # train (~3 min on 2 CPU cores), then measure (~2 min)
-    python benchmarks/class_enrolment.py --skip-training     # measure again on the saved held-out checkpoint
-    python benchmarks/class_enrolment.py --train-oracle      # also train the all-classes reference if it is missing
+    python -m benchmarks.class_enrolment                     # train (~3 min on 2 CPU cores), then measure (~2 min)
+    python -m benchmarks.class_enrolment --skip-training     # measure again on the saved held-out checkpoint
+    python -m benchmarks.class_enrolment --train-oracle      # also train the all-classes reference if it is missing
 
 1. Train ProtoSeg with `training/train.py` (the synthetic preset's recipe) on the synthetic scenes with one
    class held out: its pixels become the ignore label and it is removed from the class list.
@@ -37,10 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
+from benchmarks.common import REPO_ROOT
 from modeling_protoseg import ProtoSegForSemanticSegmentation
 from modeling_protoseg.class_enrolment import preprocess_image
 from training.metrics import ConfusionMatrix
@@ -394,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "experiments": experiments,
         "total_seconds": time.perf_counter() - start,
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
-        "command": " ".join(["python benchmarks/class_enrolment.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m benchmarks.class_enrolment", *(argv if argv is not None else sys.argv[1:])]),
     }
     if args.example_figure:
         print("example figure:", write_example_figure(experiments[0], args, Path(args.example_figure)))
