@@ -59,7 +59,6 @@ class ProtoSegLinearHeadForSemanticSegmentation(ProtoSegLinearHeadPreTrainedMode
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> SemanticSegmenterOutput | tuple:
         r"""
         Arguments:

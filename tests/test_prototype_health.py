@@ -25,6 +25,14 @@ def feature_labels(labels: torch.Tensor, size: int = 8) -> torch.Tensor:
     return F.interpolate(labels[:, None].float(), size=(size, size), mode="nearest").long().reshape(-1)
 
 
+def misclassified_labels(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) labels of a 2-class model's *other* class at every pixel: nothing is classified correctly
+    (predicted in training mode, so with the same BatchNorm batch statistics as the step that follows)."""
+    with torch.no_grad():
+        prediction = model(pixel_values).logits.argmax(dim=1)  # (B, H/4, W/4)
+    return (1 - prediction).repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+
+
 # ---- two classes: a gradient and a confidence that depend on the margin
 
 
@@ -130,15 +138,11 @@ def test_a_class_never_predicted_right_still_leaves_its_random_start():
             tiny_protoseg_config(num_classes=2, prototype_momentum=0.5, prototype_init=init)
         ).train()
         pixel_values = torch.randn(2, 3, 32, 32)
-        with torch.no_grad():
-            prediction = model(pixel_values).logits.argmax(dim=1)
-        wrong = (1 - prediction).repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+        wrong = misclassified_labels(model, pixel_values)
         before = model.prototypes.clone()
         model(pixel_values, labels=wrong)  # every pixel misclassified
         assert (not torch.equal(model.prototypes, before)) == should_move, init
-        with torch.no_grad():
-            prediction = model(pixel_values).logits.argmax(dim=1)
-        wrong = (1 - prediction).repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+        wrong = misclassified_labels(model, pixel_values)
         moved_once = model.prototypes.clone()
         model(pixel_values, labels=wrong)  # after the first update, the correct-only rule applies again
         assert torch.equal(model.prototypes, moved_once)
@@ -169,9 +173,7 @@ def test_prototypes_that_never_move_while_their_class_is_present_count_as_dead()
         tiny_protoseg_config(num_classes=2, prototype_init="random", dead_prototype_patience=2)
     ).train()
     pixel_values = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        prediction = model(pixel_values).logits.argmax(dim=1)
-    wrong = (1 - prediction).repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+    wrong = misclassified_labels(model, pixel_values)
     model(pixel_values, labels=wrong)
     assert model.prototype_health()["dead_prototypes"] == 0  # idle for 1 step < patience 2
     model(pixel_values, labels=wrong)
@@ -188,9 +190,7 @@ def test_a_dead_prototype_is_reseeded_on_the_worst_explained_pixel_of_its_class(
         )
     ).train()
     pixel_values = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        prediction = model(pixel_values).logits.argmax(dim=1)
-    wrong = (1 - prediction).repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+    wrong = misclassified_labels(model, pixel_values)
     before = model.prototypes.clone()
     output = model(pixel_values, labels=wrong, output_pixel_embeddings=True)  # nothing correct: all idle
     embeddings = output.pixel_embeddings.detach().permute(0, 2, 3, 1).reshape(-1, 8)
