@@ -25,7 +25,7 @@ from training.augmentation import build_eval_transform
 from training.config import DataArguments, parse_flags, resolve_config
 from training.data import SegmentationDataset, collate_eval
 from training.evaluation import EVAL_MODES, MULTISCALE_FACTORS, evaluate
-from training.export import results_json
+from training.export import prototype_health_json, results_json
 from training.preprocessing import input_normalization
 from training.sources import load_dataset_splits
 
@@ -110,7 +110,10 @@ def evaluate_folder(
         show_progress=True,
     )  # fmt: skip
     split_name = getattr(source, "split_name", settings.split)
-    return results_json(metrics, id2label, eval_mode=eval_mode, split=split_name, dataset=splits.description)
+    return results_json(
+        metrics, id2label, eval_mode=eval_mode, split=split_name, dataset=splits.description,
+        prototype_health=prototype_health_json(model),
+    )  # fmt: skip
 
 
 def _build_parser() -> argparse.ArgumentParser:

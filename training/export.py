@@ -29,9 +29,16 @@ from training.config import TrainingConfig
 
 
 def results_json(
-    metrics: dict[str, Any], id2label: dict[int, str], *, eval_mode: str, split: str, dataset: str | None
+    metrics: dict[str, Any],
+    id2label: dict[int, str],
+    *,
+    eval_mode: str,
+    split: str,
+    dataset: str | None,
+    prototype_health: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`evaluate`'s metrics as eval_results.json holds them: per-class values by name, NaN -> null."""
+    """`evaluate`'s metrics as eval_results.json holds them: per-class values by name, NaN -> null; for
+    ProtoSeg also the model's `prototype_health` (`prototype_health_json`)."""
 
     def by_name(values: list[float]) -> dict[str, float | None]:
         return {id2label[index]: (None if math.isnan(value) else value) for index, value in enumerate(values)}
@@ -46,6 +53,7 @@ def results_json(
         "eval_split": split,
         "num_samples": metrics["num_samples"],
         "dataset": dataset,
+        **({"prototype_health": prototype_health} if prototype_health is not None else {}),
     }
 
 

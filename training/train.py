@@ -295,6 +295,7 @@ def export(
 ) -> None:
     """Main process: write the final folder (model, processor, results, summary, card); upload it if asked."""
     id2label = data.splits.id2label
+    health = prototype_health_json(model)
     results = {
         f"{'eval' if role == 'validation' else role}_results.json": results_json(
             values,
@@ -302,12 +303,10 @@ def export(
             eval_mode=config.evaluation.eval_mode,
             split=data.eval_split_names[role],
             dataset=data.splits.description,
+            prototype_health=health,
         )
         for role, values in metrics.items()
     }
-    health = prototype_health_json(model)
-    if health is not None:
-        results["eval_results.json"]["prototype_health"] = health
     results["train_results.json"] = train_results
     summary = training_summary(
         config,
