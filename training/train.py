@@ -47,7 +47,7 @@ from training.export import (
 )
 from training.loop import TrainingState, iterate_forever, log_evaluation, train_steps
 from training.models import build_model
-from training.optimization import PolyWithWarmup, build_optimizer
+from training.optimization import PolyWithWarmup, build_optimizer, set_schedule_step
 from training.preprocessing import (
     IMAGENET_NORMALIZATION,
     Normalization,
@@ -222,12 +222,14 @@ def prepare_training(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    # The scheduler is not registered for checkpointing: accelerate would pickle it and unpickle it with
+    # weights_only=False on resume. The schedule is a pure function of the step and is set from it instead.
     start_step = 0
     checkpoint_root = Path(config.output.output_dir) / "checkpoints"
     resume_folder = resolve_resume_checkpoint(config.output.resume_from_checkpoint, checkpoint_root)
     if resume_folder is not None:
         start_step = load_checkpoint(accelerator, resume_folder)["step"]
+        set_schedule_step(scheduler, start_step)
         logger.info("resumed from %s at step %d", resume_folder, start_step)
     elif config.output.resume_from_checkpoint:
         logger.info("no checkpoint in %s yet: starting from scratch", checkpoint_root)
