@@ -108,3 +108,56 @@ def test_resume_sets_the_learning_rate_schedule_from_the_step() -> None:
     restored.step()
     stepped.step()
     assert restored.get_last_lr() == stepped.get_last_lr()
+
+
+# ------------------------------------------------------------------------------ 1. one NaN poisons nothing
+
+
+def _tiny_training_state(batches: list[dict]):
+    from accelerate import Accelerator
+
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from tiny_models import tiny_protoseg_config
+    from training.config import resolve_config
+    from training.loop import TrainingState
+
+    config = resolve_config(max_steps=len(batches), max_grad_norm=1.0)
+    accelerator = Accelerator(cpu=True)
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    return config, accelerator, TrainingState(model, optimizer, scheduler, iter(batches), 0, 2)
+
+
+def _batch(pixel_value: float | None = None) -> dict:
+    pixel_values = torch.randn(2, 3, 32, 32)
+    if pixel_value is not None:
+        pixel_values[1, 0, 5, 7] = pixel_value
+    return {"pixel_values": pixel_values, "labels": torch.randint(0, 3, (2, 32, 32))}
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()
+            if not name.endswith("skipped_nonfinite_updates")}  # fmt: skip
+
+
+@pytest.mark.parametrize("bad_pixel", [float("nan"), float("inf"), 3e38], ids=["nan", "inf", "overflowing"])
+def test_a_non_finite_batch_is_skipped_without_changing_weights_batchnorm_or_prototypes(bad_pixel: float) -> None:
+    from training.loop import RunningMeans, optimizer_step
+
+    config, accelerator, state = _tiny_training_state([_batch(), _batch(bad_pixel), _batch()])
+    running = RunningMeans()
+    assert optimizer_step(config, accelerator, state, running)  # a good step first: Adam state, moved prototypes
+    before = _snapshot(state.model)
+    assert not optimizer_step(config, accelerator, state, running)
+    after = _snapshot(state.model)
+    for name, value in before.items():  # weights, BatchNorm running stats, prototypes and their statistics
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0, msg=name)
+    assert state.skipped_nonfinite_steps == 1
+    assert all(p.grad is None for p in state.model.parameters())  # nothing left to leak into the next step
+    assert optimizer_step(config, accelerator, state, running)  # training goes on, finite
+    assert all(torch.isfinite(value).all() for value in state.model.state_dict().values())
+    assert state.skipped_nonfinite_steps == 1
+    assert all(value == value for value in running.log_values(2).values())  # no NaN in the logged means

@@ -224,11 +224,13 @@ def prepare_training(
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     # The scheduler is not registered for checkpointing: accelerate would pickle it and unpickle it with
     # weights_only=False on resume. The schedule is a pure function of the step and is set from it instead.
-    start_step = 0
+    start_step, skipped_nonfinite_steps = 0, 0
     checkpoint_root = Path(config.output.output_dir) / "checkpoints"
     resume_folder = resolve_resume_checkpoint(config.output.resume_from_checkpoint, checkpoint_root)
     if resume_folder is not None:
-        start_step = load_checkpoint(accelerator, resume_folder)["step"]
+        training_state = load_checkpoint(accelerator, resume_folder)
+        start_step = training_state["step"]
+        skipped_nonfinite_steps = training_state.get("skipped_nonfinite_steps", 0)
         set_schedule_step(scheduler, start_step)
         logger.info("resumed from %s at step %d", resume_folder, start_step)
     elif config.output.resume_from_checkpoint:
@@ -246,7 +248,9 @@ def prepare_training(
         * config.optimization.gradient_accumulation_steps
         * accelerator.num_processes
     )
-    return TrainingState(prepared_model, optimizer, scheduler, batches, start_step, images_per_step)
+    return TrainingState(
+        prepared_model, optimizer, scheduler, batches, start_step, images_per_step, skipped_nonfinite_steps
+    )
 
 
 def evaluate_on(
@@ -369,6 +373,7 @@ def finish(
         / max(train_runtime, 1e-9),
         "num_processes": accelerator.num_processes,
         "global_batch_size": state.images_per_step,
+        "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
         **divergence,
     }
     if accelerator.is_main_process:
