@@ -161,3 +161,50 @@ def test_a_non_finite_batch_is_skipped_without_changing_weights_batchnorm_or_pro
     assert all(torch.isfinite(value).all() for value in state.model.state_dict().values())
     assert state.skipped_nonfinite_steps == 1
     assert all(value == value for value in running.log_values(2).values())  # no NaN in the logged means
+
+
+# ------------------------------------------------------------------------------ 4. resuming with changed arguments
+
+
+def test_resume_past_max_steps_is_refused(checkpointed_run: Path, tmp_path: Path) -> None:
+    output_dir = _copy_checkpoints(checkpointed_run, tmp_path)
+    result = run_training([*TINY_RUN, "--max_steps", "3", "--output_dir", str(output_dir),
+                           "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert result.returncode != 0
+    assert "the checkpoint is at step 4, past --max_steps 3" in result.stderr
+    assert not (output_dir / "train_results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "changed, expected",
+    [(["--per_device_train_batch_size", "2"], "per_device_train_batch_size: the checkpoint has 4, this run 2"),
+     (["--gradient_accumulation_steps", "2"], "gradient_accumulation_steps: the checkpoint has 1, this run 2")],
+)  # fmt: skip
+def test_resume_with_another_batch_layout_is_refused_naming_both_values(
+    checkpointed_run: Path, tmp_path: Path, changed: list[str], expected: str
+) -> None:
+    output_dir = _copy_checkpoints(checkpointed_run, tmp_path)
+    result = run_training([*TINY_RUN, "--max_steps", "6", *changed, "--output_dir", str(output_dir),
+                           "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert result.returncode != 0
+    assert expected in result.stderr
+
+
+def test_a_different_number_of_processes_is_refused() -> None:
+    from training.checkpointing import check_resume_matches
+
+    with pytest.raises(ValueError, match="num_processes: the checkpoint has 2, this run 1"):
+        check_resume_matches({"step": 4, "num_processes": 2}, {"num_processes": 1}, max_steps=6)
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(checkpointed_run: Path, tmp_path: Path) -> None:
+    output_dir = _copy_checkpoints(checkpointed_run, tmp_path)
+    weights = output_dir / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = run_training([*TINY_RUN, "--max_steps", "6", "--output_dir", str(output_dir),
+                           "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "skipping the damaged checkpoint" in result.stderr and "checkpoint-4" in result.stderr
+    train_results = json.loads((output_dir / "train_results.json").read_text())
+    assert train_results["resumed_from_step"] == 2 and train_results["global_step"] == 6
+    assert train_results["skipped_nonfinite_steps"] == 0

@@ -151,6 +151,33 @@ def load_checkpoint(accelerator: Accelerator, folder: str | os.PathLike) -> dict
     return json.loads(state_path.read_text())
 
 
+def check_resume_matches(training_state: dict[str, Any], current: dict[str, int], *, max_steps: int) -> None:
+    """Refuse to resume a checkpoint whose run had another shape (the data position and the per-process RNG
+    states would no longer mean the same samples), or that is already past `max_steps`.
+
+    Arguments:
+        training_state: the checkpoint's `training_state.json`.
+        current: this run's `num_processes`, `per_device_train_batch_size`, `gradient_accumulation_steps` and
+            `global_batch_size`; a key the checkpoint lacks (older checkpoints) is not compared.
+    """
+    differences = [
+        f"{name}: the checkpoint has {training_state[name]}, this run {value}"
+        for name, value in current.items()
+        if name in training_state and training_state[name] != value
+    ]
+    if differences:
+        raise ValueError(
+            f"cannot resume from step {training_state['step']} with another batch layout ("
+            + "; ".join(differences)
+            + "): use the checkpoint's values, or start a new run in another --output_dir"
+        )
+    if training_state["step"] > max_steps:
+        raise ValueError(
+            f"the checkpoint is at step {training_state['step']}, past --max_steps {max_steps}: give --max_steps "
+            f">= {training_state['step']}, or evaluate the checkpoint's weights instead of resuming"
+        )
+
+
 def resolve_resume_checkpoint(resume_from_checkpoint: str | None, checkpoint_root: str | os.PathLike) -> Path | None:
     """`--resume_from_checkpoint`: "latest" (None if there is none yet) or a checkpoint folder. "latest" skips
     damaged checkpoints (truncated weights, unreadable state) with a warning and takes the newest intact one."""

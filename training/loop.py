@@ -216,6 +216,8 @@ def train_steps(
             training_state = {
                 "global_batch_size": state.images_per_step,
                 "num_processes": accelerator.num_processes,
+                "per_device_train_batch_size": config.optimization.per_device_train_batch_size,
+                "gradient_accumulation_steps": config.optimization.gradient_accumulation_steps,
                 "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
             }
             folder = save_checkpoint(

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from training.augmentation import build_eval_transform, build_train_transform
-from training.checkpointing import load_checkpoint, resolve_resume_checkpoint
+from training.checkpointing import check_resume_matches, load_checkpoint, resolve_resume_checkpoint
 from training.config import TrainingConfig, parse_config
 from training.data import ResumableShardedSampler, SampleSource, SegmentationDataset, collate_eval, collate_train
 from training.distributed import (
@@ -224,11 +224,26 @@ def prepare_training(
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     # The scheduler is not registered for checkpointing: accelerate would pickle it and unpickle it with
     # weights_only=False on resume. The schedule is a pure function of the step and is set from it instead.
+    images_per_step = (
+        config.optimization.per_device_train_batch_size
+        * config.optimization.gradient_accumulation_steps
+        * accelerator.num_processes
+    )
     start_step, skipped_nonfinite_steps = 0, 0
     checkpoint_root = Path(config.output.output_dir) / "checkpoints"
     resume_folder = resolve_resume_checkpoint(config.output.resume_from_checkpoint, checkpoint_root)
     if resume_folder is not None:
         training_state = load_checkpoint(accelerator, resume_folder)
+        check_resume_matches(
+            training_state,
+            {
+                "num_processes": accelerator.num_processes,
+                "per_device_train_batch_size": config.optimization.per_device_train_batch_size,
+                "gradient_accumulation_steps": config.optimization.gradient_accumulation_steps,
+                "global_batch_size": images_per_step,
+            },
+            max_steps=config.optimization.max_steps,
+        )
         start_step = training_state["step"]
         skipped_nonfinite_steps = training_state.get("skipped_nonfinite_steps", 0)
         set_schedule_step(scheduler, start_step)
@@ -242,11 +257,6 @@ def prepare_training(
         data.train_sampler,
         epoch=consumed_batches // batches_per_epoch,
         start_batch=consumed_batches % batches_per_epoch,
-    )
-    images_per_step = (
-        config.optimization.per_device_train_batch_size
-        * config.optimization.gradient_accumulation_steps
-        * accelerator.num_processes
     )
     return TrainingState(
         prepared_model, optimizer, scheduler, batches, start_step, images_per_step, skipped_nonfinite_steps
