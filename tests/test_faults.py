@@ -208,3 +208,107 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(checkpoint
     train_results = json.loads((output_dir / "train_results.json").read_text())
     assert train_results["resumed_from_step"] == 2 and train_results["global_step"] == 6
     assert train_results["skipped_nonfinite_steps"] == 0
+
+
+# ------------------------------------------------------------------------------ 2. bad data says where; the model is kept
+
+
+def _file_pairs(folder: Path, count: int, *, split: str) -> list[tuple[Path, Path]]:
+    """`count` valid 32x32 (image, label) PNG pairs with 3 classes."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    pairs = []
+    for index in range(count):
+        image_path, label_path = folder / f"{split}_{index}.png", folder / f"{split}_{index}_label.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image_path)
+        Image.fromarray(rng.integers(0, 3, (32, 32), dtype=np.uint8)).save(label_path)
+        pairs.append((image_path, label_path))
+    return pairs
+
+
+def _damage(pairs: list[tuple[Path, Path]]) -> tuple[Path, Path]:
+    """Truncate the image of sample 1 and put class 7 into the label of sample 2; returns those two files."""
+    import numpy as np
+    from PIL import Image
+
+    truncated_image = pairs[1][0]
+    truncated_image.write_bytes(truncated_image.read_bytes()[:200])
+    bad_label = pairs[2][1]
+    Image.fromarray(np.full((32, 32), 7, dtype=np.uint8)).save(bad_label)
+    return truncated_image, bad_label
+
+
+def _file_splits(folder: Path, *, damaged: bool):
+    from training.data import FilePairSource
+    from training.sources import DatasetSplits
+
+    train_pairs = _file_pairs(folder / "train", 8, split="train")
+    damaged_files = _damage(train_pairs) if damaged else None
+    splits = DatasetSplits(
+        train=FilePairSource(train_pairs, split_name="train"),
+        validation=FilePairSource(_file_pairs(folder / "val", 3, split="val"), split_name="val"),
+        id2label={0: "a", 1: "b", 2: "c"},
+        description="files",
+    )
+    return splits, damaged_files
+
+
+def test_bad_images_and_labels_name_split_index_and_file(tmp_path: Path) -> None:
+    from training.augmentation import build_eval_transform
+    from training.data import BadSampleError, SegmentationDataset
+    from training.preprocessing import IMAGENET_NORMALIZATION
+
+    splits, (truncated_image, bad_label) = _file_splits(tmp_path, damaged=True)
+    dataset = SegmentationDataset(splits.train, transform=build_eval_transform(base_size=32, normalization=IMAGENET_NORMALIZATION), num_labels=3)  # fmt: skip
+    with pytest.raises(BadSampleError, match=r"train sample 1") as image_error:
+        dataset[1]
+    assert str(truncated_image) in str(image_error.value)
+    with pytest.raises(BadSampleError, match=r"train sample 2.*label values \[7\]") as label_error:
+        dataset[2]
+    assert f"label file {bad_label}" in str(label_error.value)
+
+
+def _tiny_config(tmp_path: Path, *extra: str):
+    from training.config import parse_config
+
+    args = [*TINY_RUN, "--max_steps", "2", "--output_dir", str(tmp_path / "out"), *extra]
+    return parse_config(args)
+
+
+def test_check_data_lists_every_bad_sample_before_training(tmp_path: Path) -> None:
+    from training import train as train_script
+
+    splits, (truncated_image, bad_label) = _file_splits(tmp_path / "data", damaged=True)
+    with pytest.raises(ValueError, match="--check_data: 2 bad sample") as error:
+        train_script.run(_tiny_config(tmp_path, "--check_data", "true"), datasets=splits)
+    assert str(truncated_image) in str(error.value) and str(bad_label) in str(error.value)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_empty_splits_give_one_clear_message(tmp_path: Path) -> None:
+    from training import train as train_script
+    from training.data import FilePairSource
+
+    splits, _ = _file_splits(tmp_path / "data", damaged=False)
+    splits.validation = FilePairSource([], split_name="val")
+    with pytest.raises(ValueError, match=r"no samples in the validation \('val'\) split"):
+        train_script.run(_tiny_config(tmp_path), datasets=splits)
+
+
+def test_a_failing_final_evaluation_keeps_the_trained_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from training import train as train_script
+
+    def failing_evaluation(*args, **kwargs):
+        raise RuntimeError("the evaluation data vanished")
+
+    monkeypatch.setattr(train_script, "evaluate_on", failing_evaluation)
+    splits, _ = _file_splits(tmp_path / "data", damaged=False)
+    with pytest.raises(RuntimeError, match="vanished"):
+        train_script.run(_tiny_config(tmp_path, "--eval_steps", "0"), datasets=splits)
+    model = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path / "out")
+    assert model.prototype_health()["never_updated_prototypes"] < model.prototype_health()["num_prototypes"]
+    assert (tmp_path / "out" / "preprocessor_config.json").is_file()
