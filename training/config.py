@@ -57,6 +57,9 @@ class DataArguments:
     synthetic_num_validation: int = field(default=100, metadata={"help": "synthetic preset: validation scenes"})
     synthetic_image_size: int = field(default=96, metadata={"help": "synthetic preset: scene side length"})
     dataloader_num_workers: int = field(default=2, metadata={"help": "data loading processes"})
+    check_data: bool = field(
+        default=False, metadata={"help": "read every sample of every split before training; list all bad ones"}
+    )
 
 
 @dataclass

@@ -10,6 +10,7 @@ Every source yields raw (image, label) pairs; `SegmentationDataset` turns one in
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -342,6 +343,35 @@ def find_id2label(
 # Torch datasets, sampling, batching
 
 
+class BadSampleError(ValueError):
+    """A sample that cannot be read, decoded or validated; the message names split, index and file."""
+
+
+def _file_name(value: Any) -> str | None:
+    """The file a raw image/label came from, when known (PIL images, {"path": ...} rows, paths)."""
+    if isinstance(value, Image.Image):
+        return getattr(value, "filename", None) or None
+    if isinstance(value, dict):
+        return value.get("path") or None
+    if isinstance(value, (str, Path)):
+        return str(value)
+    return None
+
+
+@contextlib.contextmanager
+def _naming(sample_name: str, what: str, file_name: str | None = None) -> Iterator[None]:
+    """Re-raise any error as a `BadSampleError` naming the sample (PIL's errors name nothing) and `file_name`."""
+    try:
+        yield
+    except BadSampleError:
+        raise
+    except Exception as error:  # noqa: BLE001 - truncated files raise OSError, bad values ValueError, ...
+        file_part = f" (label file {file_name})" if file_name and file_name not in str(error) else ""
+        if str(error).startswith(sample_name.split(" (")[0]):  # already names the sample
+            raise BadSampleError(f"{error}{file_part}") from error
+        raise BadSampleError(f"{sample_name}{file_part}: {what} cannot be decoded: {type(error).__name__}: {error}") from error
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """Raw samples -> {"pixel_values": (3, h, w) float32, "labels": (H, W) int64}.
 
@@ -370,13 +400,21 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def load_checked(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image (H, W, 3) uint8, label (H, W) int64) after conversion, remapping and validation."""
-        raw_image, raw_label, sample_name = self.source.load(index)
-        image = to_rgb_array(raw_image, sample_name)
-        label = self.label_mapping(to_label_array(raw_label, sample_name))
-        check_label(
-            label, image.shape[:2], num_labels=self.num_labels, ignore_index=self.ignore_index, sample_name=sample_name
-        )
+        """(image (H, W, 3) uint8, label (H, W) int64) after conversion, remapping and validation. Any failure is
+        a `BadSampleError` naming the split, the index and the file (the label file for label errors)."""
+        split_name = getattr(self.source, "split_name", "")
+        try:
+            raw_image, raw_label, sample_name = self.source.load(index)
+        except Exception as error:  # noqa: BLE001 - a row or file that cannot be read at all
+            raise BadSampleError(f"{split_name} sample {index}: cannot be read: {error}") from error
+        with _naming(sample_name, "the image"):
+            image = to_rgb_array(raw_image, sample_name)
+        with _naming(sample_name, "the label map", _file_name(raw_label)):
+            label = self.label_mapping(to_label_array(raw_label, sample_name))
+            check_label(
+                label, image.shape[:2], num_labels=self.num_labels, ignore_index=self.ignore_index,
+                sample_name=sample_name,
+            )  # fmt: skip
         return image, label
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:

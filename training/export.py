@@ -190,6 +190,27 @@ segmenter = pipeline("image-segmentation", model="{summary["model_name"]}", trus
     (folder / "README.md").write_text(card)
 
 
+def save_trained_model(
+    model: nn.Module, *, output_dir: str | os.PathLike, image_processor: SegformerImageProcessor
+) -> Path:
+    """Write the trained model and its image processor into `output_dir` before the final evaluation, so a fault
+    there (or in the card, the results or the upload) never loses the weights; `export_final_model` later
+    replaces them with the same files plus results and card. Staged and moved file by file, as that does."""
+    output_dir = Path(output_dir)
+    staging = output_dir / ".tmp-trained"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save_pretrained(staging)
+    image_processor.save_pretrained(staging)
+    for written in sorted(staging.rglob("*")):
+        if written.is_file():
+            target = output_dir / written.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(written, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
 def export_final_model(
     model: nn.Module,
     *,

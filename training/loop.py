@@ -45,6 +45,7 @@ class TrainingState:
     batches: Iterator[dict]
     start_step: int
     images_per_step: int
+    skipped_nonfinite_steps: int = 0  # optimizer steps skipped for a non-finite input, loss or gradient
 
 
 class RunningMeans:
@@ -76,28 +77,68 @@ class RunningMeans:
         return values
 
 
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every process when `flag` is True on any (one all-reduce: all processes take the same branch)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item() > 0)
+
+
+def _gradients_are_finite(model: nn.Module) -> bool:
+    gradients = [p.grad for p in model.parameters() if p.grad is not None]
+    return not gradients or bool(torch.stack([torch.isfinite(g).all() for g in gradients]).all())
+
+
 def optimizer_step(
     config: TrainingConfig, accelerator: Accelerator, state: TrainingState, running: RunningMeans
-) -> None:
-    """One optimizer step over `gradient_accumulation_steps` micro-batches (DDP syncs on the last only)."""
+) -> bool:
+    """One optimizer step over `gradient_accumulation_steps` micro-batches (DDP syncs on the last only).
+
+    A non-finite pixel in any process's micro-batch, or a non-finite loss or gradient on any process, skips the
+    step on every process: the parameters, optimizer state, BatchNorm statistics and prototypes (buffers, restored
+    from a copy taken before the first forward) stay as they were; the batches are still consumed (the data
+    position and the learning-rate schedule move on). With fp16, a gradient overflow is the GradScaler's to skip
+    (it lowers its scale): that forward already updated the prototypes and BatchNorm statistics from a finite batch,
+    which is kept. Returns False when the step was skipped."""
     model = state.model
+    buffers_before = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    finite = True
     for micro_step in range(config.optimization.gradient_accumulation_steps):
         batch = next(state.batches)
+        if not finite:  # the step is skipped already: consume the batch, compute nothing
+            continue
         pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)  # (B, 3, h, w)
         labels = batch["labels"].to(accelerator.device, non_blocking=True)  # (B, h, w)
+        if any_process(accelerator, not bool(torch.isfinite(pixel_values).all())):  # before any buffer moves
+            finite = False
+            continue
         is_last_micro_step = micro_step == config.optimization.gradient_accumulation_steps - 1
         sync_context = contextlib.nullcontext() if is_last_micro_step else accelerator.no_sync(model)
         with sync_context:
             with accelerator.autocast():
                 outputs = model(pixel_values=pixel_values, labels=labels)
             accelerator.backward(outputs.loss / config.optimization.gradient_accumulation_steps)
-        running.add(outputs)
-    if config.optimization.max_grad_norm > 0:
-        accelerator.clip_grad_norm_(model.parameters(), config.optimization.max_grad_norm)
-    state.optimizer.step()
+        finite = finite and bool(torch.isfinite(outputs.loss.detach()).all())
+        if finite:
+            running.add(outputs)
+    if finite and accelerator.scaler is None:  # with fp16 the GradScaler checks (and skips) the gradients itself
+        finite = _gradients_are_finite(model)
+    finite = not any_process(accelerator, not finite)
+    if finite:
+        if config.optimization.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config.optimization.max_grad_norm)
+        state.optimizer.step()
+    else:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if not name.endswith("skipped_nonfinite_updates"):  # the model's own count of refusals stays
+                    buffer.copy_(buffers_before[name])
+        state.skipped_nonfinite_steps += 1
+        logger.warning("skipped an optimizer step: non-finite input, loss or gradient on some process")
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     running.window_steps += 1
+    return finite
 
 
 def prototype_health_scalars(model: nn.Module) -> dict[str, float]:
@@ -119,6 +160,7 @@ def prototype_health_scalars(model: nn.Module) -> dict[str, float]:
 def _log(step: int, accelerator: Accelerator, state: TrainingState, running: RunningMeans, progress: tqdm) -> None:
     values = running.log_values(state.images_per_step)
     values["train/learning_rate"] = state.scheduler.get_last_lr()[0]
+    values["train/skipped_nonfinite_steps"] = state.skipped_nonfinite_steps
     values.update(prototype_health_scalars(accelerator.unwrap_model(state.model)))
     accelerator.log(values, step=step)
     progress.set_postfix(
@@ -171,7 +213,13 @@ def train_steps(
             and completed_steps % config.output.checkpointing_steps == 0
             and not is_last
         ):
-            training_state = {"global_batch_size": state.images_per_step, "num_processes": accelerator.num_processes}
+            training_state = {
+                "global_batch_size": state.images_per_step,
+                "num_processes": accelerator.num_processes,
+                "per_device_train_batch_size": config.optimization.per_device_train_batch_size,
+                "gradient_accumulation_steps": config.optimization.gradient_accumulation_steps,
+                "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
+            }
             folder = save_checkpoint(
                 accelerator,
                 checkpoint_root,

@@ -48,3 +48,13 @@ class PolyWithWarmup:
         if step < self.warmup_steps:
             factor *= self.warmup_start_factor + (1.0 - self.warmup_start_factor) * step / self.warmup_steps
         return factor
+
+
+def set_schedule_step(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put a `LambdaLR` at `step`, as `step` calls of `scheduler.step()` would (the same floats): the schedule is a
+    pure function of the step, so checkpoints carry no scheduler state (accelerate would pickle it)."""
+    scheduler.last_epoch = step
+    learning_rates = [base_lr * lr_lambda(step) for base_lr, lr_lambda in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, learning_rate in zip(scheduler.optimizer.param_groups, learning_rates):
+        group["lr"] = learning_rate
+    scheduler._last_lr = learning_rates

@@ -25,9 +25,16 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from training.augmentation import build_eval_transform, build_train_transform
-from training.checkpointing import load_checkpoint, resolve_resume_checkpoint
+from training.checkpointing import check_resume_matches, load_checkpoint, resolve_resume_checkpoint
 from training.config import TrainingConfig, parse_config
-from training.data import ResumableShardedSampler, SampleSource, SegmentationDataset, collate_eval, collate_train
+from training.data import (
+    BadSampleError,
+    ResumableShardedSampler,
+    SampleSource,
+    SegmentationDataset,
+    collate_eval,
+    collate_train,
+)
 from training.distributed import (
     create_accelerator,
     divergence_across_processes,
@@ -43,11 +50,12 @@ from training.export import (
     hardware_description,
     push_folder_to_hub,
     results_json,
+    save_trained_model,
     training_summary,
 )
 from training.loop import TrainingState, iterate_forever, log_evaluation, train_steps
 from training.models import build_model
-from training.optimization import PolyWithWarmup, build_optimizer
+from training.optimization import PolyWithWarmup, build_optimizer, set_schedule_step
 from training.preprocessing import (
     IMAGENET_NORMALIZATION,
     Normalization,
@@ -148,12 +156,30 @@ def build_datasets(
 
 
 def check_first_samples(config: TrainingConfig, splits: DatasetSplits) -> None:
-    """Read one sample of each split now: empty splits, wrong columns, formats or labels fail before the model
-    is built (every other sample is checked when its batch is loaded)."""
-    for dataset in build_datasets(config, splits).values():
-        if len(dataset) == 0:
-            raise ValueError(f"the {getattr(dataset.source, 'split_name', '')!r} split has no samples")
-        dataset.load_checked(0)
+    """Read one sample of each split now (every sample with `--check_data`): empty splits, wrong columns, formats
+    or labels fail before the model is built. Otherwise every other sample is checked when its batch is loaded."""
+    datasets = build_datasets(config, splits)
+    empty = [f"{role} ({getattr(dataset.source, 'split_name', role)!r})" for role, dataset in datasets.items()
+             if len(dataset) == 0]  # fmt: skip
+    if empty:
+        raise ValueError(
+            f"no samples in the {', '.join(empty)} split(s) of {splits.description or 'the dataset'}: check --train_split / "
+            "--validation_split / --test_split and --max_train_samples / --max_eval_samples"
+        )
+    bad = []
+    for dataset in datasets.values():
+        for index in range(len(dataset)) if config.data.check_data else [0]:
+            try:
+                dataset.load_checked(index)
+            except BadSampleError as error:
+                if not config.data.check_data:
+                    raise
+                bad.append(str(error))
+    if bad:
+        listing = "\n  ".join(bad)
+        raise ValueError(f"--check_data: {len(bad)} bad sample(s):\n  {listing}")
+    if config.data.check_data:
+        logger.info("--check_data: all %d samples read and valid", sum(len(d) for d in datasets.values()))
 
 
 def prepare_data(
@@ -222,12 +248,31 @@ def prepare_training(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    start_step = 0
+    # The scheduler is not registered for checkpointing: accelerate would pickle it and unpickle it with
+    # weights_only=False on resume. The schedule is a pure function of the step and is set from it instead.
+    images_per_step = (
+        config.optimization.per_device_train_batch_size
+        * config.optimization.gradient_accumulation_steps
+        * accelerator.num_processes
+    )
+    start_step, skipped_nonfinite_steps = 0, 0
     checkpoint_root = Path(config.output.output_dir) / "checkpoints"
     resume_folder = resolve_resume_checkpoint(config.output.resume_from_checkpoint, checkpoint_root)
     if resume_folder is not None:
-        start_step = load_checkpoint(accelerator, resume_folder)["step"]
+        training_state = load_checkpoint(accelerator, resume_folder)
+        check_resume_matches(
+            training_state,
+            {
+                "num_processes": accelerator.num_processes,
+                "per_device_train_batch_size": config.optimization.per_device_train_batch_size,
+                "gradient_accumulation_steps": config.optimization.gradient_accumulation_steps,
+                "global_batch_size": images_per_step,
+            },
+            max_steps=config.optimization.max_steps,
+        )
+        start_step = training_state["step"]
+        skipped_nonfinite_steps = training_state.get("skipped_nonfinite_steps", 0)
+        set_schedule_step(scheduler, start_step)
         logger.info("resumed from %s at step %d", resume_folder, start_step)
     elif config.output.resume_from_checkpoint:
         logger.info("no checkpoint in %s yet: starting from scratch", checkpoint_root)
@@ -239,12 +284,9 @@ def prepare_training(
         epoch=consumed_batches // batches_per_epoch,
         start_batch=consumed_batches % batches_per_epoch,
     )
-    images_per_step = (
-        config.optimization.per_device_train_batch_size
-        * config.optimization.gradient_accumulation_steps
-        * accelerator.num_processes
+    return TrainingState(
+        prepared_model, optimizer, scheduler, batches, start_step, images_per_step, skipped_nonfinite_steps
     )
-    return TrainingState(prepared_model, optimizer, scheduler, batches, start_step, images_per_step)
 
 
 def evaluate_on(
@@ -281,6 +323,15 @@ def _tracker_config(config: TrainingConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- finish
+
+
+def _image_processor(config: TrainingConfig, model: nn.Module):
+    """The processor saved with the model: it resizes and normalises as evaluation does."""
+    return build_image_processor(
+        input_normalization(model.config),
+        base_size=config.augmentation.base_size,
+        crop_size=tuple(config.augmentation.crop_size),
+    )
 
 
 def export(
@@ -321,13 +372,8 @@ def export(
         hardware=hardware_description(accelerator),
         train_runtime_seconds=train_results["train_runtime_seconds"],
     )
-    image_processor = build_image_processor(
-        input_normalization(model.config),
-        base_size=config.augmentation.base_size,
-        crop_size=tuple(config.augmentation.crop_size),
-    )
     folder = export_final_model(
-        model, output_dir=config.output.output_dir, image_processor=image_processor, results=results,
+        model, output_dir=config.output.output_dir, image_processor=_image_processor(config, model), results=results,
         summary=summary, hub_model_id=config.output.hub_model_id,
     )  # fmt: skip
     logger.info("saved the final model to %s", folder)
@@ -351,6 +397,10 @@ def finish(
 ) -> TrainingResult:
     """Final evaluation (once: each process a shard, results reduced), export and upload."""
     divergence = divergence_across_processes(model, accelerator)  # before any buffer sync
+    if accelerator.is_main_process:  # a fault in the final evaluation or export must not lose the trained model
+        save_trained_model(model, output_dir=config.output.output_dir, image_processor=_image_processor(config, model))
+        logger.info("saved the trained weights to %s (results and card follow the final evaluation)", config.output.output_dir)
+    accelerator.wait_for_everyone()
     id2label = data.splits.id2label
     metrics = {
         role: evaluate_on(config, model, loader, len(id2label), accelerator)
@@ -366,6 +416,7 @@ def finish(
         / max(train_runtime, 1e-9),
         "num_processes": accelerator.num_processes,
         "global_batch_size": state.images_per_step,
+        "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
         **divergence,
     }
     if accelerator.is_main_process:

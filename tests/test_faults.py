@@ -1,0 +1,314 @@
+"""Fault injection (issue 9): what a run survives and what it keeps. Runs alone: `pytest tests/test_faults.py`.
+
+- resuming runs no code from the checkpoint folder (malicious pickles are refused, never executed);
+- one non-finite batch or loss is skipped on every process: no parameter, BatchNorm or prototype change;
+- resuming with changed arguments is refused or stops cleanly; a damaged newest checkpoint falls back;
+- bad data names its split, index and file; the trained model is exported even when evaluation fails;
+- distributed input errors fail on every process together instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO_ROOT / "training" / "train.py"
+TINY_RUN = [
+    "--encoder", "mit-test",
+    "--synthetic_num_train", "24", "--synthetic_num_validation", "6", "--synthetic_image_size", "32",
+    "--crop_size", "32", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
+    "--num_prototypes_per_class", "2", "--embedding_dim", "16", "--decoder_hidden_size", "16",
+    "--warmup_steps", "2", "--dataloader_num_workers", "0", "--num_threads", "1",
+    "--report_to", "none", "--logging_steps", "1", "--eval_steps", "0",
+]  # fmt: skip
+
+
+def run_training(args: list[str], *, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`python training/train.py ARGS` offline on one thread; returns the finished process (not checked)."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+                   "NO_ALBUMENTATIONS_UPDATE": "1"}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        env=environment, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 6-step run with checkpoints at steps 2 and 4 (copied by each test that damages it)."""
+    output_dir = tmp_path_factory.mktemp("checkpointed") / "run"
+    result = run_training([*TINY_RUN, "--max_steps", "6", "--checkpointing_steps", "2",
+                           "--checkpoints_total_limit", "5", "--output_dir", str(output_dir)])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return output_dir
+
+
+def _copy_checkpoints(run: Path, destination: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run / "checkpoints", destination / "checkpoints")
+    return destination
+
+
+class _RunsCode:
+    """A pickle that, when unpickled with code execution allowed, creates `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('code from the checkpoint ran')",))
+
+
+# ------------------------------------------------------------------------------ 3. no code from a checkpoint
+
+
+def test_checkpoints_hold_no_pickled_objects_and_malicious_pickles_never_run(
+    checkpointed_run: Path, tmp_path: Path
+) -> None:
+    for folder in (checkpointed_run / "checkpoints").iterdir():
+        assert not list(folder.glob("custom_checkpoint_*")), f"{folder} holds a pickled object"
+    for file_name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"):
+        output_dir = _copy_checkpoints(checkpointed_run, tmp_path / file_name)
+        marker = tmp_path / f"{file_name}.ran"
+        torch.save(_RunsCode(marker), output_dir / "checkpoints" / "checkpoint-4" / file_name)
+        result = run_training([*TINY_RUN, "--max_steps", "6", "--output_dir", str(output_dir),
+                               "--resume_from_checkpoint", str(output_dir / "checkpoints" / "checkpoint-4")])  # fmt: skip
+        assert not marker.exists(), f"resuming ran code from {file_name}"
+        assert result.returncode != 0, f"a resume with a malicious {file_name} went on"
+        assert file_name in result.stderr or "weights_only" in result.stderr.lower(), result.stderr[-3000:]
+
+
+def test_resume_sets_the_learning_rate_schedule_from_the_step() -> None:
+    from training.optimization import PolyWithWarmup, set_schedule_step
+
+    def scheduler() -> torch.optim.lr_scheduler.LambdaLR:
+        optimizer = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1},
+                                     {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0}])  # fmt: skip
+        schedule = PolyWithWarmup(max_steps=10, power=0.9, warmup_steps=3, warmup_start_factor=0.1, min_factor=0.01)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    stepped, restored = scheduler(), scheduler()
+    for _ in range(7):
+        stepped.optimizer.step()
+        stepped.step()
+    set_schedule_step(restored, 7)
+    assert restored.get_last_lr() == stepped.get_last_lr()
+    assert [group["lr"] for group in restored.optimizer.param_groups] == stepped.get_last_lr()
+    restored.optimizer.step()
+    restored.step()
+    stepped.step()
+    assert restored.get_last_lr() == stepped.get_last_lr()
+
+
+# ------------------------------------------------------------------------------ 1. one NaN poisons nothing
+
+
+def _tiny_training_state(batches: list[dict]):
+    from accelerate import Accelerator
+
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from tiny_models import tiny_protoseg_config
+    from training.config import resolve_config
+    from training.loop import TrainingState
+
+    config = resolve_config(max_steps=len(batches), max_grad_norm=1.0)
+    accelerator = Accelerator(cpu=True)
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    return config, accelerator, TrainingState(model, optimizer, scheduler, iter(batches), 0, 2)
+
+
+def _batch(pixel_value: float | None = None) -> dict:
+    pixel_values = torch.randn(2, 3, 32, 32)
+    if pixel_value is not None:
+        pixel_values[1, 0, 5, 7] = pixel_value
+    return {"pixel_values": pixel_values, "labels": torch.randint(0, 3, (2, 32, 32))}
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()
+            if not name.endswith("skipped_nonfinite_updates")}  # fmt: skip
+
+
+@pytest.mark.parametrize("bad_pixel", [float("nan"), float("inf"), 3e38], ids=["nan", "inf", "overflowing"])
+def test_a_non_finite_batch_is_skipped_without_changing_weights_batchnorm_or_prototypes(bad_pixel: float) -> None:
+    from training.loop import RunningMeans, optimizer_step
+
+    config, accelerator, state = _tiny_training_state([_batch(), _batch(bad_pixel), _batch()])
+    running = RunningMeans()
+    assert optimizer_step(config, accelerator, state, running)  # a good step first: Adam state, moved prototypes
+    before = _snapshot(state.model)
+    assert not optimizer_step(config, accelerator, state, running)
+    after = _snapshot(state.model)
+    for name, value in before.items():  # weights, BatchNorm running stats, prototypes and their statistics
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0, msg=name)
+    assert state.skipped_nonfinite_steps == 1
+    assert all(p.grad is None for p in state.model.parameters())  # nothing left to leak into the next step
+    assert optimizer_step(config, accelerator, state, running)  # training goes on, finite
+    assert all(torch.isfinite(value).all() for value in state.model.state_dict().values())
+    assert state.skipped_nonfinite_steps == 1
+    assert all(value == value for value in running.log_values(2).values())  # no NaN in the logged means
+
+
+# ------------------------------------------------------------------------------ 4. resuming with changed arguments
+
+
+def test_resume_past_max_steps_is_refused(checkpointed_run: Path, tmp_path: Path) -> None:
+    output_dir = _copy_checkpoints(checkpointed_run, tmp_path)
+    result = run_training([*TINY_RUN, "--max_steps", "3", "--output_dir", str(output_dir),
+                           "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert result.returncode != 0
+    assert "the checkpoint is at step 4, past --max_steps 3" in result.stderr
+    assert not (output_dir / "train_results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "changed, expected",
+    [(["--per_device_train_batch_size", "2"], "per_device_train_batch_size: the checkpoint has 4, this run 2"),
+     (["--gradient_accumulation_steps", "2"], "gradient_accumulation_steps: the checkpoint has 1, this run 2")],
+)  # fmt: skip
+def test_resume_with_another_batch_layout_is_refused_naming_both_values(
+    checkpointed_run: Path, tmp_path: Path, changed: list[str], expected: str
+) -> None:
+    output_dir = _copy_checkpoints(checkpointed_run, tmp_path)
+    result = run_training([*TINY_RUN, "--max_steps", "6", *changed, "--output_dir", str(output_dir),
+                           "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert result.returncode != 0
+    assert expected in result.stderr
+
+
+def test_a_different_number_of_processes_is_refused() -> None:
+    from training.checkpointing import check_resume_matches
+
+    with pytest.raises(ValueError, match="num_processes: the checkpoint has 2, this run 1"):
+        check_resume_matches({"step": 4, "num_processes": 2}, {"num_processes": 1}, max_steps=6)
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(checkpointed_run: Path, tmp_path: Path) -> None:
+    output_dir = _copy_checkpoints(checkpointed_run, tmp_path)
+    weights = output_dir / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = run_training([*TINY_RUN, "--max_steps", "6", "--output_dir", str(output_dir),
+                           "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "skipping the damaged checkpoint" in result.stderr and "checkpoint-4" in result.stderr
+    train_results = json.loads((output_dir / "train_results.json").read_text())
+    assert train_results["resumed_from_step"] == 2 and train_results["global_step"] == 6
+    assert train_results["skipped_nonfinite_steps"] == 0
+
+
+# ------------------------------------------------------------------------------ 2. bad data says where; the model is kept
+
+
+def _file_pairs(folder: Path, count: int, *, split: str) -> list[tuple[Path, Path]]:
+    """`count` valid 32x32 (image, label) PNG pairs with 3 classes."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    pairs = []
+    for index in range(count):
+        image_path, label_path = folder / f"{split}_{index}.png", folder / f"{split}_{index}_label.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image_path)
+        Image.fromarray(rng.integers(0, 3, (32, 32), dtype=np.uint8)).save(label_path)
+        pairs.append((image_path, label_path))
+    return pairs
+
+
+def _damage(pairs: list[tuple[Path, Path]]) -> tuple[Path, Path]:
+    """Truncate the image of sample 1 and put class 7 into the label of sample 2; returns those two files."""
+    import numpy as np
+    from PIL import Image
+
+    truncated_image = pairs[1][0]
+    truncated_image.write_bytes(truncated_image.read_bytes()[:200])
+    bad_label = pairs[2][1]
+    Image.fromarray(np.full((32, 32), 7, dtype=np.uint8)).save(bad_label)
+    return truncated_image, bad_label
+
+
+def _file_splits(folder: Path, *, damaged: bool):
+    from training.data import FilePairSource
+    from training.sources import DatasetSplits
+
+    train_pairs = _file_pairs(folder / "train", 8, split="train")
+    damaged_files = _damage(train_pairs) if damaged else None
+    splits = DatasetSplits(
+        train=FilePairSource(train_pairs, split_name="train"),
+        validation=FilePairSource(_file_pairs(folder / "val", 3, split="val"), split_name="val"),
+        id2label={0: "a", 1: "b", 2: "c"},
+        description="files",
+    )
+    return splits, damaged_files
+
+
+def test_bad_images_and_labels_name_split_index_and_file(tmp_path: Path) -> None:
+    from training.augmentation import build_eval_transform
+    from training.data import BadSampleError, SegmentationDataset
+    from training.preprocessing import IMAGENET_NORMALIZATION
+
+    splits, (truncated_image, bad_label) = _file_splits(tmp_path, damaged=True)
+    dataset = SegmentationDataset(splits.train, transform=build_eval_transform(base_size=32, normalization=IMAGENET_NORMALIZATION), num_labels=3)  # fmt: skip
+    with pytest.raises(BadSampleError, match=r"train sample 1") as image_error:
+        dataset[1]
+    assert str(truncated_image) in str(image_error.value)
+    with pytest.raises(BadSampleError, match=r"train sample 2.*label values \[7\]") as label_error:
+        dataset[2]
+    assert f"label file {bad_label}" in str(label_error.value)
+
+
+def _tiny_config(tmp_path: Path, *extra: str):
+    from training.config import parse_config
+
+    args = [*TINY_RUN, "--max_steps", "2", "--output_dir", str(tmp_path / "out"), *extra]
+    return parse_config(args)
+
+
+def test_check_data_lists_every_bad_sample_before_training(tmp_path: Path) -> None:
+    from training import train as train_script
+
+    splits, (truncated_image, bad_label) = _file_splits(tmp_path / "data", damaged=True)
+    with pytest.raises(ValueError, match="--check_data: 2 bad sample") as error:
+        train_script.run(_tiny_config(tmp_path, "--check_data", "true"), datasets=splits)
+    assert str(truncated_image) in str(error.value) and str(bad_label) in str(error.value)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_empty_splits_give_one_clear_message(tmp_path: Path) -> None:
+    from training import train as train_script
+    from training.data import FilePairSource
+
+    splits, _ = _file_splits(tmp_path / "data", damaged=False)
+    splits.validation = FilePairSource([], split_name="val")
+    with pytest.raises(ValueError, match=r"no samples in the validation \('val'\) split"):
+        train_script.run(_tiny_config(tmp_path), datasets=splits)
+
+
+def test_a_failing_final_evaluation_keeps_the_trained_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from training import train as train_script
+
+    def failing_evaluation(*args, **kwargs):
+        raise RuntimeError("the evaluation data vanished")
+
+    monkeypatch.setattr(train_script, "evaluate_on", failing_evaluation)
+    splits, _ = _file_splits(tmp_path / "data", damaged=False)
+    with pytest.raises(RuntimeError, match="vanished"):
+        train_script.run(_tiny_config(tmp_path, "--eval_steps", "0"), datasets=splits)
+    model = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path / "out")
+    assert model.prototype_health()["never_updated_prototypes"] < model.prototype_health()["num_prototypes"]
+    assert (tmp_path / "out" / "preprocessor_config.json").is_file()
