@@ -197,6 +197,12 @@ def train(
     return record
 
 
+def finished(setting: str, task: str, head: Head, seed: int, work_dir: Path) -> bool:
+    """Whether the run's folder holds a finished run (its record and eval_results.json)."""
+    folder = work_dir / setting / task / f"{head.name}-seed{seed}"
+    return (folder / "benchmark_run.json").exists() and (folder / "eval_results.json").exists()
+
+
 def _without_threads(arguments: list[str]) -> list[str]:
     """The flags that define a run: the thread count changes only its speed."""
     index = arguments.index("--num_threads")
@@ -320,6 +326,9 @@ def main() -> None:
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/protoseg_accuracy"))
     parser.add_argument("--reuse_runs", action="store_true", help="keep finished runs with the same flags and code pin")
     parser.add_argument("--quick", action="store_true", help="5 steps, 4 evaluation images: a smoke run")
+    parser.add_argument(
+        "--report_only", action="store_true", help="train nothing: report the finished runs found in --work_dir"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     machine = machine_description(__import__("torch").device("cpu"))
@@ -331,7 +340,10 @@ def main() -> None:
                 for head in (HEADS[name] for name in args.heads):
                     if setting not in head.settings:
                         continue
-                    record = train(setting, task, head, seed, args.work_dir, args.threads, extra, reuse=args.reuse_runs)
+                    if args.report_only and not finished(setting, task, head, seed, args.work_dir):
+                        continue
+                    reuse = args.reuse_runs or args.report_only
+                    record = train(setting, task, head, seed, args.work_dir, args.threads, extra, reuse=reuse)
                     folder = Path(record["folder"])
                     run = {
                         "setting": setting, "task": task, "head": head.name, "seed": seed,
