@@ -163,7 +163,8 @@ def code_root(head: Head, work_dir: Path) -> Path:
 
 
 def train(
-    setting: str, task: str, head: Head, seed: int, work_dir: Path, threads: int, extra: list[str], *, reuse: bool
+    setting: str, task: str, head: Head, seed: int, work_dir: Path, threads: int, extra: list[str], *, reuse: bool,
+    allow_training: bool = True,
 ) -> dict[str, Any]:
     """Train one run (or reuse it); returns its record: flags, code, wall time and folder."""
     folder = work_dir / setting / task / f"{head.name}-seed{seed}"
@@ -178,6 +179,8 @@ def train(
         same_flags = _without_threads(record["arguments"]) == _without_threads(arguments)
         if same_flags and record.get("pinned_commit") == head.commit:
             return record
+    if not allow_training:
+        raise RuntimeError(f"{folder}: no finished run with these flags (--report_only trains nothing)")
     root = code_root(head, work_dir)
     start = time.perf_counter()
     completed = subprocess.run(
@@ -343,7 +346,10 @@ def main() -> None:
                     if args.report_only and not finished(setting, task, head, seed, args.work_dir):
                         continue
                     reuse = args.reuse_runs or args.report_only
-                    record = train(setting, task, head, seed, args.work_dir, args.threads, extra, reuse=reuse)
+                    record = train(
+                        setting, task, head, seed, args.work_dir, args.threads, extra,
+                        reuse=reuse, allow_training=not args.report_only,
+                    )  # fmt: skip
                     folder = Path(record["folder"])
                     run = {
                         "setting": setting, "task": task, "head": head.name, "seed": seed,
