@@ -312,3 +312,103 @@ def test_a_failing_final_evaluation_keeps_the_trained_model(tmp_path: Path, monk
     model = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path / "out")
     assert model.prototype_health()["never_updated_prototypes"] < model.prototype_health()["num_prototypes"]
     assert (tmp_path / "out" / "preprocessor_config.json").is_file()
+
+
+# ------------------------------------------------------------------------------ 6. clear errors before anything moves
+
+
+def _tiny_model(**overrides):
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from tiny_models import tiny_protoseg_config
+
+    return ProtoSegForSemanticSegmentation(tiny_protoseg_config(**overrides))
+
+
+@pytest.mark.parametrize(
+    "pixel_values, labels, message",
+    [
+        (torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.bool), r"labels must be an integer .*torch\.bool"),
+        (torch.randint(0, 255, (2, 3, 32, 32)), None, r"pixel_values must be a floating-point .*torch\.int64"),
+        (torch.randn(0, 3, 32, 32), torch.zeros(0, 32, 32, dtype=torch.long), r"batch of 0 images.*>= 1"),
+        (torch.randn(2, 3, 28, 32), torch.zeros(2, 28, 32, dtype=torch.long), r"28 x 32 are too small.*>= 29"),
+    ],
+    ids=["bool-labels", "int64-pixel-values", "empty-batch", "smaller-than-the-encoder-minimum"],
+)  # fmt: skip
+def test_malformed_inputs_are_value_errors_before_any_state_changes(pixel_values, labels, message) -> None:
+    model = _tiny_model().train()
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values, labels=labels)
+    for name, value in _snapshot(model).items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_the_stated_minimum_size_runs() -> None:
+    from modeling_protoseg.encoders import minimum_input_size
+
+    model = _tiny_model().eval()
+    assert minimum_input_size(model.config.encoder_config) == 29
+    assert model(torch.randn(1, 3, 29, 29)).logits.shape[-2:] == (8, 8)
+
+
+def _enrolment_scene(size: int = 32):
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    return image, np.zeros((size, size), dtype=bool)
+
+
+def test_add_classes_refuses_a_one_pixel_image_and_a_one_pixel_mask_leaving_the_model_unchanged() -> None:
+    model = _tiny_model()
+    before, labels_before = _snapshot(model), dict(model.config.id2label)
+    tiny_image, tiny_mask = _enrolment_scene(size=1)
+    tiny_mask[0, 0] = True
+    with pytest.raises(ValueError, match=r"class 'leaf', example 0: the image .* 1 x 1 pixels, too small .*>= 29"):
+        model.add_classes({"leaf": [(tiny_image, tiny_mask)]})
+    image, single_pixel = _enrolment_scene()
+    single_pixel[10, 10] = True
+    with pytest.raises(ValueError, match=r"class 'leaf': the masks select 1 pixel\(s\).*num_prototypes_per_class = 4"):
+        model.add_classes({"leaf": [(image, single_pixel)]})
+    assert model.config.id2label == labels_before
+    for name, value in _snapshot(model).items():
+        assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_prototypes_per_class", 2.5, r"num_prototypes_per_class must be an int, got 2\.5 \(float\)"),
+        ("num_prototypes_per_class", "4", r"num_prototypes_per_class must be an int, got '4' \(str\)"),
+        ("sinkhorn_iterations", True, r"sinkhorn_iterations must be an int, got True \(bool\)"),
+        ("prototype_momentum", "0.9", r"prototype_momentum must be a finite real number, got '0\.9'"),
+        ("sinkhorn_epsilon", float("nan"), r"sinkhorn_epsilon must be a finite real number"),
+        ("update_prototypes_with_correct_only", "yes", r"update_prototypes_with_correct_only must be a bool"),
+        ("sinkhorn_iterations", 10**9, r"sinkhorn_iterations must be in \[1, 1000\], got 1000000000"),
+        ("num_prototypes_per_class", 10**6, r"num_prototypes_per_class must be in \[1, 1000\]"),
+        ("embedding_dim", 10**7, r"embedding_dim must be in \[1, 65536\]"),
+    ],
+)  # fmt: skip
+def test_config_fields_of_the_wrong_type_or_absurd_size_name_the_field_and_the_range(field, value, message) -> None:
+    from tiny_models import tiny_protoseg_config
+
+    with pytest.raises(ValueError, match=message):
+        tiny_protoseg_config(**{field: value})
+
+
+def test_a_prototype_bank_over_the_limit_is_refused_before_it_is_allocated(tmp_path: Path) -> None:
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from tiny_models import tiny_protoseg_config
+
+    with pytest.raises(ValueError, match=r"30 \* 1000 \* 65536 float32 prototypes take 7,864,320,000 bytes.*4 GiB"):
+        tiny_protoseg_config(num_classes=30, num_prototypes_per_class=1000, embedding_dim=65536)
+    _tiny_model().save_pretrained(tmp_path)
+    overrides = [{"sinkhorn_iterations": 10**9},
+                 {"num_prototypes_per_class": 1000, "embedding_dim": 65536,
+                  "id2label": {index: str(index) for index in range(30)}}]  # fmt: skip
+    for override in overrides:  # set after the config's __init__ by from_pretrained: still checked
+        with pytest.raises(ValueError, match=next(iter(override)) if "id2label" not in override else "4 GiB"):
+            ProtoSegForSemanticSegmentation.from_pretrained(tmp_path, ignore_mismatched_sizes=True, **override)
+    config = tiny_protoseg_config()
+    config.sinkhorn_iterations = 10**9  # set by hand after the config was built
+    with pytest.raises(ValueError, match=r"sinkhorn_iterations must be in \[1, 1000\]"):
+        ProtoSegForSemanticSegmentation(config)
