@@ -412,3 +412,68 @@ def test_a_prototype_bank_over_the_limit_is_refused_before_it_is_allocated(tmp_p
     config.sinkhorn_iterations = 10**9  # set by hand after the config was built
     with pytest.raises(ValueError, match=r"sinkhorn_iterations must be in \[1, 1000\]"):
         ProtoSegForSemanticSegmentation(config)
+
+
+# ------------------------------------------------------------------------------ 7. what is published does not leak
+
+
+SECRET = "s3cretTokenWithoutPrefix"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train.py", "--hub_token", SECRET],
+        ["train.py", f"--hub_token={SECRET}"],
+        ["train.py", "--hub_tok", SECRET],  # argparse accepts unique abbreviations
+        ["train.py", f"--hub_t={SECRET}"],
+        ["train.py", "--hub-token", SECRET],
+        ["train.py", "--hub_token", f"hf_{SECRET}"],
+    ],
+    ids=["space", "equals", "abbreviation", "abbreviation-equals", "dashes", "hf-prefix"],
+)
+def test_hub_tokens_are_redacted_by_argument_whatever_they_look_like(argv: list[str]) -> None:
+    from model_cards import TrainingSummary
+    from model_cards.redaction import publishable_command
+
+    command = publishable_command([*argv, "--hub_model_id", "me/model"])
+    assert SECRET not in command and "<redacted>" in command and "--hub_model_id me/model" in command
+    joined = " ".join([*argv, "--hub_model_id", "me/model"])  # an older summary holds the joined string
+    assert SECRET not in TrainingSummary(command=joined).command
+
+
+def test_the_card_and_the_published_json_hold_no_token_and_no_local_path(tmp_path: Path) -> None:
+    from training import train as train_script
+
+    splits, _ = _file_splits(tmp_path / "data", damaged=False)
+    splits.description = str(tmp_path / "data" / "my_scenes")  # a local dataset folder, as --dataset_name gives it
+    output_dir = tmp_path / "out"
+    argv = [str(TRAIN_SCRIPT), *TINY_RUN, "--max_steps", "1", "--output_dir", str(output_dir), "--hub_tok", SECRET]
+    config = _tiny_config(tmp_path)
+    config.output.hub_token = SECRET
+    import unittest.mock
+
+    with unittest.mock.patch.object(sys, "argv", argv):
+        train_script.run(config, datasets=splits)
+    published = {name: (output_dir / name).read_text() for name in
+                 ("README.md", "training_summary.json", "eval_results.json", "train_results.json", "config.json")}  # fmt: skip
+    for name, text in published.items():
+        assert SECRET not in text, name
+        assert str(tmp_path) not in text and "/tmp" not in text, f"{name} publishes a local path"
+    summary = json.loads(published["training_summary.json"])
+    assert summary["dataset"] == "<local>/my_scenes"
+    assert summary["command"].startswith("training/train.py --encoder mit-test")  # relative to the working directory
+    assert "--output_dir <local>/out --hub_tok <redacted>" in summary["command"]
+    assert json.loads(published["eval_results.json"])["dataset"] == "<local>/my_scenes"
+    assert "| Training data | my_scenes |" in published["README.md"]
+
+
+def test_hub_ids_and_names_are_published_as_they_are() -> None:
+    from model_cards.redaction import publishable_command, publishable_path
+
+    assert publishable_path("nvidia/mit-b0") == "nvidia/mit-b0" and publishable_path("camvid") == "camvid"
+    assert publishable_path("../shared/datasets/camvid") == "<local>/camvid"
+    assert publishable_path("/data/x/", working_directory="/data") == "x"
+    assert publishable_command(["train.py", "--encoder", "nvidia/mit-b0", "--crop_size", "512", "512"]) == (
+        "train.py --encoder nvidia/mit-b0 --crop_size 512 512"
+    )
