@@ -171,6 +171,7 @@ def cluster_embeddings_into_prototypes(
     `sinkhorn_assign_pixels` (equipartitioned, hard argmax), and (b) prototype = normalised mean of its
     pixels, until the assignment stops changing or `max_rounds`. A prototype that receives no pixel keeps
     its seed. With N <= K pixels, each pixel becomes a prototype and the rest repeat them cyclically.
+    Process-local: inside an initialised process group nothing is all-reduced.
 
     Returns:
         (K, D) float32 unit vectors.
@@ -187,7 +188,12 @@ def cluster_embeddings_into_prototypes(
     previous_assignments = None
     for _ in range(max_rounds):
         assignments, _ = sinkhorn_assign_pixels(
-            embeddings @ prototypes.T, single_group, 1, iterations=sinkhorn_iterations, epsilon=sinkhorn_epsilon
+            embeddings @ prototypes.T,
+            single_group,
+            1,
+            iterations=sinkhorn_iterations,
+            epsilon=sinkhorn_epsilon,
+            local=True,  # this process's examples only: enrolment never waits for other processes
         )  # (N,) in [0, K)
         if previous_assignments is not None and torch.equal(assignments, previous_assignments):
             break

@@ -477,3 +477,103 @@ def test_hub_ids_and_names_are_published_as_they_are() -> None:
     assert publishable_command(["train.py", "--encoder", "nvidia/mit-b0", "--crop_size", "512", "512"]) == (
         "train.py --encoder nvidia/mit-b0 --crop_size 512 512"
     )
+
+
+# ------------------------------------------------------------------------------ 5. distributed faults do not hang
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _spawn_two(worker, args: tuple, *, timeout: float) -> None:
+    """Run `worker(rank, *args)` on 2 spawned processes; fail (killing them) if they are not done in `timeout` s."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(worker, args=args, nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the two processes were still running after {timeout} s: a hang")
+
+
+def _label_fault_worker(rank: int, port: int, output_dir: str) -> None:
+    import gc
+
+    import torch.distributed as dist
+
+    from training.loop import RunningMeans, optimizer_step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")  # fmt: skip
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    batch = _batch()
+    if rank == 1:
+        batch["labels"][1, 3, 4] = 7  # one out-of-range label on one process
+    config, accelerator, state = _tiny_training_state([batch])
+    assert accelerator.num_processes == 2
+    prototypes_before = accelerator.unwrap_model(state.model).prototypes.clone()
+    try:
+        optimizer_step(config, accelerator, state, RunningMeans())
+        outcome = "stepped"
+    except ValueError as error:
+        outcome = f"ValueError: {error}"
+    unchanged = torch.equal(accelerator.unwrap_model(state.model).prototypes, prototypes_before)
+    Path(output_dir, f"rank{rank}.json").write_text(json.dumps({"outcome": outcome, "unchanged": unchanged}))
+    del state  # release DDP before the group goes (DESIGN.md: gloo teardown)
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_labels_out_of_range_on_one_process_stop_every_process_together(tmp_path: Path) -> None:
+    _spawn_two(_label_fault_worker, (_free_port(), str(tmp_path)), timeout=240)
+    outcomes = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert outcomes[1]["outcome"].startswith("ValueError: labels must be class indices in [0, 2]"), outcomes
+    assert "got values [7]" in outcomes[1]["outcome"]
+    assert outcomes[0]["outcome"].startswith("ValueError: process 0: stopping because another process"), outcomes
+    assert all(outcome["unchanged"] for outcome in outcomes)  # nothing moved on either process
+
+
+def _enrolment_worker(rank: int, init_file: str, output_dir: str) -> None:
+    import time
+
+    import numpy as np
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    done = Path(output_dir, "rank0.pt")
+    if rank == 0:  # only this process enrols a class: its clustering must not wait for process 1
+        torch.manual_seed(0)
+        model = _tiny_model()
+        image, mask = _enrolment_scene()
+        mask[8:24, 4:28] = True
+        model.add_classes({"leaf": [(image, mask)]})
+        torch.save(model.prototypes[-1].clone(), Path(output_dir, "partial.pt"))
+        Path(output_dir, "partial.pt").rename(done)
+    else:  # the other process waits outside any collective until process 0 is done (or gives up)
+        deadline = time.monotonic() + 120
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_add_classes_inside_a_process_group_is_process_local(tmp_path: Path) -> None:
+    _spawn_two(_enrolment_worker, (str(tmp_path / "init"), str(tmp_path)), timeout=240)
+    torch.manual_seed(0)
+    model = _tiny_model()
+    image, mask = _enrolment_scene()
+    mask[8:24, 4:28] = True
+    model.add_classes({"leaf": [(image, mask)]})  # the same enrolment without any process group
+    torch.testing.assert_close(torch.load(tmp_path / "rank0.pt"), model.prototypes[-1], rtol=0, atol=0)
