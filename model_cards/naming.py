@@ -12,7 +12,7 @@ def is_hub_id(name: str) -> bool:
     """True for 'owner/name'-style ids, false for local paths and plain names."""
     return (
         name.count("/") == 1
-        and not name.startswith((".", "/", "~"))
+        and not name.startswith((".", "/", "~", "<"))  # "<local>/name": a local path hidden at training time
         and not name.endswith("/")
         and not os.path.exists(name)
         and " " not in name

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from .legacy_keys import upgrade_eval_results, upgrade_training_summary
-from .redaction import SECRET_KEYS, redact_secrets
+from .redaction import SECRET_KEYS, publishable_path, redact_command, redact_secrets
 from .validation import (
     RecordFormatError,
     check_record_fields,
@@ -229,7 +229,8 @@ class TrainingSummary(JsonRecord):
     Fields with a `label` are rows of the card's training table, in this order; `model_name`, `head`,
     `encoder`, `encoder_pretrained`, `command`, `license*` and `tags` are used elsewhere in the card.
     `extra` holds further facts (name -> value) shown after the known rows. Hub tokens are removed
-    from `command` and `extra` when the summary is built.
+    from `command` and `extra`, and local paths in `command`, `dataset`, `dataset_id` and `encoder` are shown
+    as `<local>/<last part>`, when the summary is built (`redaction`).
     """
 
     SOURCE: ClassVar[str] = TRAINING_SUMMARY_FILE
@@ -266,7 +267,9 @@ class TrainingSummary(JsonRecord):
 
     def __post_init__(self) -> None:
         check_record_fields(self, self.SOURCE)
-        self.command = redact_secrets(self.command)
+        self.command = redact_command(self.command)
+        for name in ("dataset", "dataset_id", "encoder"):
+            setattr(self, name, publishable_path(getattr(self, name)))
         self.extra = redact_secrets(self.extra)
 
     @classmethod

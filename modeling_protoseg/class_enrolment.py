@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .encoders import minimum_input_size
 from .prototypes import sinkhorn_assign_pixels
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -170,6 +171,7 @@ def cluster_embeddings_into_prototypes(
     `sinkhorn_assign_pixels` (equipartitioned, hard argmax), and (b) prototype = normalised mean of its
     pixels, until the assignment stops changing or `max_rounds`. A prototype that receives no pixel keeps
     its seed. With N <= K pixels, each pixel becomes a prototype and the rest repeat them cyclically.
+    Process-local: inside an initialised process group nothing is all-reduced.
 
     Returns:
         (K, D) float32 unit vectors.
@@ -186,7 +188,12 @@ def cluster_embeddings_into_prototypes(
     previous_assignments = None
     for _ in range(max_rounds):
         assignments, _ = sinkhorn_assign_pixels(
-            embeddings @ prototypes.T, single_group, 1, iterations=sinkhorn_iterations, epsilon=sinkhorn_epsilon
+            embeddings @ prototypes.T,
+            single_group,
+            1,
+            iterations=sinkhorn_iterations,
+            epsilon=sinkhorn_epsilon,
+            local=True,  # this process's examples only: enrolment never waits for other processes
         )  # (N,) in [0, K)
         if previous_assignments is not None and torch.equal(assignments, previous_assignments):
             break
@@ -285,6 +292,13 @@ class ProtoSegClassEnrolmentMixin:
             pixel_values = preprocess_image(
                 image_array, image_processor=image_processor, image_size=image_size, what=f"{what}: image"
             )
+            minimum_size = minimum_input_size(self.config.encoder_config)
+            if min(pixel_values.shape[-2:]) < minimum_size:
+                raise ValueError(
+                    f"{what}: the image reaches the model as {pixel_values.shape[-2]} x {pixel_values.shape[-1]} "
+                    f"pixels, too small for the encoder: height and width must be >= {minimum_size} "
+                    "(pass a larger image, or image_size=...)"
+                )
             prepared.append((pixel_values, mask_array))
         return prepared
 
@@ -361,7 +375,9 @@ class ProtoSegClassEnrolmentMixin:
         the prototype buffer; `config.id2label` / `label2id` / `num_labels` grow; the LayerNorm over class
         scores gets one more entry whose weight and bias are the *mean* of the existing ones (a new class
         is given the average learned temperature and offset, favouring no class). Every input is validated
-        and every embedding computed before anything changes: on error the model is untouched.
+        and every embedding computed before anything changes: on error the model is untouched. A class whose
+        masks cover fewer cells of the output grid than `num_prototypes_per_class`, or an image smaller than
+        the encoder's minimum size, is a ValueError.
 
         Arguments:
             examples_by_class: {"name": [(image, mask), ...]}; image a PIL image or (H, W, 3) array
@@ -384,8 +400,14 @@ class ProtoSegClassEnrolmentMixin:
             for name in names
         ]  # every input validated before the first forward pass
         new_prototypes = []
-        for prepared in prepared_by_class:
+        for name, prepared in zip(names, prepared_by_class):
             embeddings = self._embed_prepared(prepared)
+            if embeddings.shape[0] < num_prototypes:
+                raise ValueError(
+                    f"class {name!r}: the masks select {embeddings.shape[0]} pixel(s) of the model's output grid "
+                    f"(1/4 of the input resolution), fewer than num_prototypes_per_class = {num_prototypes}: its "
+                    "prototypes would be copies of one another. Mark larger regions or give more examples"
+                )
             new_prototypes.append(
                 cluster_embeddings_into_prototypes(
                     embeddings,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -12,6 +14,32 @@ from .configuration_encoders import resolve_encoder_config
 
 CLASS_SCORE_NORMS = ("affine", "layer_norm")
 PROTOTYPE_INITS = ("data", "random")
+
+# Upper bounds that no sensible configuration reaches: they turn a typo (10**9 iterations, a prototype bank of
+# terabytes) into an error naming the field instead of a hang or an allocation failure deep inside a forward.
+MAX_SINKHORN_ITERATIONS = 1000
+MAX_PROTOTYPES_PER_CLASS = 1000
+MAX_WIDTH = 65536  # embedding_dim, decoder_hidden_size
+MAX_PROTOTYPE_BANK_BYTES = 4 * 1024**3  # C * K * D float32 prototypes
+
+INTEGER_FIELDS = (
+    "num_prototypes_per_class", "sinkhorn_iterations", "embedding_dim", "decoder_hidden_size",
+    "dead_prototype_patience", "semantic_loss_ignore_index",
+)  # fmt: skip
+REAL_FIELDS = (
+    "prototype_momentum", "sinkhorn_epsilon", "ppc_temperature", "ppc_loss_weight", "ppd_loss_weight",
+    "class_score_scale", "classifier_dropout_prob", "initializer_range",
+)  # fmt: skip
+BOOLEAN_FIELDS = ("update_prototypes_with_correct_only", "reseed_dead_prototypes")
+
+
+def _check_type(field: str, value: Any, *, integer: bool) -> None:
+    """ValueError unless `value` is an int (`integer`) or a finite real number; bools and strings never pass."""
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{field} must be an int, got {value!r} ({type(value).__name__})")
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite real number, got {value!r} ({type(value).__name__})")
 
 
 class ProtoSegConfig(PretrainedConfig):
@@ -112,20 +140,35 @@ class ProtoSegConfig(PretrainedConfig):
         self._validate_method_values()
 
     def _validate_method_values(self) -> None:
-        """Raise a ValueError naming the first field whose value the method cannot use."""
+        """Raise a ValueError naming the first field whose value the method cannot use: its type (an int
+        field takes an int, a float field a real number, never a bool or a string), its range, and the size of
+        the prototype bank (`C * K * D * 4` bytes at most `MAX_PROTOTYPE_BANK_BYTES`)."""
+        for field in INTEGER_FIELDS:
+            _check_type(field, getattr(self, field), integer=True)
+        for field in REAL_FIELDS:
+            _check_type(field, getattr(self, field), integer=False)
+        for field in BOOLEAN_FIELDS:
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{field} must be a bool (True or False), got {getattr(self, field)!r}")
         checks = [
-            ("num_prototypes_per_class", self.num_prototypes_per_class, self.num_prototypes_per_class >= 1, ">= 1"),
+            ("num_prototypes_per_class", self.num_prototypes_per_class,
+             1 <= self.num_prototypes_per_class <= MAX_PROTOTYPES_PER_CLASS, f"in [1, {MAX_PROTOTYPES_PER_CLASS}]"),
             ("prototype_momentum", self.prototype_momentum, 0.0 <= self.prototype_momentum < 1.0, "in [0, 1)"),
-            ("sinkhorn_iterations", self.sinkhorn_iterations, self.sinkhorn_iterations >= 1, ">= 1"),
+            ("sinkhorn_iterations", self.sinkhorn_iterations,
+             1 <= self.sinkhorn_iterations <= MAX_SINKHORN_ITERATIONS, f"in [1, {MAX_SINKHORN_ITERATIONS}]"),
             ("sinkhorn_epsilon", self.sinkhorn_epsilon, self.sinkhorn_epsilon > 0, "> 0"),
             ("ppc_temperature", self.ppc_temperature, self.ppc_temperature > 0, "> 0"),
             ("ppc_loss_weight", self.ppc_loss_weight, self.ppc_loss_weight >= 0, ">= 0"),
             ("ppd_loss_weight", self.ppd_loss_weight, self.ppd_loss_weight >= 0, ">= 0"),
-            ("embedding_dim", self.embedding_dim, self.embedding_dim >= 1, ">= 1"),
-            ("decoder_hidden_size", self.decoder_hidden_size, self.decoder_hidden_size >= 1, ">= 1"),
+            ("embedding_dim", self.embedding_dim, 1 <= self.embedding_dim <= MAX_WIDTH, f"in [1, {MAX_WIDTH}]"),
+            ("decoder_hidden_size", self.decoder_hidden_size,
+             1 <= self.decoder_hidden_size <= MAX_WIDTH, f"in [1, {MAX_WIDTH}]"),
             ("class_score_scale", self.class_score_scale, self.class_score_scale > 0, "> 0"),
             ("dead_prototype_patience", self.dead_prototype_patience, self.dead_prototype_patience >= 1, ">= 1"),
-        ]
+            ("classifier_dropout_prob", self.classifier_dropout_prob, 0.0 <= self.classifier_dropout_prob < 1.0,
+             "in [0, 1)"),
+            ("initializer_range", self.initializer_range, self.initializer_range >= 0, ">= 0"),
+        ]  # fmt: skip
         for field, value, valid, expected in checks:
             if not valid:
                 raise ValueError(f"{field} must be {expected}, got {value!r}")
@@ -142,6 +185,13 @@ class ProtoSegConfig(PretrainedConfig):
                 "so there must be classes to choose between. For one foreground class, label the rest as a "
                 'background class: id2label={0: "background", 1: "<your class>"}'
             )
+        bank_bytes = self.num_labels * self.num_prototypes_per_class * self.embedding_dim * 4
+        if bank_bytes > MAX_PROTOTYPE_BANK_BYTES:
+            raise ValueError(
+                f"num_labels * num_prototypes_per_class * embedding_dim = {self.num_labels} * "
+                f"{self.num_prototypes_per_class} * {self.embedding_dim} float32 prototypes take {bank_bytes:,} bytes, "
+                f"more than the limit of {MAX_PROTOTYPE_BANK_BYTES:,} (4 GiB); lower one of them"
+            )
         if 0 <= self.semantic_loss_ignore_index < self.num_labels:
             raise ValueError(
                 f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) collides with a class index "
@@ -151,10 +201,14 @@ class ProtoSegConfig(PretrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "ProtoSegConfig":
         """As `PretrainedConfig.from_dict`; a saved config without `class_score_norm` (package 0.1, whose
-        weights were trained with the LayerNorm) loads as `"layer_norm"`, not as the newer default."""
+        weights were trained with the LayerNorm) loads as `"layer_norm"`, not as the newer default. Values given
+        as keyword arguments (`from_pretrained(folder, sinkhorn_iterations=...)`) are validated as well."""
         if "class_score_norm" not in config_dict:
             config_dict = {**config_dict, "class_score_norm": "layer_norm"}
-        return super().from_dict(config_dict, **kwargs)
+        config = super().from_dict(config_dict, **kwargs)
+        # from_pretrained(..., num_prototypes_per_class=...) sets such values after __init__: check them too
+        (config[0] if isinstance(config, tuple) else config)._validate_method_values()
+        return config
 
     @property
     def encoder_kind(self) -> str:

@@ -114,6 +114,30 @@ def encoder_feature_maps(encoder: nn.Module, pixel_values: torch.Tensor) -> tupl
     return tuple(encoder(pixel_values).feature_maps)
 
 
+def minimum_input_size(encoder_config: PretrainedConfig) -> int:
+    """The smallest image height/width an encoder runs on.
+
+    MiT: every stage's map must be at least as large as the kernel of its efficient-attention reduction
+    (`sr_ratios`, 8 / 4 / 2 / 1 for MiT-B0..B5: 29 pixels). AutoBackbones here (Swin, ResNet, ConvNeXt,
+    EfficientNet-Lite) pad: 1 pixel.
+    """
+    if encoder_kind(encoder_config) != "segformer":
+        return 1
+    stages = list(zip(encoder_config.patch_sizes, encoder_config.strides, encoder_config.sr_ratios))
+
+    def runs(size: int) -> bool:
+        for patch_size, stride, reduction in stages:
+            size = (size + 2 * (patch_size // 2) - patch_size) // stride + 1  # the overlapping patch embedding
+            if size < max(reduction, 1):
+                return False
+        return True
+
+    size = 1
+    while not runs(size):
+        size += 1
+    return size
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -147,6 +171,7 @@ __all__ = [
     "four_stage_backbone_config",
     "freeze_unused_final_norm",
     "load_pretrained_encoder",
+    "minimum_input_size",
     "model_from_pretrained_encoder",
     "pretrained_encoder_model_type",
 ]

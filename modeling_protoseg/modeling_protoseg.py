@@ -24,7 +24,13 @@ from transformers.utils import ModelOutput
 from .class_enrolment import ProtoSegClassEnrolmentMixin
 from .class_scores import ProtoSegClassScoreNorm, nearest_prototype_scores
 from .configuration_protoseg import ProtoSegConfig
-from .encoders import build_encoder, encoder_channels, encoder_feature_maps, model_from_pretrained_encoder
+from .encoders import (
+    build_encoder,
+    encoder_channels,
+    encoder_feature_maps,
+    minimum_input_size,
+    model_from_pretrained_encoder,
+)
 from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
 from .prototypes import (
     assigned_pixel_sums,
@@ -225,6 +231,7 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
     """Encoder + all-MLP decoder + projection head, classifying each pixel by its nearest prototype."""
 
     def __init__(self, config: ProtoSegConfig) -> None:
+        config._validate_method_values()  # values set after the config was built, before any allocation
         super().__init__(config)
         self.encoder = build_encoder(config.encoder_config)
         self.decode_head = ProtoSegDecodeHead(
@@ -267,10 +274,25 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
     def _check_inputs(self, pixel_values: torch.Tensor, labels: torch.Tensor | None) -> None:
         """Raise a ValueError on malformed inputs, before anything (prototypes included) is touched."""
         num_channels = getattr(self.config.encoder_config, "num_channels", 3)
+        if not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
         if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
             raise ValueError(
                 f"pixel_values must be a 4-D tensor (batch, {num_channels}, height, width), "
                 f"got shape {tuple(pixel_values.shape)}"
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a floating-point tensor of normalised images, got dtype {pixel_values.dtype}; "
+                "the image processor converts 0-255 images (or use .float() and normalise)"
+            )
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values holds a batch of 0 images; the batch size must be >= 1")
+        minimum_size = minimum_input_size(self.config.encoder_config)
+        if min(pixel_values.shape[2:]) < minimum_size:
+            raise ValueError(
+                f"pixel_values of height x width {pixel_values.shape[2]} x {pixel_values.shape[3]} are too small "
+                f"for the {self.config.encoder_config.model_type} encoder: both must be >= {minimum_size}"
             )
         if labels is None:
             return
@@ -280,8 +302,10 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
                 f"labels must have shape (batch, height, width) = {expected_shape} to match pixel_values, "
                 f"got {tuple(labels.shape)}"
             )
-        if labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(
+                f"labels must be an integer tensor of class indices (e.g. torch.long), got dtype {labels.dtype}"
+            )
         ignore_index = self.config.semantic_loss_ignore_index
         invalid = ((labels < 0) | (labels >= self.config.num_labels)) & (labels != ignore_index)
         if invalid.any():  # one host synchronisation per step, for a clear error

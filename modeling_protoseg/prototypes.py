@@ -6,7 +6,8 @@ grows with the number of pixels, never with a Python loop over classes, and noth
 
 When `torch.distributed` is initialised, the per-prototype marginals of the Sinkhorn iterations and the
 per-prototype feature sums/counts of the update are all-reduced, so every process computes exactly what
-one process would compute on the global batch, and all processes keep identical prototypes.
+one process would compute on the global batch, and all processes keep identical prototypes
+(`sinkhorn_assign_pixels(..., local=True)` clusters one process's pixels alone, as class enrolment does).
 All arithmetic here runs in float32 whatever the input dtype (autocast is disabled locally).
 """
 
@@ -28,8 +29,11 @@ def _all_reduce_(tensor: torch.Tensor, op: "dist.ReduceOp.RedOpType") -> torch.T
     return tensor
 
 
-def _group_logsumexp(log_values: torch.Tensor, pixel_groups: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """log(sum over the pixels of each group of exp(log_values)), per prototype, across processes.
+def _group_logsumexp(
+    log_values: torch.Tensor, pixel_groups: torch.Tensor, num_groups: int, *, local: bool = False
+) -> torch.Tensor:
+    """log(sum over the pixels of each group of exp(log_values)), per prototype, across processes (this
+    process's pixels only with `local`).
 
     Arguments:
         log_values: (N, K) log transport plan.
@@ -41,12 +45,14 @@ def _group_logsumexp(log_values: torch.Tensor, pixel_groups: torch.Tensor, num_g
     index = pixel_groups[:, None].expand(num_pixels, num_prototypes)
     maxima = log_values.new_full((num_groups, num_prototypes), float("-inf"))
     maxima.scatter_reduce_(0, index, log_values, reduce="amax", include_self=True)
-    _all_reduce_(maxima, dist.ReduceOp.MAX)
+    if not local:
+        _all_reduce_(maxima, dist.ReduceOp.MAX)
     # Groups absent everywhere have max -inf: shift them by 0 so exp() stays finite (their sum is 0).
     maxima = torch.where(torch.isfinite(maxima), maxima, torch.zeros_like(maxima))
     sums = log_values.new_zeros((num_groups, num_prototypes))
     sums.index_add_(0, pixel_groups, torch.exp(log_values - maxima[pixel_groups]))
-    _all_reduce_(sums, dist.ReduceOp.SUM)
+    if not local:
+        _all_reduce_(sums, dist.ReduceOp.SUM)
     return maxima + torch.log(sums)
 
 
@@ -58,6 +64,7 @@ def sinkhorn_assign_pixels(
     *,
     iterations: int = 3,
     epsilon: float = 0.05,
+    local: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Assign each pixel to one of its class's K prototypes under an equipartition constraint.
 
@@ -72,6 +79,8 @@ def sinkhorn_assign_pixels(
         num_groups: number of classes (rows of the marginal table).
         iterations: Sinkhorn-Knopp iterations (paper: 3).
         epsilon: entropy weight kappa (paper: 0.05).
+        local: cluster this process's pixels alone, with no collective, even inside an initialised process group
+            (e.g. class enrolment on one process); by default the marginals are all-reduced when distributed.
     Returns:
         assignments: (N,) long, index in [0, K) of the prototype each pixel is assigned to (argmax of the plan).
         plan: (N, K) float32 transport plan, each row summing to 1.
@@ -79,7 +88,7 @@ def sinkhorn_assign_pixels(
     with torch.autocast(device_type=similarities.device.type, enabled=False):
         log_plan = similarities.float() / epsilon
         for _ in range(iterations):
-            log_plan = log_plan - _group_logsumexp(log_plan, pixel_groups, num_groups)[pixel_groups]
+            log_plan = log_plan - _group_logsumexp(log_plan, pixel_groups, num_groups, local=local)[pixel_groups]
             log_plan = log_plan - torch.logsumexp(log_plan, dim=1, keepdim=True)
         plan = torch.exp(log_plan)
     return plan.argmax(dim=1), plan

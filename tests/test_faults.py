@@ -312,3 +312,268 @@ def test_a_failing_final_evaluation_keeps_the_trained_model(tmp_path: Path, monk
     model = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path / "out")
     assert model.prototype_health()["never_updated_prototypes"] < model.prototype_health()["num_prototypes"]
     assert (tmp_path / "out" / "preprocessor_config.json").is_file()
+
+
+# ------------------------------------------------------------------------------ 6. clear errors before anything moves
+
+
+def _tiny_model(**overrides):
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from tiny_models import tiny_protoseg_config
+
+    return ProtoSegForSemanticSegmentation(tiny_protoseg_config(**overrides))
+
+
+@pytest.mark.parametrize(
+    "pixel_values, labels, message",
+    [
+        (torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.bool), r"labels must be an integer .*torch\.bool"),
+        (torch.randint(0, 255, (2, 3, 32, 32)), None, r"pixel_values must be a floating-point .*torch\.int64"),
+        (torch.randn(0, 3, 32, 32), torch.zeros(0, 32, 32, dtype=torch.long), r"batch of 0 images.*>= 1"),
+        (torch.randn(2, 3, 28, 32), torch.zeros(2, 28, 32, dtype=torch.long), r"28 x 32 are too small.*>= 29"),
+    ],
+    ids=["bool-labels", "int64-pixel-values", "empty-batch", "smaller-than-the-encoder-minimum"],
+)  # fmt: skip
+def test_malformed_inputs_are_value_errors_before_any_state_changes(pixel_values, labels, message) -> None:
+    model = _tiny_model().train()
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values, labels=labels)
+    for name, value in _snapshot(model).items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_the_stated_minimum_size_runs() -> None:
+    from modeling_protoseg.encoders import minimum_input_size
+
+    model = _tiny_model().eval()
+    assert minimum_input_size(model.config.encoder_config) == 29
+    assert model(torch.randn(1, 3, 29, 29)).logits.shape[-2:] == (8, 8)
+
+
+def _enrolment_scene(size: int = 32):
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    return image, np.zeros((size, size), dtype=bool)
+
+
+def test_add_classes_refuses_a_one_pixel_image_and_a_one_pixel_mask_leaving_the_model_unchanged() -> None:
+    model = _tiny_model()
+    before, labels_before = _snapshot(model), dict(model.config.id2label)
+    tiny_image, tiny_mask = _enrolment_scene(size=1)
+    tiny_mask[0, 0] = True
+    with pytest.raises(ValueError, match=r"class 'leaf', example 0: the image .* 1 x 1 pixels, too small .*>= 29"):
+        model.add_classes({"leaf": [(tiny_image, tiny_mask)]})
+    image, single_pixel = _enrolment_scene()
+    single_pixel[10, 10] = True
+    with pytest.raises(ValueError, match=r"class 'leaf': the masks select 1 pixel\(s\).*num_prototypes_per_class = 4"):
+        model.add_classes({"leaf": [(image, single_pixel)]})
+    assert model.config.id2label == labels_before
+    for name, value in _snapshot(model).items():
+        assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_prototypes_per_class", 2.5, r"num_prototypes_per_class must be an int, got 2\.5 \(float\)"),
+        ("num_prototypes_per_class", "4", r"num_prototypes_per_class must be an int, got '4' \(str\)"),
+        ("sinkhorn_iterations", True, r"sinkhorn_iterations must be an int, got True \(bool\)"),
+        ("prototype_momentum", "0.9", r"prototype_momentum must be a finite real number, got '0\.9'"),
+        ("sinkhorn_epsilon", float("nan"), r"sinkhorn_epsilon must be a finite real number"),
+        ("update_prototypes_with_correct_only", "yes", r"update_prototypes_with_correct_only must be a bool"),
+        ("sinkhorn_iterations", 10**9, r"sinkhorn_iterations must be in \[1, 1000\], got 1000000000"),
+        ("num_prototypes_per_class", 10**6, r"num_prototypes_per_class must be in \[1, 1000\]"),
+        ("embedding_dim", 10**7, r"embedding_dim must be in \[1, 65536\]"),
+    ],
+)  # fmt: skip
+def test_config_fields_of_the_wrong_type_or_absurd_size_name_the_field_and_the_range(field, value, message) -> None:
+    from tiny_models import tiny_protoseg_config
+
+    with pytest.raises(ValueError, match=message):
+        tiny_protoseg_config(**{field: value})
+
+
+def test_a_prototype_bank_over_the_limit_is_refused_before_it_is_allocated(tmp_path: Path) -> None:
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from tiny_models import tiny_protoseg_config
+
+    with pytest.raises(ValueError, match=r"30 \* 1000 \* 65536 float32 prototypes take 7,864,320,000 bytes.*4 GiB"):
+        tiny_protoseg_config(num_classes=30, num_prototypes_per_class=1000, embedding_dim=65536)
+    _tiny_model().save_pretrained(tmp_path)
+    overrides = [{"sinkhorn_iterations": 10**9},
+                 {"num_prototypes_per_class": 1000, "embedding_dim": 65536,
+                  "id2label": {index: str(index) for index in range(30)}}]  # fmt: skip
+    for override in overrides:  # set after the config's __init__ by from_pretrained: still checked
+        with pytest.raises(ValueError, match=next(iter(override)) if "id2label" not in override else "4 GiB"):
+            ProtoSegForSemanticSegmentation.from_pretrained(tmp_path, ignore_mismatched_sizes=True, **override)
+    config = tiny_protoseg_config()
+    config.sinkhorn_iterations = 10**9  # set by hand after the config was built
+    with pytest.raises(ValueError, match=r"sinkhorn_iterations must be in \[1, 1000\]"):
+        ProtoSegForSemanticSegmentation(config)
+
+
+# ------------------------------------------------------------------------------ 7. what is published does not leak
+
+
+SECRET = "s3cretTokenWithoutPrefix"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train.py", "--hub_token", SECRET],
+        ["train.py", f"--hub_token={SECRET}"],
+        ["train.py", "--hub_tok", SECRET],  # argparse accepts unique abbreviations
+        ["train.py", f"--hub_t={SECRET}"],
+        ["train.py", "--hub-token", SECRET],
+        ["train.py", "--hub_token", f"hf_{SECRET}"],
+    ],
+    ids=["space", "equals", "abbreviation", "abbreviation-equals", "dashes", "hf-prefix"],
+)
+def test_hub_tokens_are_redacted_by_argument_whatever_they_look_like(argv: list[str]) -> None:
+    from model_cards import TrainingSummary
+    from model_cards.redaction import publishable_command
+
+    command = publishable_command([*argv, "--hub_model_id", "me/model"])
+    assert SECRET not in command and "<redacted>" in command and "--hub_model_id me/model" in command
+    joined = " ".join([*argv, "--hub_model_id", "me/model"])  # an older summary holds the joined string
+    assert SECRET not in TrainingSummary(command=joined).command
+
+
+def test_the_card_and_the_published_json_hold_no_token_and_no_local_path(tmp_path: Path) -> None:
+    from training import train as train_script
+
+    splits, _ = _file_splits(tmp_path / "data", damaged=False)
+    splits.description = str(tmp_path / "data" / "my_scenes")  # a local dataset folder, as --dataset_name gives it
+    output_dir = tmp_path / "out"
+    argv = [str(TRAIN_SCRIPT), *TINY_RUN, "--max_steps", "1", "--output_dir", str(output_dir), "--hub_tok", SECRET]
+    config = _tiny_config(tmp_path)
+    config.output.hub_token = SECRET
+    import unittest.mock
+
+    with unittest.mock.patch.object(sys, "argv", argv):
+        train_script.run(config, datasets=splits)
+    published = {name: (output_dir / name).read_text() for name in
+                 ("README.md", "training_summary.json", "eval_results.json", "train_results.json", "config.json")}  # fmt: skip
+    for name, text in published.items():
+        assert SECRET not in text, name
+        assert str(tmp_path) not in text and "/tmp" not in text, f"{name} publishes a local path"
+    summary = json.loads(published["training_summary.json"])
+    assert summary["dataset"] == "<local>/my_scenes"
+    assert summary["command"].startswith("training/train.py --encoder mit-test")  # relative to the working directory
+    assert "--output_dir <local>/out --hub_tok <redacted>" in summary["command"]
+    assert json.loads(published["eval_results.json"])["dataset"] == "<local>/my_scenes"
+    assert "| Training data | my_scenes |" in published["README.md"]
+
+
+def test_hub_ids_and_names_are_published_as_they_are() -> None:
+    from model_cards.redaction import publishable_command, publishable_path
+
+    assert publishable_path("nvidia/mit-b0") == "nvidia/mit-b0" and publishable_path("camvid") == "camvid"
+    assert publishable_path("../shared/datasets/camvid") == "<local>/camvid"
+    assert publishable_path("/data/x/", working_directory="/data") == "x"
+    assert publishable_command(["train.py", "--encoder", "nvidia/mit-b0", "--crop_size", "512", "512"]) == (
+        "train.py --encoder nvidia/mit-b0 --crop_size 512 512"
+    )
+
+
+# ------------------------------------------------------------------------------ 5. distributed faults do not hang
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _spawn_two(worker, args: tuple, *, timeout: float) -> None:
+    """Run `worker(rank, *args)` on 2 spawned processes; fail (killing them) if they are not done in `timeout` s."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(worker, args=args, nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the two processes were still running after {timeout} s: a hang")
+
+
+def _label_fault_worker(rank: int, port: int, output_dir: str) -> None:
+    import gc
+
+    import torch.distributed as dist
+
+    from training.loop import RunningMeans, optimizer_step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")  # fmt: skip
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    batch = _batch()
+    if rank == 1:
+        batch["labels"][1, 3, 4] = 7  # one out-of-range label on one process
+    config, accelerator, state = _tiny_training_state([batch])
+    assert accelerator.num_processes == 2
+    prototypes_before = accelerator.unwrap_model(state.model).prototypes.clone()
+    try:
+        optimizer_step(config, accelerator, state, RunningMeans())
+        outcome = "stepped"
+    except ValueError as error:
+        outcome = f"ValueError: {error}"
+    unchanged = torch.equal(accelerator.unwrap_model(state.model).prototypes, prototypes_before)
+    Path(output_dir, f"rank{rank}.json").write_text(json.dumps({"outcome": outcome, "unchanged": unchanged}))
+    del state  # release DDP before the group goes (DESIGN.md: gloo teardown)
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_labels_out_of_range_on_one_process_stop_every_process_together(tmp_path: Path) -> None:
+    _spawn_two(_label_fault_worker, (_free_port(), str(tmp_path)), timeout=240)
+    outcomes = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert outcomes[1]["outcome"].startswith("ValueError: labels must be class indices in [0, 2]"), outcomes
+    assert "got values [7]" in outcomes[1]["outcome"]
+    assert outcomes[0]["outcome"].startswith("ValueError: process 0: stopping because another process"), outcomes
+    assert all(outcome["unchanged"] for outcome in outcomes)  # nothing moved on either process
+
+
+def _enrolment_worker(rank: int, init_file: str, output_dir: str) -> None:
+    import time
+
+    import numpy as np
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    done = Path(output_dir, "rank0.pt")
+    if rank == 0:  # only this process enrols a class: its clustering must not wait for process 1
+        torch.manual_seed(0)
+        model = _tiny_model()
+        image, mask = _enrolment_scene()
+        mask[8:24, 4:28] = True
+        model.add_classes({"leaf": [(image, mask)]})
+        torch.save(model.prototypes[-1].clone(), Path(output_dir, "partial.pt"))
+        Path(output_dir, "partial.pt").rename(done)
+    else:  # the other process waits outside any collective until process 0 is done (or gives up)
+        deadline = time.monotonic() + 120
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_add_classes_inside_a_process_group_is_process_local(tmp_path: Path) -> None:
+    _spawn_two(_enrolment_worker, (str(tmp_path / "init"), str(tmp_path)), timeout=240)
+    torch.manual_seed(0)
+    model = _tiny_model()
+    image, mask = _enrolment_scene()
+    mask[8:24, 4:28] = True
+    model.add_classes({"leaf": [(image, mask)]})  # the same enrolment without any process group
+    torch.testing.assert_close(torch.load(tmp_path / "rank0.pt"), model.prototypes[-1], rtol=0, atol=0)

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import SegformerImageProcessor
 
+from model_cards.redaction import publishable_command, publishable_path
 from training.config import TrainingConfig
 
 
@@ -52,7 +53,7 @@ def results_json(
         "eval_mode": eval_mode,
         "eval_split": split,
         "num_samples": metrics["num_samples"],
-        "dataset": dataset,
+        "dataset": publishable_path(dataset),
         **({"prototype_health": prototype_health} if prototype_health is not None else {}),
     }
 
@@ -117,10 +118,10 @@ def training_summary(
     return {
         "model_name": config.output.hub_model_id or Path(config.output.output_dir).name,
         "head": config.model.head,
-        "encoder_name": config.model.encoder,
+        "encoder_name": publishable_path(config.model.encoder),
         "encoder_pretrained": encoder_pretrained,
-        "dataset": dataset,
-        "dataset_id": dataset_id,
+        "dataset": publishable_path(dataset),
+        "dataset_id": publishable_path(dataset_id),
         "preset": config.data.preset,
         "train_split": config.data.train_split,
         "num_train_images": num_train_images,
@@ -141,7 +142,7 @@ def training_summary(
         "num_processes": num_processes,
         "hardware": hardware,
         "train_runtime_seconds": train_runtime_seconds,
-        "command": " ".join(sys.argv),
+        "command": publishable_command(sys.argv, working_directory=os.getcwd()),  # no token, no local path
     }
 
 

@@ -84,6 +84,35 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item() > 0)
 
 
+def check_batch_on_every_process(
+    accelerator: Accelerator, model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor
+) -> bool:
+    """Validate a batch before any collective of the forward: the model's input checks (label range, dtypes,
+    shapes) and finiteness, agreed on by every process in one all-reduce. A malformed batch on any process raises
+    a ValueError on every process (the one that has it gives the model's message), so none waits in the
+    clustering's all-reduce for a process that failed. Returns False (on every process) when some process's
+    pixels are not finite: the step is to be skipped."""
+    error = None
+    check_inputs = getattr(accelerator.unwrap_model(model), "_check_inputs", None)
+    if check_inputs is not None:
+        try:
+            check_inputs(pixel_values, labels)
+        except ValueError as raised:
+            error = raised
+    finite = True if error is not None else bool(torch.isfinite(pixel_values).all())
+    flags = torch.tensor([float(error is not None), float(not finite)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, reduction="sum")
+    if error is not None:
+        raise error
+    if flags[0] > 0:
+        raise ValueError(
+            f"process {accelerator.process_index}: stopping because another process got a malformed batch (its "
+            "log names the problem); every process stops together instead of waiting for it"
+        )
+    return not bool(flags[1] > 0)
+
+
 def _gradients_are_finite(model: nn.Module) -> bool:
     gradients = [p.grad for p in model.parameters() if p.grad is not None]
     return not gradients or bool(torch.stack([torch.isfinite(g).all() for g in gradients]).all())
@@ -94,7 +123,8 @@ def optimizer_step(
 ) -> bool:
     """One optimizer step over `gradient_accumulation_steps` micro-batches (DDP syncs on the last only).
 
-    A non-finite pixel in any process's micro-batch, or a non-finite loss or gradient on any process, skips the
+    A malformed batch on any process (labels out of range, ...) raises a ValueError on every process before the
+    forward. A non-finite pixel in any process's micro-batch, or a non-finite loss or gradient on any process, skips the
     step on every process: the parameters, optimizer state, BatchNorm statistics and prototypes (buffers, restored
     from a copy taken before the first forward) stay as they were; the batches are still consumed (the data
     position and the learning-rate schedule move on). With fp16, a gradient overflow is the GradScaler's to skip
@@ -109,7 +139,7 @@ def optimizer_step(
             continue
         pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)  # (B, 3, h, w)
         labels = batch["labels"].to(accelerator.device, non_blocking=True)  # (B, h, w)
-        if any_process(accelerator, not bool(torch.isfinite(pixel_values).all())):  # before any buffer moves
+        if not check_batch_on_every_process(accelerator, model, pixel_values, labels):  # before any buffer moves
             finite = False
             continue
         is_last_micro_step = micro_step == config.optimization.gradient_accumulation_steps - 1
