@@ -16,6 +16,7 @@ from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig
 from .configuration_protoseg import ProtoSegConfig
 from .configuration_protoseg_linear_head import ProtoSegLinearHeadConfig
 from .encoders import build_encoder, encoder_channels, encoder_feature_maps, load_pretrained_encoder
+from .image_loading import load_image
 from .modeling_efficientnet_lite import ProtoSegEfficientNetLiteBackbone
 from .modeling_protoseg import (
     ProtoSegForSemanticSegmentation,
@@ -43,6 +44,7 @@ ProtoSegEfficientNetLiteBackbone.register_for_auto_class("AutoBackbone")
 __version__ = "0.1.0"
 
 __all__ = [
+    "load_image",
     "ProtoSegConfig",
     "ProtoSegEfficientNetLiteBackbone",
     "ProtoSegEfficientNetLiteConfig",

@@ -288,6 +288,31 @@ def test_check_data_lists_every_bad_sample_before_training(tmp_path: Path) -> No
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_skip_bad_samples_trains_without_them_and_counts_them(tmp_path: Path) -> None:
+    import json
+
+    from training import train as train_script
+
+    splits, _ = _file_splits(tmp_path / "data", damaged=True)  # train samples 1 and 2 are bad
+    result = train_script.run(_tiny_config(tmp_path, "--skip_bad_samples", "true"), datasets=splits)
+    train_results = json.loads((tmp_path / "out" / "train_results.json").read_text())
+    assert train_results["skipped_bad_samples"] == {"train": 2}
+    assert result.eval["num_samples"] == 3  # the validation split is intact and complete
+
+
+def test_skip_bad_samples_refuses_a_split_with_no_good_sample(tmp_path: Path) -> None:
+    from training import train as train_script
+    from training.data import FilePairSource
+
+    splits, _ = _file_splits(tmp_path / "data", damaged=False)
+    broken = _file_pairs(tmp_path / "broken", 2, split="val")
+    for image_path, _ in broken:
+        image_path.write_bytes(b"not a png")
+    splits.validation = FilePairSource(broken, split_name="val")
+    with pytest.raises(ValueError, match="every sample of the validation split is bad"):
+        train_script.run(_tiny_config(tmp_path, "--skip_bad_samples", "true"), datasets=splits)
+
+
 def test_empty_splits_give_one_clear_message(tmp_path: Path) -> None:
     from training import train as train_script
     from training.data import FilePairSource
@@ -577,3 +602,22 @@ def test_add_classes_inside_a_process_group_is_process_local(tmp_path: Path) -> 
     mask[8:24, 4:28] = True
     model.add_classes({"leaf": [(image, mask)]})  # the same enrolment without any process group
     torch.testing.assert_close(torch.load(tmp_path / "rank0.pt"), model.prototypes[-1], rtol=0, atol=0)
+
+
+def test_a_16_bit_greyscale_png_reaches_inference_as_training_reads_it(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+    from transformers.image_utils import load_image as transformers_load_image
+
+    from modeling_protoseg import load_image
+    from training.data import SegmentationDataset  # noqa: F401  (training reads images through the same converter)
+    from training.data import to_rgb_array
+
+    gradient = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)  # 0..65472
+    path = tmp_path / "scan.png"
+    Image.fromarray(gradient).save(path)
+    expected = np.repeat(np.round(gradient / 257.0).astype(np.uint8)[..., None], 3, axis=-1)  # by hand
+    np.testing.assert_array_equal(np.asarray(load_image(path)), expected)
+    np.testing.assert_array_equal(to_rgb_array(str(path)), expected)
+    # what the plain pipeline input path does (documented): PIL's convert("RGB") clips to white
+    assert np.asarray(transformers_load_image(str(path))).mean() > 250

@@ -60,6 +60,11 @@ class DataArguments:
     check_data: bool = field(
         default=False, metadata={"help": "read every sample of every split before training; list all bad ones"}
     )
+    skip_bad_samples: bool = field(
+        default=False,
+        metadata={"help": "read every sample before training and leave the bad ones out (counted in the log and "
+                  "train_results.json) instead of failing"},
+    )  # fmt: skip
 
 
 @dataclass

@@ -7,7 +7,7 @@ data of its own (e.g. a benchmark that holds a class out) without touching the t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class DatasetSplits:
     label_mapping: LabelMapping | None = None
     description: str | None = None
     hub_dataset_id: str | None = None
+    skipped_bad_samples: dict[str, int] = field(default_factory=dict)  # role -> samples left out (--skip_bad_samples)
 
 
 class FirstSamples:
@@ -66,6 +67,20 @@ class FirstSamples:
         if index >= self.count:
             raise IndexError(index)
         return self.source.load(index)
+
+
+class SelectedSamples:
+    """The samples of a source at `indices`, in that order (e.g. all but the bad ones)."""
+
+    def __init__(self, source: SampleSource, indices: list[int]) -> None:
+        self.source, self.indices = source, list(indices)
+        self.split_name = getattr(source, "split_name", "")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> tuple[Any, Any, str]:
+        return self.source.load(self.indices[index])
 
 
 def preset_source(preset: DatasetPreset | None) -> str:

@@ -13,6 +13,7 @@ finish (final evaluation, export, upload). From Python: `run(parse_config([...])
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ from training.preprocessing import (
     input_normalization,
 )
 from training.presets import EncoderSpec, resolve_encoder
-from training.sources import DatasetSplits, load_dataset_splits
+from training.sources import DatasetSplits, SelectedSamples, load_dataset_splits
 
 logger = logging.getLogger("protoseg.train")
 
@@ -155,9 +156,10 @@ def build_datasets(
     }
 
 
-def check_first_samples(config: TrainingConfig, splits: DatasetSplits) -> None:
-    """Read one sample of each split now (every sample with `--check_data`): empty splits, wrong columns, formats
-    or labels fail before the model is built. Otherwise every other sample is checked when its batch is loaded."""
+def check_first_samples(config: TrainingConfig, splits: DatasetSplits) -> DatasetSplits:
+    """Read one sample of each split now (every sample with `--check_data` or `--skip_bad_samples`): empty splits,
+    wrong columns, formats or labels fail before the model is built. Otherwise every other sample is checked when
+    its batch is loaded. Returns the splits, without their bad samples under `--skip_bad_samples`."""
     datasets = build_datasets(config, splits)
     empty = [f"{role} ({getattr(dataset.source, 'split_name', role)!r})" for role, dataset in datasets.items()
              if len(dataset) == 0]  # fmt: skip
@@ -166,20 +168,41 @@ def check_first_samples(config: TrainingConfig, splits: DatasetSplits) -> None:
             f"no samples in the {', '.join(empty)} split(s) of {splits.description or 'the dataset'}: check --train_split / "
             "--validation_split / --test_split and --max_train_samples / --max_eval_samples"
         )
-    bad = []
-    for dataset in datasets.values():
-        for index in range(len(dataset)) if config.data.check_data else [0]:
+    read_all = config.data.check_data or config.data.skip_bad_samples
+    bad: dict[str, dict[int, str]] = {}  # role -> {index: message}
+    for role, dataset in datasets.items():
+        for index in range(len(dataset)) if read_all else [0]:
             try:
                 dataset.load_checked(index)
             except BadSampleError as error:
-                if not config.data.check_data:
+                if not read_all:
                     raise
-                bad.append(str(error))
-    if bad:
-        listing = "\n  ".join(bad)
-        raise ValueError(f"--check_data: {len(bad)} bad sample(s):\n  {listing}")
-    if config.data.check_data:
-        logger.info("--check_data: all %d samples read and valid", sum(len(d) for d in datasets.values()))
+                bad.setdefault(role, {})[index] = str(error)
+    messages = [message for by_index in bad.values() for message in by_index.values()]
+    if messages and not config.data.skip_bad_samples:
+        listing = "\n  ".join(messages)
+        raise ValueError(f"--check_data: {len(messages)} bad sample(s):\n  {listing}")
+    if read_all:
+        logger.info("read every sample: %d of %d valid", sum(map(len, datasets.values())) - len(messages),
+                    sum(map(len, datasets.values())))  # fmt: skip
+    return _without_bad_samples(splits, datasets, bad) if messages else splits
+
+
+def _without_bad_samples(
+    splits: DatasetSplits, datasets: dict[str, SegmentationDataset], bad: dict[str, dict[int, str]]
+) -> DatasetSplits:
+    """`splits` with the bad samples of each role left out (`--skip_bad_samples`); a split left empty is an error."""
+    for role, by_index in bad.items():
+        shown = "\n  ".join(list(by_index.values())[:10])
+        logger.warning("--skip_bad_samples: leaving out %d bad %s sample(s):\n  %s", len(by_index), role, shown)
+        if len(by_index) == len(datasets[role]):
+            raise ValueError(f"--skip_bad_samples: every sample of the {role} split is bad, e.g.: {shown}")
+    selected = {
+        role: SelectedSamples(getattr(splits, role), [i for i in range(len(datasets[role])) if i not in by_index])
+        for role, by_index in bad.items()
+    }
+    skipped = {role: len(by_index) for role, by_index in bad.items()}
+    return dataclasses.replace(splits, **selected, skipped_bad_samples=skipped)
 
 
 def prepare_data(
@@ -417,6 +440,7 @@ def finish(
         "num_processes": accelerator.num_processes,
         "global_batch_size": state.images_per_step,
         "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
+        "skipped_bad_samples": data.splits.skipped_bad_samples,
         **divergence,
     }
     if accelerator.is_main_process:
@@ -444,7 +468,7 @@ def run(config: TrainingConfig, *, datasets: DatasetSplits | None = None) -> Tra
     """
     accelerator, encoder = setup(config)
     splits = datasets if datasets is not None else load_dataset_splits(config.data, seed=config.runtime.seed)
-    check_first_samples(config, splits)
+    splits = check_first_samples(config, splits)
     model = prepare_model(config, encoder, splits.id2label, accelerator)
     data = prepare_data(config, splits, accelerator, normalization=input_normalization(model.config))
     state = prepare_training(config, model, data, accelerator)
