@@ -24,7 +24,13 @@ from transformers.utils import ModelOutput
 from .class_enrolment import ProtoSegClassEnrolmentMixin
 from .class_scores import ProtoSegClassScoreNorm, nearest_prototype_scores
 from .configuration_protoseg import ProtoSegConfig
-from .encoders import build_encoder, encoder_channels, encoder_feature_maps, model_from_pretrained_encoder
+from .encoders import (
+    ProtoSegEncoderCheckpointMixin,
+    build_encoder,
+    encoder_channels,
+    encoder_feature_maps,
+    model_from_pretrained_encoder,
+)
 from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
 from .prototypes import (
     assigned_pixel_sums,
@@ -199,7 +205,7 @@ class ProtoSegPrototypeBank(nn.Module):
         }
 
 
-class ProtoSegPreTrainedModel(PreTrainedModel):
+class ProtoSegPreTrainedModel(ProtoSegEncoderCheckpointMixin, PreTrainedModel):
     config: ProtoSegConfig
     config_class = ProtoSegConfig
     base_model_prefix = "encoder"  # the attribute holding the encoder, as "segformer" in SegFormer

@@ -16,12 +16,18 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_protoseg_linear_head import ProtoSegLinearHeadConfig
-from .encoders import build_encoder, encoder_channels, encoder_feature_maps, model_from_pretrained_encoder
+from .encoders import (
+    ProtoSegEncoderCheckpointMixin,
+    build_encoder,
+    encoder_channels,
+    encoder_feature_maps,
+    model_from_pretrained_encoder,
+)
 from .losses import pixel_cross_entropy
 from .modeling_protoseg import ProtoSegDecodeHead
 
 
-class ProtoSegLinearHeadPreTrainedModel(PreTrainedModel):
+class ProtoSegLinearHeadPreTrainedModel(ProtoSegEncoderCheckpointMixin, PreTrainedModel):
     config: ProtoSegLinearHeadConfig
     config_class = ProtoSegLinearHeadConfig
     base_model_prefix = "encoder"

@@ -436,3 +436,22 @@ def test_linear_head_training_model_is_segformer_on_mit_and_the_linear_head_else
         in_encoder = {id(parameter) in encoder_parameters for parameter in group["params"]}
         assert in_encoder in ({True}, {False})
         assert group["lr"] == config.optimization.learning_rate * (1.0 if in_encoder == {True} else 10.0)
+
+
+@pytest.mark.parametrize("model_class", [ProtoSegForSemanticSegmentation, ProtoSegLinearHeadForSemanticSegmentation])
+@pytest.mark.parametrize("saved_class", ["SegformerModel", "SegformerForSemanticSegmentation"])
+def test_from_pretrained_on_a_segformer_folder_builds_around_its_encoder(model_class, saved_class, tmp_path, caplog):
+    import transformers
+
+    segformer = getattr(transformers, saved_class)(tiny_segformer_encoder_config(num_labels=2)).eval()
+    segformer.save_pretrained(tmp_path)
+    encoder_state = getattr(segformer, "segformer", segformer).state_dict()
+    with caplog.at_level("WARNING"):
+        model = model_class.from_pretrained(str(tmp_path), id2label={0: "a", 1: "b", 2: "c"}, decoder_hidden_size=16)
+    assert [record for record in caplog.records if "from_pretrained_encoder" in record.getMessage()]
+    assert isinstance(model, model_class) and model.config.num_labels == 3 and model.config.decoder_hidden_size == 16
+    model_state = model.encoder.state_dict()
+    assert model_state.keys() == encoder_state.keys()
+    assert all(torch.equal(model_state[name], encoder_state[name]) for name in encoder_state)
+    with pytest.raises(ValueError, match="from_pretrained_encoder"):
+        model_class.from_pretrained(str(tmp_path), id2label={0: "a", 1: "b"}, ignore_mismatched_sizes=True)
