@@ -32,6 +32,7 @@ from .encoders import (
     model_from_pretrained_encoder,
 )
 from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
+from .pipeline_registration import register_for_segmentation_pipeline
 from .prototypes import (
     assigned_pixel_sums,
     labelled_pixels_per_class,
@@ -530,6 +531,11 @@ class _PixelAssignment:
         """Flat index `class * K + k` of each pixel's assigned prototype, in [0, C*K)."""
         return self.pixel_classes * self.num_prototypes + self.assignments
 
+
+# pipeline("image-segmentation") checks class names against its own table (installed package and remote code)
+register_for_segmentation_pipeline(
+    ProtoSegForSemanticSegmentation.config_class.model_type, ProtoSegForSemanticSegmentation.__name__
+)
 
 __all__ = [
     "ProtoSegDecodeHead",

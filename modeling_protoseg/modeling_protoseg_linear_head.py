@@ -25,6 +25,7 @@ from .encoders import (
 )
 from .losses import pixel_cross_entropy
 from .modeling_protoseg import ProtoSegDecodeHead
+from .pipeline_registration import register_for_segmentation_pipeline
 
 
 class ProtoSegLinearHeadPreTrainedModel(ProtoSegEncoderCheckpointMixin, PreTrainedModel):
@@ -91,5 +92,11 @@ class ProtoSegLinearHeadForSemanticSegmentation(ProtoSegLinearHeadPreTrainedMode
         )
         return output if return_dict else output.to_tuple()
 
+
+
+# pipeline("image-segmentation") checks class names against its own table (installed package and remote code)
+register_for_segmentation_pipeline(
+    ProtoSegLinearHeadForSemanticSegmentation.config_class.model_type, ProtoSegLinearHeadForSemanticSegmentation.__name__
+)
 
 __all__ = ["ProtoSegLinearHeadForSemanticSegmentation", "ProtoSegLinearHeadPreTrainedModel"]

@@ -559,3 +559,13 @@ def test_test_split_and_the_evaluate_command_agree_and_normalise_as_the_encoder_
         EvaluationSettings(split="test", eval_mode="multiscale", eval_scales=(1.0, 1.5), device="cpu"),  # MiT: >= 32 px
     )
     assert multiscale["eval_mode"] == "multiscale" and multiscale["num_samples"] == 6
+
+
+def test_help_starts_without_a_torchvision_warning() -> None:
+    """The package builds the PIL image processor, which needs nothing missing here: no fallback warning."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True, env=environment, timeout=240
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "torchvision" not in completed.stderr, completed.stderr[-2000:]

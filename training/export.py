@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from transformers import SegformerImageProcessor
+from transformers import SegformerImageProcessorPil
 
 from training.config import TrainingConfig
 
@@ -186,7 +186,7 @@ def export_final_model(
     model: nn.Module,
     *,
     output_dir: str | os.PathLike,
-    image_processor: SegformerImageProcessor,
+    image_processor: SegformerImageProcessorPil,
     results: dict[str, dict[str, Any]],
     summary: dict[str, Any],
     hub_model_id: str | None = None,

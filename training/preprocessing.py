@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import PretrainedConfig, SegformerImageProcessor
+from transformers import PretrainedConfig, SegformerImageProcessorPil
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,10 +52,10 @@ def input_normalization(model_config: PretrainedConfig) -> Normalization:
 
 def build_image_processor(
     normalization: Normalization, *, base_size: int, crop_size: tuple[int, int]
-) -> SegformerImageProcessor:
+) -> SegformerImageProcessorPil:
     """The processor saved beside a model: resize to `base_size` high (the crop's aspect ratio), normalise."""
     crop_height, crop_width = crop_size
-    return SegformerImageProcessor(
+    return SegformerImageProcessorPil(
         do_resize=True,
         size={"height": base_size, "width": round(base_size * crop_width / crop_height)},
         do_normalize=True,
