@@ -111,3 +111,24 @@ def test_trainer_moves_prototypes_exactly_as_a_plain_training_step(tmp_path):
             assert torch.allclose(trained, manual, rtol=0, atol=1e-6), name
         else:
             assert torch.equal(trained, manual), name
+
+
+def test_the_packages_mean_iou_metric_streams_under_trainer_and_agrees_with_the_guides(tmp_path):
+    from training.metrics import MeanIoUMetric
+
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config(NUM_CLASSES)).eval()
+    samples = make_samples(count=6)
+
+    def evaluate_with(compute_metrics, **arguments) -> dict[str, float]:
+        trainer = Trainer(
+            model=model,
+            args=trainer_arguments(str(tmp_path), **arguments),
+            eval_dataset=samples,
+            compute_metrics=compute_metrics,
+        )
+        return trainer.evaluate()
+
+    guide = evaluate_with(guide_compute_metrics)
+    streamed = evaluate_with(MeanIoUMetric(num_labels=NUM_CLASSES), batch_eval_metrics=True)
+    assert streamed["eval_mean_iou"] == pytest.approx(guide["eval_mean_iou"], abs=1e-12)
+    assert {"eval_mean_accuracy", "eval_overall_accuracy", "eval_per_category_iou"} <= set(streamed)
