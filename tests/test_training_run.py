@@ -189,6 +189,8 @@ def test_linear_baseline_on_a_local_parquet_dataset(tmp_path: Path) -> None:
     assert config["model_type"] == "segformer" and config["id2label"] == {"0": "sky", "1": "road", "2": "car"}
     eval_results = json.loads((output_dir / "eval_results.json").read_text())
     assert eval_results["num_samples"] == 3 and eval_results["eval_mode"] == "slide"
+    assert 0.0 <= eval_results["whole_image_mean_iou"] <= 1.0  # what a pipeline user gets, beside the slide number
+    assert "mIoU, whole image as in `pipeline`" in (output_dir / "README.md").read_text()
     from transformers import SegformerForSemanticSegmentation
 
     assert SegformerForSemanticSegmentation.from_pretrained(output_dir).config.num_labels == 3

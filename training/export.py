@@ -43,6 +43,7 @@ def results_json(
         "per_category_iou": by_name(metrics["per_category_iou"]),
         "per_category_accuracy": by_name(metrics["per_category_accuracy"]),
         "eval_mode": eval_mode,
+        **({"whole_image_mean_iou": metrics["whole_image_mean_iou"]} if "whole_image_mean_iou" in metrics else {}),
         "eval_split": split,
         "num_samples": metrics["num_samples"],
         "dataset": dataset,
