@@ -59,7 +59,13 @@ def test_onnx_export_under_no_grad_gives_pytorchs_logits(exported_model, dynamo,
                 str(path),
                 input_names=["pixel_values"],
                 output_names=["logits"],
-                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch"), 2: 32 * torch.export.Dim("h32"), 3: 32 * torch.export.Dim("w32")}},
+                dynamic_shapes={
+                    "pixel_values": {
+                        0: torch.export.Dim("batch"),
+                        2: 32 * torch.export.Dim("h32"),
+                        3: 32 * torch.export.Dim("w32"),
+                    }
+                },
                 dynamo=True,
             )
         else:

@@ -25,7 +25,9 @@ def guide_compute_metrics(eval_pred) -> dict[str, float]:
     logits, labels = eval_pred
     assert isinstance(logits, np.ndarray), f"compute_metrics got {type(logits).__name__}, not the logits"
     with torch.no_grad():
-        upsampled = F.interpolate(torch.from_numpy(logits), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        upsampled = F.interpolate(
+            torch.from_numpy(logits), size=labels.shape[-2:], mode="bilinear", align_corners=False
+        )
         predictions = upsampled.argmax(dim=1).numpy()
     valid = labels != 255
     ious = []

@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from training.metrics import ConfusionMatrix
 
