@@ -1,6 +1,7 @@
 """torch.compile training on two input sizes. With torch 2.13's inductor, the default (automatic dynamic shapes
 after the first size) fails on the second size ("cannot determine truth value of Relational" while ordering the
-symbolic strides of a view kept for backward); compiling with `dynamic=False` (every dimension marked static: one
+symbolic strides of the `transpose(1, 2).reshape(...)` view in transformers' SegFormer attention, i.e. inside the
+MiT encoder, not in ProtoSeg's own code); compiling with `dynamic=False` (every dimension marked static: one
 graph per input size) trains on both sizes and matches eager exactly.
 
 Inductor compiles take minutes on a busy 2-core CPU, so this runs only with PROTOSEG_COMPILE_TESTS=1."""
