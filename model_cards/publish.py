@@ -176,7 +176,7 @@ def find_missing_files(folder: str | os.PathLike[str]) -> list[str]:
     if not (folder / "preprocessor_config.json").is_file():
         missing.append(
             "preprocessor_config.json (save the image processor beside the model, e.g. "
-            "SegformerImageProcessor().save_pretrained(folder); the pipeline needs it)"
+            "SegformerImageProcessorPil().save_pretrained(folder); the pipeline needs it)"
         )
     if not (folder / CARD_FILE).is_file() and not (folder / EVAL_RESULTS_FILE).is_file():
         missing.append(

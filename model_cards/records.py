@@ -140,6 +140,8 @@ class EvalResults(JsonRecord):
         per_category_iou, per_category_accuracy: class name -> fraction, None for classes absent
             from the evaluation set.
         eval_mode: "whole" or "slide" (sliding window), as named by training.
+        whole_image_mean_iou: when eval_mode is not "whole", the mIoU of whole-image inference on the same
+            images: what `pipeline("image-segmentation")` users get.
         eval_split: the split evaluated, e.g. "validation".
         num_samples: images evaluated.
         dataset: the evaluated dataset: Hub id, preset or local path (the card shows a path's last part).
@@ -154,6 +156,7 @@ class EvalResults(JsonRecord):
     overall_accuracy: float | None = None
     per_category_accuracy: dict[str, float | None] | None = None
     eval_mode: str | None = None
+    whole_image_mean_iou: float | None = None
     eval_split: str | None = None
     num_samples: int | None = None
     dataset: str | None = None
@@ -163,7 +166,7 @@ class EvalResults(JsonRecord):
         check_record_fields(self, self.SOURCE)
         self.per_category_iou = _nan_to_none(self.per_category_iou)  # type: ignore[assignment]
         self.per_category_accuracy = _nan_to_none(self.per_category_accuracy)
-        for name in ("mean_iou", "mean_accuracy", "overall_accuracy"):
+        for name in ("mean_iou", "mean_accuracy", "overall_accuracy", "whole_image_mean_iou"):
             require_fraction(getattr(self, name), f"{self.SOURCE}: '{name}'")
         for name in ("per_category_iou", "per_category_accuracy"):
             for class_name, value in (getattr(self, name) or {}).items():

@@ -16,6 +16,7 @@ from .validation import ModelCardInputError
 
 NO_TRAINING_DETAILS = "No training details were recorded with this checkpoint."
 MISSING_CLASS_NOTE = "n/a: the class does not occur in the evaluation set."
+SLIDE_NAMES = {"slide": "sliding-window", "multiscale": "multi-scale + flip"}
 
 
 def _formatted(value: Any, value_format: str | None) -> str:
@@ -67,6 +68,8 @@ def results(inputs: CardInputs, evaluation_target: str) -> str:
         rows.append(("Mean class accuracy (%)", percent(measured.mean_accuracy)))
     if measured.eval_mode:
         rows.append(("Inference", measured.eval_mode))
+    if measured.eval_mode not in (None, "whole") and measured.whole_image_mean_iou is not None:
+        rows.append(("mIoU, whole image as in `pipeline` (%)", percent(measured.whole_image_mean_iou)))
     if measured.num_samples is not None:
         rows.append(("Images evaluated", str(measured.num_samples)))
     names, ious, accuracies = inputs.facts.class_names, inputs.per_class_iou, inputs.per_class_accuracy
@@ -78,8 +81,15 @@ def results(inputs: CardInputs, evaluation_target: str) -> str:
             header=("class", "IoU (%)", "pixel accuracy (%)"),
         )
     note = f"\n\n{MISSING_CLASS_NOTE}" if any(iou is None for iou in ious) else ""
+    mode_note = ""
+    if measured.eval_mode not in (None, "whole"):
+        mode_note = (
+            f" The mIoU is of {SLIDE_NAMES.get(measured.eval_mode, measured.eval_mode)} inference; "
+            '`pipeline("image-segmentation")` runs on the whole image'
+            + (" (the whole-image row)." if measured.whole_image_mean_iou is not None else ".")
+        )
     return (
-        f"Measured on {evaluation_target}.\n\n{table(rows, header=('metric', 'value'))}\n\n"
+        f"Measured on {evaluation_target}.{mode_note}\n\n{table(rows, header=('metric', 'value'))}\n\n"
         f"### Per-class IoU\n\n{per_class}{note}"
     )
 

@@ -89,6 +89,16 @@ class ProtoSegConfig(PretrainedConfig):
 
     model_type = "protoseg"
     sub_configs = {"encoder_config": AutoConfig}
+    # `Trainer.evaluate` / `predict` hand `compute_metrics` every output but these: the logits alone.
+    keys_to_ignore_at_inference = [
+        "ce_loss",
+        "ppc_loss",
+        "ppd_loss",
+        "hidden_states",
+        "pixel_embeddings",
+        "nearest_prototype_class",
+        "nearest_prototype_index",
+    ]
 
     def __init__(
         self,

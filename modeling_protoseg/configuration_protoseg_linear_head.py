@@ -24,6 +24,8 @@ class ProtoSegLinearHeadConfig(PretrainedConfig):
 
     model_type = "protoseg_linear_head"
     sub_configs = {"encoder_config": AutoConfig}
+    # `Trainer.evaluate` / `predict` hand `compute_metrics` the logits alone.
+    keys_to_ignore_at_inference = ["hidden_states"]
 
     def __init__(
         self,

@@ -63,10 +63,10 @@ def convert_lite0(weights_path: str | Path) -> ProtoSegEfficientNetLiteBackbone:
 
 
 def save_image_processor(folder: Path, config: ProtoSegEfficientNetLiteConfig) -> None:
-    """A `SegformerImageProcessor` with the backbone's own normalisation, so a pipeline finds a processor."""
-    from transformers import SegformerImageProcessor
+    """A `SegformerImageProcessorPil` with the backbone's own normalisation, so a pipeline finds a processor."""
+    from transformers import SegformerImageProcessorPil
 
-    SegformerImageProcessor(
+    SegformerImageProcessorPil(
         do_resize=False, do_normalize=True, image_mean=config.image_mean, image_std=config.image_std
     ).save_pretrained(folder)
 

@@ -11,12 +11,14 @@ The encoder module is stored as is (no wrapper), so checkpoint keys are `encoder
 from __future__ import annotations
 
 import copy
-from typing import TypeVar
+import os
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, SegformerModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
+from transformers.utils import logging
 
 from .configuration_encoders import encoder_kind
 from .modeling_efficientnet_lite import ProtoSegEfficientNetLiteBackbone
@@ -24,6 +26,8 @@ from .modeling_efficientnet_lite import ProtoSegEfficientNetLiteBackbone
 # This package's backbones, found by model_type rather than by config class: loaded as remote code, the
 # configuration and modeling files are imported into two module folders, so the config object's class is a
 # different copy from the one the modeling copy registered with AutoBackbone.
+logger = logging.get_logger(__name__)
+
 PACKAGE_BACKBONES: dict[str, type[PreTrainedModel]] = {
     ProtoSegEfficientNetLiteBackbone.config_class.model_type: ProtoSegEfficientNetLiteBackbone,
 }
@@ -163,7 +167,88 @@ def model_from_pretrained_encoder(model_class: type[ModelT], encoder_name_or_pat
     return model
 
 
+# `from_pretrained` keyword arguments that locate a checkpoint's config on the Hub or on disk.
+_CONFIG_LOOKUP_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+# `from_pretrained` keyword arguments that an encoder checkpoint cannot honour: anything else is a config field.
+_LOADING_ONLY_KWARGS = (
+    *_CONFIG_LOOKUP_KWARGS,
+    "config",
+    "state_dict",
+    "ignore_mismatched_sizes",
+    "device_map",
+    "max_memory",
+    "offload_folder",
+    "offload_state_dict",
+    "quantization_config",
+    "use_safetensors",
+    "weights_only",
+    "low_cpu_mem_usage",
+    "output_loading_info",
+    "from_tf",
+    "from_flax",
+    "key_mapping",
+    "tp_plan",
+    "variant",
+    "gguf_file",
+)
+
+
+def checkpoint_model_type(name_or_path: str | os.PathLike, **lookup_kwargs: Any) -> str | None:
+    """The `model_type` in a checkpoint's `config.json`, None when it cannot be read (left to `from_pretrained`)."""
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(name_or_path, **lookup_kwargs)
+    except (OSError, ValueError):
+        return None
+    return config_dict.get("model_type")
+
+
+def is_encoder_checkpoint_type(model_type: str | None) -> bool:
+    """True when a checkpoint of this `model_type` is an encoder ProtoSeg can be built around (MiT, a backbone)."""
+    if model_type is None:
+        return False
+    try:
+        encoder_kind(AutoConfig.for_model(model_type))
+    except ValueError:
+        return False
+    return True
+
+
+class ProtoSegEncoderCheckpointMixin:
+    """`from_pretrained(<encoder checkpoint>)` builds the model around that encoder (as `from_pretrained_encoder`)
+    instead of loading its weights into a random encoder, and logs one line saying so."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        if pretrained_model_name_or_path is None or kwargs.get("config") is not None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        lookup_kwargs = {key: kwargs[key] for key in _CONFIG_LOOKUP_KWARGS if kwargs.get(key) is not None}
+        model_type = checkpoint_model_type(pretrained_model_name_or_path, **lookup_kwargs)
+        if model_type == cls.config_class.model_type or not is_encoder_checkpoint_type(model_type):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+        unsupported = sorted(key for key in kwargs if key in _LOADING_ONLY_KWARGS and key not in lookup_kwargs)
+        if model_args or unsupported:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a {model_type!r} encoder checkpoint, not a {cls.__name__} one; "
+                f"build a new model around it with {cls.__name__}.from_pretrained_encoder(path, id2label=..., "
+                f"<config fields>), which does not take {unsupported or 'positional arguments'}"
+            )
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        kwargs.pop("trust_remote_code", None)
+        for key in lookup_kwargs:
+            kwargs.pop(key)
+        logger.warning(
+            f"{pretrained_model_name_or_path} is a {model_type!r} checkpoint: building a new {cls.__name__} around "
+            f"its encoder (decoder, head and prototypes freshly initialised), as {cls.__name__}.from_pretrained_encoder"
+        )
+        model = model_from_pretrained_encoder(cls, str(pretrained_model_name_or_path), **kwargs)
+        if dtype is not None and dtype != "auto":
+            model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        return model
+
+
 __all__ = [
+    "ProtoSegEncoderCheckpointMixin",
     "build_encoder",
     "encoder_channels",
     "encoder_feature_maps",

@@ -25,6 +25,7 @@ from .class_enrolment import ProtoSegClassEnrolmentMixin
 from .class_scores import ProtoSegClassScoreNorm, nearest_prototype_scores
 from .configuration_protoseg import ProtoSegConfig
 from .encoders import (
+    ProtoSegEncoderCheckpointMixin,
     build_encoder,
     encoder_channels,
     encoder_feature_maps,
@@ -32,6 +33,7 @@ from .encoders import (
     model_from_pretrained_encoder,
 )
 from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
+from .pipeline_registration import register_for_segmentation_pipeline
 from .prototypes import (
     assigned_pixel_sums,
     labelled_pixels_per_class,
@@ -205,7 +207,7 @@ class ProtoSegPrototypeBank(nn.Module):
         }
 
 
-class ProtoSegPreTrainedModel(PreTrainedModel):
+class ProtoSegPreTrainedModel(ProtoSegEncoderCheckpointMixin, PreTrainedModel):
     config: ProtoSegConfig
     config_class = ProtoSegConfig
     base_model_prefix = "encoder"  # the attribute holding the encoder, as "segformer" in SegFormer
@@ -548,6 +550,11 @@ class _PixelAssignment:
         """Flat index `class * K + k` of each pixel's assigned prototype, in [0, C*K)."""
         return self.pixel_classes * self.num_prototypes + self.assignments
 
+
+# pipeline("image-segmentation") checks class names against its own table (installed package and remote code)
+register_for_segmentation_pipeline(
+    ProtoSegForSemanticSegmentation.config_class.model_type, ProtoSegForSemanticSegmentation.__name__
+)
 
 __all__ = [
     "ProtoSegDecodeHead",

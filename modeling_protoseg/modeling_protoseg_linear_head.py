@@ -16,12 +16,19 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_protoseg_linear_head import ProtoSegLinearHeadConfig
-from .encoders import build_encoder, encoder_channels, encoder_feature_maps, model_from_pretrained_encoder
+from .encoders import (
+    ProtoSegEncoderCheckpointMixin,
+    build_encoder,
+    encoder_channels,
+    encoder_feature_maps,
+    model_from_pretrained_encoder,
+)
 from .losses import pixel_cross_entropy
 from .modeling_protoseg import ProtoSegDecodeHead
+from .pipeline_registration import register_for_segmentation_pipeline
 
 
-class ProtoSegLinearHeadPreTrainedModel(PreTrainedModel):
+class ProtoSegLinearHeadPreTrainedModel(ProtoSegEncoderCheckpointMixin, PreTrainedModel):
     config: ProtoSegLinearHeadConfig
     config_class = ProtoSegLinearHeadConfig
     base_model_prefix = "encoder"
@@ -85,5 +92,11 @@ class ProtoSegLinearHeadForSemanticSegmentation(ProtoSegLinearHeadPreTrainedMode
         )
         return output if return_dict else output.to_tuple()
 
+
+
+# pipeline("image-segmentation") checks class names against its own table (installed package and remote code)
+register_for_segmentation_pipeline(
+    ProtoSegLinearHeadForSemanticSegmentation.config_class.model_type, ProtoSegLinearHeadForSemanticSegmentation.__name__
+)
 
 __all__ = ["ProtoSegLinearHeadForSemanticSegmentation", "ProtoSegLinearHeadPreTrainedModel"]

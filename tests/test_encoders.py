@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -324,7 +325,15 @@ def test_pipeline_masks_match_the_models_argmax(kind, tmp_path):
     model = build_model(kind)
     folder = save_checkpoint_with_processor(model, tmp_path / "checkpoint")
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
-    results = pipeline("image-segmentation", model=str(folder))(image)
+    transformers_logger, messages = logging.getLogger("transformers"), []
+    recorder = logging.Handler()
+    recorder.emit = lambda record: messages.append(record.getMessage())  # transformers' logs do not propagate
+    transformers_logger.addHandler(recorder)
+    try:
+        results = pipeline("image-segmentation", model=str(folder))(image)
+    finally:
+        transformers_logger.removeHandler(recorder)
+    assert not [message for message in messages if "is not supported" in message], messages
     inputs = SegformerImageProcessor.from_pretrained(folder)(image, return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits
@@ -391,6 +400,7 @@ def test_lite_checkpoints_load_as_remote_code_in_a_python_without_the_package(tm
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "is not supported for image-segmentation" not in completed.stderr, completed.stderr[-4000:]
     results = json.loads(completed.stdout.strip().splitlines()[-1])
     for kind, result in results.items():
         assert result["model_module"].startswith("transformers_modules."), result
@@ -436,3 +446,22 @@ def test_linear_head_training_model_is_segformer_on_mit_and_the_linear_head_else
         in_encoder = {id(parameter) in encoder_parameters for parameter in group["params"]}
         assert in_encoder in ({True}, {False})
         assert group["lr"] == config.optimization.learning_rate * (1.0 if in_encoder == {True} else 10.0)
+
+
+@pytest.mark.parametrize("model_class", [ProtoSegForSemanticSegmentation, ProtoSegLinearHeadForSemanticSegmentation])
+@pytest.mark.parametrize("saved_class", ["SegformerModel", "SegformerForSemanticSegmentation"])
+def test_from_pretrained_on_a_segformer_folder_builds_around_its_encoder(model_class, saved_class, tmp_path, caplog):
+    import transformers
+
+    segformer = getattr(transformers, saved_class)(tiny_segformer_encoder_config(num_labels=2)).eval()
+    segformer.save_pretrained(tmp_path)
+    encoder_state = getattr(segformer, "segformer", segformer).state_dict()
+    with caplog.at_level("WARNING"):
+        model = model_class.from_pretrained(str(tmp_path), id2label={0: "a", 1: "b", 2: "c"}, decoder_hidden_size=16)
+    assert [record for record in caplog.records if "from_pretrained_encoder" in record.getMessage()]
+    assert isinstance(model, model_class) and model.config.num_labels == 3 and model.config.decoder_hidden_size == 16
+    model_state = model.encoder.state_dict()
+    assert model_state.keys() == encoder_state.keys()
+    assert all(torch.equal(model_state[name], encoder_state[name]) for name in encoder_state)
+    with pytest.raises(ValueError, match="from_pretrained_encoder"):
+        model_class.from_pretrained(str(tmp_path), id2label={0: "a", 1: "b"}, ignore_mismatched_sizes=True)

@@ -450,3 +450,13 @@ def test_model_cards_imports_without_torch() -> None:
     code = "import sys, model_cards; model_cards.EvalResults; model_cards.render_model_card; assert 'torch' not in sys.modules"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_a_sliding_window_card_says_so_and_reports_the_whole_image_miou(checkpoint: Path) -> None:
+    results = {**TRAIN_SCRIPT_EVAL_RESULTS, "whole_image_mean_iou": 0.5012}
+    (checkpoint / "eval_results.json").write_text(json.dumps(results), encoding="utf-8")
+    text = ModelCard.load(write_model_card(checkpoint, TRAIN_SCRIPT_SUMMARY)).text
+    assert "The mIoU is of sliding-window inference" in text and "runs on the whole image" in text
+    assert "| mIoU, whole image as in `pipeline` (%) | 50.12 |" in text
+    with pytest.raises(Exception, match="whole_image_mean_iou"):
+        EvalResults.from_dict({**results, "whole_image_mean_iou": 1.5})

@@ -292,3 +292,63 @@ def test_camvid_preset_points_at_the_shared_parquet_copy() -> None:
     preset = get_dataset_preset("CamVid")
     assert preset.dataset_name.endswith("shared/datasets/camvid") and len(preset.class_names) == 11
     assert get_dataset_preset("ade20k").reduce_labels and len(get_dataset_preset("ade20k").class_names) == 150
+
+
+# ------------------------------------------------------------------------------ a dataset's own habits
+
+
+def test_preset_with_another_folder_takes_the_folders_class_names(tmp_path: Path) -> None:
+    from training.config import DataArguments
+    from training.sources import load_dataset_splits
+
+    folder = _write_parquet_dataset(tmp_path / "ds", {"train": [_random_pair()] * 2, "validation": [_random_pair()]})
+    (folder / "id2label.json").write_text(json.dumps({"0": "sky", "1": "road", "2": "car"}))
+    splits = load_dataset_splits(DataArguments(preset="camvid", dataset_name=str(folder)), seed=0)
+    assert splits.id2label == {0: "sky", 1: "road", 2: "car"}  # not CamVid's 11 classes
+    assert splits.id2label_source == str(folder / "id2label.json")
+    with pytest.raises(ValueError, match=r"--num_labels 5 disagrees with the 3 class names of .*ds/id2label.json"):
+        load_dataset_splits(DataArguments(dataset_name=str(folder), num_labels=5), seed=0)
+    (folder / "id2label.json").unlink()
+    with pytest.raises(ValueError, match="--num_labels 5 disagrees with the 11 class names of the camvid preset's"):
+        load_dataset_splits(DataArguments(preset="camvid", dataset_name=str(folder), num_labels=5), seed=0)
+
+
+def test_a_train_only_dataset_gets_a_seeded_validation_part(tmp_path: Path) -> None:
+    from training.config import DataArguments
+    from training.sources import load_dataset_splits
+
+    folder = _write_parquet_dataset(tmp_path / "ds", {"train": [_random_pair() for _ in range(20)]})
+    data = DataArguments(dataset_name=str(folder), num_labels=3, train_val_split=0.25)
+    splits = load_dataset_splits(data, seed=3)
+    assert (len(splits.train), len(splits.validation)) == (15, 5)
+    again = load_dataset_splits(data, seed=3)
+    validation_images = [np.asarray(splits.validation.load(index)[0]) for index in range(5)]
+    assert all(np.array_equal(a, np.asarray(again.validation.load(i)[0])) for i, a in enumerate(validation_images))
+    train_images = [np.asarray(splits.train.load(index)[0]).tobytes() for index in range(15)]
+    assert not {image.tobytes() for image in validation_images} & set(train_images)  # disjoint
+    other_seed = load_dataset_splits(data, seed=4)
+    assert not all(
+        np.array_equal(a, np.asarray(other_seed.validation.load(i)[0])) for i, a in enumerate(validation_images)
+    )
+
+
+def test_binary_masks_stored_as_0_255_are_refused_or_mapped_on_request(tmp_path: Path) -> None:
+    from training.config import DataArguments
+    from training.sources import load_dataset_splits
+
+    def binary_pair() -> tuple[Image.Image, Image.Image]:
+        image, _ = _random_pair()
+        return image, Image.fromarray((RNG.integers(0, 2, size=(20, 24)) * 255).astype(np.uint8))
+
+    folder = _write_parquet_dataset(
+        tmp_path / "ds", {"train": [binary_pair() for _ in range(3)], "validation": [binary_pair()]}
+    )
+    (folder / "id2label.json").write_text(json.dumps({"0": "background", "1": "lesion"}))
+    with pytest.raises(ValueError, match="only the values 0 and 255.*--binary_mask_255"):
+        load_dataset_splits(DataArguments(dataset_name=str(folder)), seed=0)
+    splits = load_dataset_splits(DataArguments(dataset_name=str(folder), binary_mask_255=True), seed=0)
+    dataset = SegmentationDataset(
+        splits.validation, transform=build_eval_transform(base_size=None), num_labels=2,
+        label_mapping=splits.label_mapping, keep_label_size=True,
+    )  # fmt: skip
+    assert set(dataset[0]["labels"].unique().tolist()) == {0, 1}

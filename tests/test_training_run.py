@@ -189,6 +189,8 @@ def test_linear_baseline_on_a_local_parquet_dataset(tmp_path: Path) -> None:
     assert config["model_type"] == "segformer" and config["id2label"] == {"0": "sky", "1": "road", "2": "car"}
     eval_results = json.loads((output_dir / "eval_results.json").read_text())
     assert eval_results["num_samples"] == 3 and eval_results["eval_mode"] == "slide"
+    assert 0.0 <= eval_results["whole_image_mean_iou"] <= 1.0  # what a pipeline user gets, beside the slide number
+    assert "mIoU, whole image as in `pipeline`" in (output_dir / "README.md").read_text()
     from transformers import SegformerForSemanticSegmentation
 
     assert SegformerForSemanticSegmentation.from_pretrained(output_dir).config.num_labels == 3
@@ -558,3 +560,13 @@ def test_test_split_and_the_evaluate_command_agree_and_normalise_as_the_encoder_
         EvaluationSettings(split="test", eval_mode="multiscale", eval_scales=(1.0, 1.5), device="cpu"),  # MiT: >= 32 px
     )
     assert multiscale["eval_mode"] == "multiscale" and multiscale["num_samples"] == 6
+
+
+def test_help_starts_without_a_torchvision_warning() -> None:
+    """The package builds the PIL image processor, which needs nothing missing here: no fallback warning."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True, env=environment, timeout=240
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "torchvision" not in completed.stderr, completed.stderr[-2000:]

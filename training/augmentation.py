@@ -2,9 +2,10 @@
 
 Training: rescale so the short side is `base_size` x U{0.5 .. 2.0}, pad to the crop size with the
 ignore index in the label (mean-coloured zeros in the image after normalisation), random crop,
-horizontal flip, photometric jitter, the model's normalisation (`preprocessing.py`). Evaluation: resize the
-short side to `base_size` (image only; the label keeps its original size, metrics are computed there).
-Label maps are always resized with nearest neighbour.
+horizontal flip, photometric jitter, the model's normalisation (`preprocessing.py`). Evaluation: the image
+processor saved with the model (`preprocessing.build_image_processor`: the short side to `base_size`, PIL
+bilinear, normalised), on the image only; the label keeps its original size, metrics are computed there.
+Training label maps are resized with nearest neighbour.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .preprocessing import IMAGENET_NORMALIZATION, Normalization  # noqa: E402
+from .preprocessing import IMAGENET_NORMALIZATION, Normalization, build_image_processor  # noqa: E402
 
 
 def rescale_sizes(base_size: int, scale_range: tuple[float, float], num_scales: int = 31) -> list[int]:
@@ -74,13 +75,27 @@ def _normalize(normalization: Normalization) -> A.Normalize:
     return A.Normalize(mean=normalization.mean, std=normalization.std, max_pixel_value=255.0)
 
 
-def build_eval_transform(*, base_size: int | None, normalization: Normalization = IMAGENET_NORMALIZATION) -> A.Compose:
-    """Resize the short side to `base_size` (None: keep the size), then normalise; image only."""
-    transforms: list[A.BasicTransform] = []
-    if base_size is not None:
-        transforms.append(A.SmallestMaxSize(max_size=base_size, interpolation=cv2.INTER_LINEAR))
-    transforms.append(_normalize(normalization))
-    return A.Compose(transforms)
+class ProcessorTransform:
+    """An image processor as an albumentations-style transform: `transform(image=(H, W, 3) uint8)["image"]` is
+    the processor's (H', W', 3) float32 output; a `mask` passes through unchanged."""
+
+    def __init__(self, image_processor) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, *, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        pixel_values = self.image_processor(images=image, return_tensors="np")["pixel_values"][0]  # (3, H', W')
+        result = {"image": pixel_values.transpose(1, 2, 0)}
+        if mask is not None:
+            result["mask"] = mask
+        return result
+
+
+def build_eval_transform(
+    *, base_size: int | None, normalization: Normalization = IMAGENET_NORMALIZATION
+) -> ProcessorTransform:
+    """The image processor saved with the model, as the evaluation transform: the short side to `base_size`
+    (None: keep the size), then normalise; image only."""
+    return ProcessorTransform(build_image_processor(normalization, base_size=base_size))
 
 
 def seed_transform(transform: A.Compose, seed: int) -> None:

@@ -42,12 +42,17 @@ class DataArguments:
     dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision (branch, tag, commit)"})
     train_split: str = field(default="train", metadata={"help": "training split"})
     validation_split: str = field(default="validation", metadata={"help": "split evaluated during and after training"})
+    train_val_split: Optional[float] = field(
+        default=0.15,
+        metadata={"help": "fraction of the training split held out (seeded) when the dataset has no evaluation split"},
+    )
     test_split: Optional[str] = field(
         default=None, metadata={"help": "also evaluate the final model on this split (test_results.json)"}
     )
     image_column: str = field(default="image", metadata={"help": "image column"})
     label_column: str = field(default="annotation", metadata={"help": "label-map column"})
     reduce_labels: bool = field(default=False, metadata={"help": "label 0 ('other') -> ignore, v -> v-1 (ADE20K)"})
+    binary_mask_255: bool = field(default=False, metadata={"help": "binary masks stored as 0/255: read 255 as class 1"})
     id2label_file: Optional[str] = field(default=None, metadata={"help": 'JSON class names {"0": "sky", ...}'})
     num_labels: Optional[int] = field(default=None, metadata={"help": "number of classes if no names are known"})
     ignore_index: int = field(default=255, metadata={"help": "label value of pixels that are ignored"})

@@ -66,13 +66,17 @@ class LabelMapping:
     Arguments:
         id_to_train_id: raw value -> class index; every raw value not listed -> ignore (Cityscapes).
         reduce_labels: 0 -> ignore and v -> v - 1 (ADE20K's 0 = "other"); the ignore value stays.
+        binary_mask_255: 255 -> 1, first (binary masks stored as 0/255 images).
     """
 
     ignore_index: int = 255
     id_to_train_id: dict[int, int] | None = None
     reduce_labels: bool = False
+    binary_mask_255: bool = False
 
     def __call__(self, label: np.ndarray) -> np.ndarray:
+        if self.binary_mask_255:
+            label = np.where(label == 255, 1, label)
         if self.id_to_train_id is not None:
             lookup = np.full(max(int(label.max(initial=0)) + 1, 256), self.ignore_index, dtype=np.int64)
             for raw_value, class_index in self.id_to_train_id.items():
@@ -104,6 +108,18 @@ def check_label(
         raise ValueError(
             f"{sample_name}: label values {bad_values[:20].tolist()} are outside the {num_labels} classes "
             f"[0, {num_labels - 1}] and the ignore index {ignore_index}{hint}"
+        )
+
+
+def check_not_binary_255_masks(labels: Sequence[np.ndarray], *, ignore_index: int, split_name: str) -> None:
+    """Raise a ValueError if the label maps (the first few of a split, after the label mapping) hold only 0 and the
+    ignore index: binary masks stored as 0/255 images, which would train on background alone."""
+    values = np.unique(np.concatenate([np.unique(label) for label in labels])) if labels else np.array([])
+    if ignore_index in values and set(values.tolist()) <= {0, ignore_index}:
+        raise ValueError(
+            f"the first {len(labels)} {split_name} label maps hold only the values 0 and {ignore_index} (the ignore "
+            f"index): binary masks stored as 0/{ignore_index}? As they are, every foreground pixel would be ignored. "
+            f"Pass --binary_mask_255 to read 255 as class 1, or map the masks to 0/1"
         )
 
 
@@ -243,6 +259,49 @@ def read_id2label(source: str | os.PathLike | dict | Sequence[str]) -> dict[int,
     return dict(sorted(id2label.items()))
 
 
+def find_class_names(
+    *,
+    id2label_file: str | None,
+    dataset_name: str | None,
+    class_names: Sequence[str] | None,
+    num_labels: int | None,
+    preset_name: str | None = None,
+) -> tuple[dict[int, str], str]:
+    """Class names and where they came from (for messages), from the first that exists: `--id2label_file` (a
+    local file, or a file in the Hub dataset repo), the dataset's own `id2label.json` (local folder or Hub repo),
+    the preset's names, `--num_labels` (names "class_0", ...). The dataset's own names win over a preset's, so
+    `--preset camvid --dataset_name <other folder>` trains on that folder's classes."""
+    if id2label_file:
+        if os.path.isfile(id2label_file):
+            return read_id2label(id2label_file), f"--id2label_file {id2label_file}"
+        if dataset_name and not os.path.exists(dataset_name):
+            from huggingface_hub import hf_hub_download
+
+            names = read_id2label(hf_hub_download(dataset_name, id2label_file, repo_type="dataset"))
+            return names, f"{id2label_file} in the Hub dataset {dataset_name}"
+        raise ValueError(f"--id2label_file {id2label_file!r}: no such file")
+    if dataset_name and os.path.isdir(dataset_name):
+        candidate = os.path.join(dataset_name, "id2label.json")
+        if os.path.isfile(candidate):
+            return read_id2label(candidate), candidate
+    elif dataset_name:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            names = read_id2label(hf_hub_download(dataset_name, "id2label.json", repo_type="dataset"))
+            return names, f"id2label.json in the Hub dataset {dataset_name}"
+        except Exception:  # noqa: BLE001 - the repo may simply not have the file; fall through
+            pass
+    if class_names:
+        return dict(enumerate(class_names)), f"the {preset_name or 'dataset'} preset's class names"
+    if num_labels:
+        return {index: f"class_{index}" for index in range(num_labels)}, f"--num_labels {num_labels}"
+    raise ValueError(
+        f"Could not find class names for dataset {dataset_name!r}: pass --id2label_file (JSON "
+        '{"0": "name", ...}), put an id2label.json in the dataset, or pass --num_labels'
+    )
+
+
 def find_id2label(
     *,
     id2label_file: str | None,
@@ -250,36 +309,11 @@ def find_id2label(
     class_names: Sequence[str] | None,
     num_labels: int | None,
 ) -> dict[int, str]:
-    """Class names, from the first that exists: `--id2label_file` (a local file, or a file in the Hub
-    dataset repo), the preset's names, `id2label.json` in a local dataset folder or its Hub repo,
-    `--num_labels` (names "class_0", ...)."""
-    if id2label_file:
-        if os.path.isfile(id2label_file):
-            return read_id2label(id2label_file)
-        if dataset_name and not os.path.exists(dataset_name):
-            from huggingface_hub import hf_hub_download
-
-            return read_id2label(hf_hub_download(dataset_name, id2label_file, repo_type="dataset"))
-        raise ValueError(f"--id2label_file {id2label_file!r}: no such file")
-    if class_names:
-        return {index: name for index, name in enumerate(class_names)}
-    if dataset_name and os.path.isdir(dataset_name):
-        candidate = os.path.join(dataset_name, "id2label.json")
-        if os.path.isfile(candidate):
-            return read_id2label(candidate)
-    elif dataset_name:
-        try:
-            from huggingface_hub import hf_hub_download
-
-            return read_id2label(hf_hub_download(dataset_name, "id2label.json", repo_type="dataset"))
-        except Exception:  # noqa: BLE001 - the repo may simply not have the file; fall through to --num_labels
-            pass
-    if num_labels:
-        return {index: f"class_{index}" for index in range(num_labels)}
-    raise ValueError(
-        f"Could not find class names for dataset {dataset_name!r}: pass --id2label_file (JSON "
-        '{"0": "name", ...}), put an id2label.json in the dataset, or pass --num_labels'
+    """The class names of `find_class_names`, without their source."""
+    names, _ = find_class_names(
+        id2label_file=id2label_file, dataset_name=dataset_name, class_names=class_names, num_labels=num_labels
     )
+    return names
 
 
 # ----------------------------------------------------------------------------------------------

@@ -51,9 +51,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _base_size(folder: Path) -> int:
-    size = _read_json(folder / "preprocessor_config.json").get("size") or {}
-    base_size = size.get("height") or size.get("shortest_edge")
+def _base_size(folder: Path) -> int | None:
+    """The short side the folder's image processor resizes to (None: it keeps the size)."""
+    processor_config = _read_json(folder / "preprocessor_config.json")
+    if processor_config and processor_config.get("do_resize") is False:
+        return None
+    size = processor_config.get("size") or {}
+    base_size = size.get("shortest_edge") or size.get("height")
     if base_size is None:
         raise ValueError(f"{folder} has no preprocessor_config.json with a size: pass --base_size")
     return int(base_size)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from transformers import SegformerImageProcessor
+from transformers import SegformerImageProcessorPil
 
 from model_cards.redaction import publishable_command, publishable_path
 from training.config import TrainingConfig
@@ -51,6 +51,7 @@ def results_json(
         "per_category_iou": by_name(metrics["per_category_iou"]),
         "per_category_accuracy": by_name(metrics["per_category_accuracy"]),
         "eval_mode": eval_mode,
+        **({"whole_image_mean_iou": metrics["whole_image_mean_iou"]} if "whole_image_mean_iou" in metrics else {}),
         "eval_split": split,
         "num_samples": metrics["num_samples"],
         "dataset": publishable_path(dataset),
@@ -216,7 +217,7 @@ def export_final_model(
     model: nn.Module,
     *,
     output_dir: str | os.PathLike,
-    image_processor: SegformerImageProcessor,
+    image_processor: SegformerImageProcessorPil,
     results: dict[str, dict[str, Any]],
     summary: dict[str, Any],
     hub_model_id: str | None = None,

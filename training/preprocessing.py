@@ -1,6 +1,6 @@
 """How a model's input images are normalised: one definition for the training augmentation, the evaluation
-transform and the exported image processor, so the processor a pipeline loads normalises exactly as
-evaluation did.
+transform and the exported image processor. The evaluation transform *is* the exported processor, so a pipeline
+resizes and normalises exactly as evaluation did.
 
 The normalisation follows the encoder: `image_mean` / `image_std` of the encoder config when it has them
 (`model.config.encoder_config` for ProtoSeg; `model.config` itself for the linear SegFormer head, whose config
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import PretrainedConfig, SegformerImageProcessor
+from transformers import PretrainedConfig, SegformerImageProcessorPil
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,13 +51,16 @@ def input_normalization(model_config: PretrainedConfig) -> Normalization:
 
 
 def build_image_processor(
-    normalization: Normalization, *, base_size: int, crop_size: tuple[int, int]
-) -> SegformerImageProcessor:
-    """The processor saved beside a model: resize to `base_size` high (the crop's aspect ratio), normalise."""
-    crop_height, crop_width = crop_size
-    return SegformerImageProcessor(
-        do_resize=True,
-        size={"height": base_size, "width": round(base_size * crop_width / crop_height)},
+    normalization: Normalization, *, base_size: int | None, crop_size: tuple[int, int] | None = None
+) -> SegformerImageProcessorPil:
+    """The processor saved beside a model, which is also the evaluation transform (`augmentation.build_eval_transform`):
+    resize the short side to `base_size` keeping the aspect ratio (None: keep the size), normalise. So
+    `pipeline("image-segmentation")` sees exactly what evaluation measured. `crop_size` is not used (the training
+    crop does not change the evaluation resize); it is accepted for older callers."""
+    del crop_size
+    return SegformerImageProcessorPil(
+        do_resize=base_size is not None,
+        size={"shortest_edge": base_size} if base_size is not None else None,
         do_normalize=True,
         image_mean=list(normalization.mean),
         image_std=list(normalization.std),

@@ -6,6 +6,7 @@ data of its own (e.g. a benchmark that holds a class out) without touching the t
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +19,18 @@ from training.data import (
     LabelMapping,
     SampleSource,
     SyntheticSource,
+    check_not_binary_255_masks,
     cityscapes_file_pairs,
-    find_id2label,
+    find_class_names,
     load_hub_dataset,
     pick_split,
+    to_label_array,
 )
 from training.presets import CITYSCAPES_LABEL_ID_TO_TRAIN_ID, DatasetPreset, get_dataset_preset
 from training.synthetic import SYNTHETIC_CLASS_NAMES, SyntheticScenes, synthetic_splits
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("protoseg.train")
 
 
 @dataclass
@@ -41,6 +45,7 @@ class DatasetSplits:
         label_mapping: raw label value -> class index (default: identity, `ignore_index` kept).
         description: what the data is, for the summary and the model card (e.g. "synthetic", a Hub id).
         hub_dataset_id: the Hub id when the data came from the Hub (model card metadata), else None.
+        id2label_source: where the class names came from, for messages (e.g. "<folder>/id2label.json").
     """
 
     train: SampleSource
@@ -50,6 +55,7 @@ class DatasetSplits:
     label_mapping: LabelMapping | None = None
     description: str | None = None
     hub_dataset_id: str | None = None
+    id2label_source: str | None = None
     skipped_bad_samples: dict[str, int] = field(default_factory=dict)  # role -> samples left out (--skip_bad_samples)
 
 
@@ -124,21 +130,50 @@ def _cityscapes_splits(data: DataArguments, preset: DatasetPreset) -> DatasetSpl
     def split(name: str, split_name: str) -> FilePairSource:
         return FilePairSource(cityscapes_file_pairs(data.dataset_name, name), split_name=split_name)
 
+    id2label, id2label_source = find_class_names(
+        id2label_file=data.id2label_file,
+        dataset_name=None,
+        class_names=preset.class_names,
+        num_labels=None,
+        preset_name=data.preset,
+    )
     return DatasetSplits(
         train=split(data.train_split, "train"),
         validation=split(data.validation_split, data.validation_split),
         test=split(data.test_split, data.test_split) if data.test_split else None,
-        id2label=find_id2label(
-            id2label_file=data.id2label_file, dataset_name=None, class_names=preset.class_names, num_labels=None
-        ),
+        id2label=id2label,
         label_mapping=LabelMapping(ignore_index=data.ignore_index, id_to_train_id=CITYSCAPES_LABEL_ID_TO_TRAIN_ID),
         description=data.dataset_name,
+        id2label_source=id2label_source,
     )
 
 
-def _hub_splits(data: DataArguments, preset: DatasetPreset | None) -> DatasetSplits:
+EVALUATION_SPLIT_FALLBACKS = ("validation", "val", "valid", "test")
+
+
+def _split_off_validation(splits: Any, data: DataArguments, *, seed: int) -> dict[str, Any]:
+    """The splits with a seeded `--train_val_split` fraction of the training split as "validation", when the
+    dataset has no evaluation split (as transformers' semantic-segmentation example does); unchanged otherwise."""
+    available = list(splits)
+    if any(name in available for name in (data.validation_split, *EVALUATION_SPLIT_FALLBACKS)):
+        return splits
+    if data.train_val_split is None or data.train_split not in available:
+        return splits
+    if not 0.0 < data.train_val_split < 1.0:
+        raise ValueError(f"--train_val_split must be a fraction in (0, 1), got {data.train_val_split}")
+    parts = splits[data.train_split].train_test_split(test_size=data.train_val_split, seed=seed)
+    logger.info(
+        "no evaluation split in %s: %d of the %d %r samples are held out as 'validation' (--train_val_split %s, seed %d)",
+        data.dataset_name, len(parts["test"]), len(splits[data.train_split]), data.train_split,
+        data.train_val_split, seed,
+    )  # fmt: skip
+    return {**dict(splits), data.train_split: parts["train"], "validation": parts["test"]}
+
+
+def _hub_splits(data: DataArguments, preset: DatasetPreset | None, *, seed: int) -> DatasetSplits:
     dataset_name = _dataset_path(data.dataset_name, preset)
     splits = load_hub_dataset(dataset_name, config_name=data.dataset_config_name, revision=data.dataset_revision)
+    splits = _split_off_validation(splits, data, seed=seed)
 
     def source(split_name: str) -> HubDatasetSource:
         return HubDatasetSource(
@@ -149,22 +184,45 @@ def _hub_splits(data: DataArguments, preset: DatasetPreset | None) -> DatasetSpl
         )
 
     train_split = pick_split(list(splits), data.train_split)
-    eval_split = pick_split(list(splits), data.validation_split, fallbacks=("validation", "val", "valid", "test"))
+    eval_split = pick_split(list(splits), data.validation_split, fallbacks=EVALUATION_SPLIT_FALLBACKS)
     is_hub = not os.path.exists(data.dataset_name) and preset_source(preset) == "hub"
+    preset_names = preset.class_names if preset is not None else None
+    id2label, id2label_source = find_class_names(
+        id2label_file=data.id2label_file,
+        dataset_name=dataset_name,
+        class_names=preset_names,
+        num_labels=data.num_labels,
+        preset_name=data.preset,
+    )
+    if preset_names and dict(enumerate(preset_names)) != id2label:
+        logger.info(
+            "class names: the %d from %s, not the %r preset's %d", len(id2label), id2label_source, data.preset,
+            len(preset_names),
+        )  # fmt: skip
     return DatasetSplits(
         train=source(train_split),
         validation=source(eval_split),
         test=source(pick_split(list(splits), data.test_split)) if data.test_split else None,
-        id2label=find_id2label(
-            id2label_file=data.id2label_file,
-            dataset_name=dataset_name,
-            class_names=preset.class_names if preset is not None else None,
-            num_labels=data.num_labels,
+        id2label=id2label,
+        label_mapping=LabelMapping(
+            ignore_index=data.ignore_index,
+            reduce_labels=bool(data.reduce_labels),
+            binary_mask_255=bool(data.binary_mask_255),
         ),
-        label_mapping=LabelMapping(ignore_index=data.ignore_index, reduce_labels=bool(data.reduce_labels)),
         description=data.dataset_name,
         hub_dataset_id=data.dataset_name if is_hub else None,
+        id2label_source=id2label_source,
     )
+
+
+def _check_first_labels(splits: DatasetSplits, ignore_index: int, count: int = 8) -> None:
+    """Binary 0/255 masks read as background + ignore are refused on the first `count` training labels."""
+    mapping = splits.label_mapping or LabelMapping(ignore_index=ignore_index)
+    labels = []
+    for index in range(min(count, len(splits.train))):
+        _, raw_label, sample_name = splits.train.load(index)
+        labels.append(mapping(to_label_array(raw_label, sample_name)))
+    check_not_binary_255_masks(labels, ignore_index=ignore_index, split_name="training")
 
 
 def load_dataset_splits(data: DataArguments, *, seed: int) -> DatasetSplits:
@@ -178,9 +236,13 @@ def load_dataset_splits(data: DataArguments, *, seed: int) -> DatasetSplits:
     elif source_kind == "cityscapes":
         splits = _cityscapes_splits(data, preset)
     else:
-        splits = _hub_splits(data, preset)
+        splits = _hub_splits(data, preset, seed=seed)
+        _check_first_labels(splits, data.ignore_index)
     if data.num_labels is not None and data.num_labels != len(splits.id2label):
-        raise ValueError(f"--num_labels {data.num_labels} disagrees with the {len(splits.id2label)} class names found")
+        raise ValueError(
+            f"--num_labels {data.num_labels} disagrees with the {len(splits.id2label)} class names of "
+            f"{splits.id2label_source or 'the dataset'}"
+        )
     if data.max_train_samples is not None:
         splits.train = FirstSamples(splits.train, data.max_train_samples)
     if data.max_eval_samples is not None:

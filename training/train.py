@@ -318,15 +318,18 @@ def evaluate_on(
     loader: torch.utils.data.DataLoader,
     num_labels: int,
     accelerator: Accelerator,
+    *,
+    mode: str | None = None,
 ) -> dict[str, Any]:
-    """Dataset-level metrics of `model` on one split, each process evaluating its shard."""
+    """Dataset-level metrics of `model` on one split, each process evaluating its shard (in `mode`, default
+    `--eval_mode`)."""
     synchronize_buffers(model, accelerator)
     return evaluate(
         model,
         loader,
         num_labels=num_labels,
         ignore_index=config.data.ignore_index,
-        mode=config.evaluation.eval_mode,
+        mode=mode or config.evaluation.eval_mode,
         crop_size=tuple(config.augmentation.crop_size),
         stride=tuple(config.evaluation.eval_stride) if config.evaluation.eval_stride else None,
         scales=config.evaluation.eval_scales,
@@ -430,6 +433,10 @@ def finish(
         for role, loader in data.eval_loaders.items()
     }
     log_evaluation(accelerator, metrics["validation"], config.optimization.max_steps, "final")
+    if config.evaluation.eval_mode != "whole":  # what a pipeline user gets, for the card
+        for role, loader in data.eval_loaders.items():
+            whole = evaluate_on(config, model, loader, len(id2label), accelerator, mode="whole")
+            metrics[role]["whole_image_mean_iou"] = whole["mean_iou"]
     train_results = {
         "global_step": config.optimization.max_steps,
         "resumed_from_step": state.start_step,
