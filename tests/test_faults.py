@@ -20,26 +20,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN_SCRIPT = REPO_ROOT / "training" / "train.py"
-TINY_RUN = [
-    "--encoder", "mit-test",
-    "--synthetic_num_train", "24", "--synthetic_num_validation", "6", "--synthetic_image_size", "32",
-    "--crop_size", "32", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
-    "--num_prototypes_per_class", "2", "--embedding_dim", "16", "--decoder_hidden_size", "16",
-    "--warmup_steps", "2", "--dataloader_num_workers", "0", "--num_threads", "1",
-    "--report_to", "none", "--logging_steps", "1", "--eval_steps", "0",
-]  # fmt: skip
+from test_training_run import TINY_RUN, TRAIN_SCRIPT  # noqa: E402  (the same tiny synthetic run)
+from test_training_run import run_training as _run_training  # noqa: E402
 
 
 def run_training(args: list[str], *, timeout: int = 240) -> subprocess.CompletedProcess:
     """`python training/train.py ARGS` offline on one thread; returns the finished process (not checked)."""
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-                   "NO_ALBUMENTATIONS_UPDATE": "1"}  # fmt: skip
-    return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args],
-        env=environment, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-    )  # fmt: skip
+    return _run_training(args, check=False, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

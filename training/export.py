@@ -204,6 +204,11 @@ def save_trained_model(
     staging.mkdir(parents=True)
     model.save_pretrained(staging)
     image_processor.save_pretrained(staging)
+    return _move_into(staging, output_dir)
+
+
+def _move_into(staging: Path, output_dir: Path) -> Path:
+    """Move every file of `staging` to the same place under `output_dir` (each an atomic rename), then remove it."""
     for written in sorted(staging.rglob("*")):
         if written.is_file():
             target = output_dir / written.relative_to(staging)
@@ -242,13 +247,7 @@ def export_final_model(
         model_cards.write_model_card(staging, summary, repo_id=hub_model_id)
     else:
         write_minimal_card(staging, summary, results["eval_results.json"])
-    for written in sorted(staging.rglob("*")):
-        if written.is_file():
-            target = output_dir / written.relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(written, target)
-    shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+    return _move_into(staging, output_dir)
 
 
 def push_folder_to_hub(folder: Path, *, repo_id: str, token: str | None, private: bool) -> None:
