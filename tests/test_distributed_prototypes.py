@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -24,6 +25,7 @@ def _cluster_and_update(embeddings, prototypes, classes, own):
 def _worker(rank: int, init_file: str, output_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
     torch.set_num_threads(1)
+    ddp_model, finished = None, False
     try:
         # 1. Functions: each rank holds half of the global batch (unequal halves on purpose).
         embeddings, prototypes, classes, own = random_problem(num_pixels=301)
@@ -52,7 +54,15 @@ def _worker(rank: int, init_file: str, output_dir: str) -> None:
             },
             os.path.join(output_dir, f"rank{rank}.pt"),
         )
+        finished = True
     finally:
+        # Release DDP's Reducer (and the gloo work it holds) and synchronise BEFORE the process group goes:
+        # destroying the group first can deadlock at exit under load (ProcessGroupGloo's destructor joins its
+        # worker thread while the Reducer's teardown holds the GIL). DESIGN.md, issue 9.
+        ddp_model = None
+        gc.collect()
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
