@@ -193,18 +193,22 @@ segmenter = pipeline("image-segmentation", model="{summary["model_name"]}", trus
 
 
 def save_trained_model(
-    model: nn.Module, *, output_dir: str | os.PathLike, image_processor: SegformerImageProcessor
+    model: nn.Module, *, output_dir: str | os.PathLike, image_processor: SegformerImageProcessorPil
 ) -> Path:
     """Write the trained model and its image processor into `output_dir` before the final evaluation, so a fault
     there (or in the card, the results or the upload) never loses the weights; `export_final_model` later
     replaces them with the same files plus results and card. Staged and moved file by file, as that does."""
     output_dir = Path(output_dir)
-    staging = output_dir / ".tmp-trained"
+    return _move_into(_staged_model(model, image_processor, output_dir / ".tmp-trained"), output_dir)
+
+
+def _staged_model(model: nn.Module, image_processor: SegformerImageProcessorPil, staging: Path) -> Path:
+    """A fresh staging folder holding the saved model and image processor."""
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     model.save_pretrained(staging)
     image_processor.save_pretrained(staging)
-    return _move_into(staging, output_dir)
+    return staging
 
 
 def _move_into(staging: Path, output_dir: Path) -> Path:
@@ -232,11 +236,7 @@ def export_final_model(
     Everything is written to a temporary folder first and then moved file by file, so a crash never
     leaves a half-written `model.safetensors` under its final name."""
     output_dir = Path(output_dir)
-    staging = output_dir / ".tmp-final"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    model.save_pretrained(staging)
-    image_processor.save_pretrained(staging)
+    staging = _staged_model(model, image_processor, output_dir / ".tmp-final")
     for file_name, values in results.items():
         (staging / file_name).write_text(json.dumps(values, indent=2))
     try:
