@@ -124,6 +124,45 @@ class OptimizationArguments:
 
 
 @dataclass
+class PixelContrastArguments:
+    """Cross-image pixel contrast (ContrastiveSeg): a training-only objective added to either head's loss."""
+
+    pixel_contrast: bool = field(
+        default=False,
+        metadata={"help": "add the supervised pixel-to-pixel contrastive loss of ContrastiveSeg (training only: the "
+                  "exported model is the plain model)"},
+    )  # fmt: skip
+    pixel_contrast_weight: float = field(default=0.1, metadata={"help": "weight of the contrastive loss"})
+    pixel_contrast_temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature"})
+    pixel_contrast_base_temperature: float = field(
+        default=0.07, metadata={"help": "the loss is scaled by temperature / base temperature (official code)"}
+    )
+    pixel_contrast_max_anchors: int = field(default=1024, metadata={"help": "anchor pixels per process and step"})
+    pixel_contrast_max_views: int = field(
+        default=100,
+        metadata={"help": "anchor pixels per (image, class) at most; a class needs more pixels than this in an image "
+                  "(at 1/4 resolution) to be sampled there"},
+    )  # fmt: skip
+    pixel_contrast_dim: int = field(
+        default=256,
+        metadata={"help": "linear head: width of the training-only projection head; ProtoSeg contrasts its own "
+                  "pixel embeddings (embedding_dim)"},
+    )  # fmt: skip
+    pixel_contrast_segment_memory: int = field(
+        default=0, metadata={"help": "segment means kept per class in the memory (0: no segment memory)"}
+    )
+    pixel_contrast_pixel_memory: int = field(
+        default=0, metadata={"help": "pixels kept per class in the memory (0: no pixel memory)"}
+    )
+    pixel_contrast_pixels_per_segment: int = field(
+        default=10, metadata={"help": "pixels each (image, class) writes to the pixel memory per step"}
+    )
+    pixel_contrast_warmup_steps: int = field(
+        default=0, metadata={"help": "optimizer steps before the contrastive loss counts (the memory fills meanwhile)"}
+    )
+
+
+@dataclass
 class RuntimeArguments:
     """Processes, precision, threads and randomness."""
 
@@ -248,6 +287,7 @@ ARGUMENT_GROUPS: dict[str, type] = {
     "augmentation": AugmentationArguments,
     "model": ModelArguments,
     "method": ProtoSegArguments,
+    "contrast": PixelContrastArguments,
     "optimization": OptimizationArguments,
     "runtime": RuntimeArguments,
     "evaluation": EvaluationArguments,
@@ -269,6 +309,7 @@ class TrainingConfig:
     augmentation: AugmentationArguments
     model: ModelArguments
     method: Any  # ProtoSegArguments
+    contrast: PixelContrastArguments
     optimization: OptimizationArguments
     runtime: RuntimeArguments
     evaluation: EvaluationArguments

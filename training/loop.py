@@ -17,10 +17,11 @@ from tqdm.auto import tqdm
 from training.checkpointing import save_checkpoint
 from training.config import TrainingConfig
 from training.data import ResumableShardedSampler
+from training.pixel_contrast import segmentation_model_of
 
 logger = logging.getLogger("protoseg.train")
 
-LOSS_TERMS = ("loss", "ce_loss", "ppc_loss", "ppd_loss")
+LOSS_TERMS = ("loss", "ce_loss", "ppc_loss", "ppd_loss", "contrast_loss")
 
 
 def iterate_forever(
@@ -191,7 +192,7 @@ def _log(step: int, accelerator: Accelerator, state: TrainingState, running: Run
     values = running.log_values(state.images_per_step)
     values["train/learning_rate"] = state.scheduler.get_last_lr()[0]
     values["train/skipped_nonfinite_steps"] = state.skipped_nonfinite_steps
-    values.update(prototype_health_scalars(accelerator.unwrap_model(state.model)))
+    values.update(prototype_health_scalars(segmentation_model_of(accelerator.unwrap_model(state.model))))
     accelerator.log(values, step=step)
     progress.set_postfix(
         loss=f"{values.get('train/loss', float('nan')):.4f}", lr=f"{values['train/learning_rate']:.2e}"

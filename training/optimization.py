@@ -6,17 +6,19 @@ import torch
 from torch import nn
 
 from training.config import OptimizationArguments
+from training.pixel_contrast import WRAPPED_MODEL_PREFIX
 
 
 def build_optimizer(model: nn.Module, config: OptimizationArguments) -> torch.optim.Optimizer:
     """AdamW or SGD with 4 parameter groups: (encoder | head) x (decay | no decay on norms and biases).
-    The head (decoder, projection, classifier) learns `head_lr_multiplier` times faster."""
+    The head (decoder, projection, classifier; the pixel-contrast projection head too) learns `head_lr_multiplier`
+    times faster."""
     encoder_prefixes = ("encoder.", "segformer.")  # ProtoSeg's and SegFormer's encoder attributes
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        is_encoder = name.startswith(encoder_prefixes)
+        is_encoder = name.removeprefix(WRAPPED_MODEL_PREFIX).startswith(encoder_prefixes)
         decays = parameter.ndim > 1 and "pos_block" not in name
         groups.setdefault((is_encoder, decays), []).append(parameter)
     param_groups = [

@@ -57,6 +57,7 @@ from training.export import (
 from training.loop import TrainingState, iterate_forever, log_evaluation, train_steps
 from training.models import build_model
 from training.optimization import PolyWithWarmup, build_optimizer, set_schedule_step
+from training.pixel_contrast import segmentation_model_of, with_pixel_contrast
 from training.preprocessing import (
     IMAGENET_NORMALIZATION,
     Normalization,
@@ -478,8 +479,11 @@ def run(config: TrainingConfig, *, datasets: DatasetSplits | None = None) -> Tra
     splits = check_first_samples(config, splits)
     model = prepare_model(config, encoder, splits.id2label, accelerator)
     data = prepare_data(config, splits, accelerator, normalization=input_normalization(model.config))
-    state = prepare_training(config, model, data, accelerator)
-    unwrapped_model = accelerator.unwrap_model(state.model)
+    trained = with_pixel_contrast(  # the model, or the model plus the training-only contrastive objective
+        model, config.contrast, micro_batches_per_step=config.optimization.gradient_accumulation_steps
+    )
+    state = prepare_training(config, trained, data, accelerator)
+    unwrapped_model = segmentation_model_of(accelerator.unwrap_model(state.model))
     if accelerator.is_main_process:
         accelerator.init_trackers("protoseg", config=_tracker_config(config))
     train_runtime = train_steps(

@@ -1,0 +1,249 @@
+"""ContrastiveSeg's cross-image pixel contrast as a training-only wrapper around a segmentation model.
+
+`PixelContrastTrainingModel` holds the model a run trains (ProtoSeg, SegFormer or the linear head), a projection
+head (linear heads only) and the memory queues; its forward adds `weight * contrastive loss` to the model's loss.
+The wrapper is what the optimizer, DDP and the checkpoints see (so the projection head trains and the queues resume);
+evaluation and export take `segmentation_model`, so the exported folder is the plain model (a linear run on MiT is a
+`SegformerForSemanticSegmentation` any transformers user loads without this package).
+
+Which pixel embeddings are contrasted:
+- ProtoSeg: its own unit pixel embeddings (`output_pixel_embeddings=True`), the space its prototypes classify in;
+  no extra parameters.
+- Linear heads: the features the 1x1 classifier reads (a forward pre-hook on it, after the decoder's dropout), through
+  ContrastiveSeg's projection head (1x1 conv, BatchNorm, ReLU, 1x1 conv to `pixel_contrast_dim`, L2-normalised),
+  run on the sampled pixels only (the loss reads nothing else; with a segment memory, on every pixel as well, without
+  gradient, for the segment means). On small decoders the head over every pixel would cost as much as the model.
+Hard anchors are pixels the model's own logits (at the same 1/4 resolution) get wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeling_protoseg.pixel_contrast import (
+    gather_from_processes,
+    memory_contents,
+    nearest_labels,
+    pixel_contrast_loss,
+    sample_anchors,
+    sample_memory_pixels,
+    segment_means,
+    write_to_memory_,
+)
+from training.config import PixelContrastArguments
+
+WRAPPED_MODEL_PREFIX = "segmentation_model."  # parameter names inside the wrapper start with it
+
+
+class PixelContrastProjectionHead(nn.Module):
+    """ContrastiveSeg's "convmlp" projection (1x1 conv, BatchNorm, ReLU, 1x1 conv, L2 norm), applied to the pixels the
+    loss uses only: (M, C_in) features -> (M, D) unit embeddings (a 1x1 conv on a pixel is a linear layer)."""
+
+    def __init__(self, *, in_channels: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(in_channels, in_channels)
+        self.batch_norm = nn.BatchNorm1d(in_channels)
+        self.output = nn.Linear(in_channels, embedding_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.output(F.relu(self.batch_norm(self.hidden(features)))), dim=-1)
+
+
+def _classifier_of(model: nn.Module) -> nn.Conv2d:
+    """The 1x1 classifier of a linear-head model (SegFormer's decode head, or this package's linear head)."""
+    decode_head = getattr(model, "decode_head", None)
+    classifier = getattr(decode_head, "classifier", None) or getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Conv2d):
+        raise TypeError(
+            f"pixel contrast needs ProtoSeg or a model with a 1x1 Conv2d classifier (SegFormer, the linear head); "
+            f"{type(model).__name__} has none"
+        )
+    return classifier
+
+
+def check_settings(settings: PixelContrastArguments) -> None:
+    """ValueError naming the flag when a pixel-contrast setting is out of range."""
+    positive = ("temperature", "base_temperature", "max_anchors", "max_views", "dim", "pixels_per_segment")
+    for name in positive:
+        value = getattr(settings, f"pixel_contrast_{name}")
+        if not value > 0:
+            raise ValueError(f"--pixel_contrast_{name} must be > 0, got {value}")
+    for name in ("weight", "segment_memory", "pixel_memory", "warmup_steps"):
+        value = getattr(settings, f"pixel_contrast_{name}")
+        if value < 0:
+            raise ValueError(f"--pixel_contrast_{name} must be >= 0, got {value}")
+
+
+class PixelContrastTrainingModel(nn.Module):
+    """A segmentation model with ContrastiveSeg's pixel contrast added to its training loss.
+
+    Buffers (saved in checkpoints, so a resumed run continues with the same memory): `segment_memory` (C, S, D) and
+    `pixel_memory` (C, P, D) ring buffers with their `*_pointer` and `*_filled` (C,) counters, and
+    `training_forwards` (the warm-up clock, in forwards: optimizer steps x gradient accumulation).
+    """
+
+    def __init__(
+        self,
+        segmentation_model: nn.Module,
+        settings: PixelContrastArguments,
+        *,
+        micro_batches_per_step: int = 1,
+    ) -> None:
+        super().__init__()
+        check_settings(settings)
+        self.segmentation_model = segmentation_model
+        self.settings = settings
+        config = segmentation_model.config
+        self.num_classes = config.num_labels
+        self.ignore_index = config.semantic_loss_ignore_index
+        self.warmup_forwards = settings.pixel_contrast_warmup_steps * micro_batches_per_step
+        self.uses_model_embeddings = hasattr(segmentation_model, "prototype_bank")
+        self._captured_features: torch.Tensor | None = None
+        if self.uses_model_embeddings:  # ProtoSeg: contrast its own pixel embeddings
+            self.projection_head = None
+            embedding_dim = config.embedding_dim
+        else:
+            classifier = _classifier_of(segmentation_model)
+            classifier.register_forward_pre_hook(self._capture_classifier_input)
+            self.projection_head = PixelContrastProjectionHead(
+                in_channels=classifier.in_channels, embedding_dim=settings.pixel_contrast_dim
+            )
+            embedding_dim = settings.pixel_contrast_dim
+        for name, size in (("segment", settings.pixel_contrast_segment_memory), ("pixel", settings.pixel_contrast_pixel_memory)):
+            self.register_buffer(f"{name}_memory", torch.zeros(self.num_classes, size, embedding_dim))
+            self.register_buffer(f"{name}_memory_pointer", torch.zeros(self.num_classes, dtype=torch.long))
+            self.register_buffer(f"{name}_memory_filled", torch.zeros(self.num_classes, dtype=torch.long))
+        self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))
+
+    @property
+    def config(self):
+        """The segmentation model's config (what the training code reads from a model)."""
+        return self.segmentation_model.config
+
+    def _check_inputs(self, pixel_values: torch.Tensor, labels: torch.Tensor | None) -> None:
+        check_inputs = getattr(self.segmentation_model, "_check_inputs", None)
+        if check_inputs is not None:
+            check_inputs(pixel_values, labels)
+
+    def _capture_classifier_input(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if module.training:  # evaluation forwards keep nothing
+            self._captured_features = inputs[0]
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any):
+        """The model's forward; while training with labels, its loss plus the weighted contrastive loss (also
+        returned as `contrast_loss`)."""
+        if not (self.training and labels is not None):
+            return self.segmentation_model(pixel_values=pixel_values, labels=labels, **kwargs)
+        if self.uses_model_embeddings:
+            kwargs["output_pixel_embeddings"] = True
+        self._captured_features = None
+        outputs = self.segmentation_model(pixel_values=pixel_values, labels=labels, **kwargs)
+        if self.uses_model_embeddings:
+            pixel_features = outputs.pixel_embeddings  # (B, D, h, w), unit length
+        else:
+            pixel_features, self._captured_features = self._captured_features, None  # (B, C_in, h, w)
+        contrast_loss = self.contrastive_loss(pixel_features, outputs.logits, labels)
+        weight = self.settings.pixel_contrast_weight if self.training_forwards >= self.warmup_forwards else 0.0
+        self.training_forwards += 1
+        outputs["loss"] = outputs.loss + weight * contrast_loss
+        outputs["contrast_loss"] = contrast_loss.detach()
+        return outputs
+
+    def _embed(self, features: torch.Tensor) -> torch.Tensor:
+        """(M, C) pixel features -> (M, D) unit embeddings: the projection head, or ProtoSeg's own embeddings."""
+        return features if self.projection_head is None else self.projection_head(features)
+
+    def contrastive_loss(self, pixel_features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The contrastive loss of one batch, and the memory write.
+
+        Arguments:
+            pixel_features: (B, F, h, w) ProtoSeg's unit embeddings or the classifier's input features.
+            logits: (B, C, h, w) the model's logits (hard anchors are the pixels they get wrong); labels: (B, H, W).
+        """
+        batch_size, channels, height, width = pixel_features.shape
+        flat_features = pixel_features.permute(0, 2, 3, 1).reshape(batch_size * height * width, channels)
+        pixel_labels = nearest_labels(labels, (height, width)).reshape(batch_size, -1)  # (B, h*w)
+        predictions = logits.detach().argmax(dim=1).reshape(batch_size, -1)
+        anchors = sample_anchors(
+            pixel_labels,
+            predictions,
+            num_classes=self.num_classes,
+            ignore_index=self.ignore_index,
+            max_anchors=self.settings.pixel_contrast_max_anchors,
+            max_views=self.settings.pixel_contrast_max_views,
+        )
+        memory, memory_classes = self._memory_contents()
+        if anchors is None or anchors.pixel_index.numel() < 2:  # no class large enough: no term
+            loss = pixel_features.sum() * 0.0  # still on the graph (with every parameter) for DDP
+            if self.projection_head is not None:
+                loss = loss + sum(parameter.sum() for parameter in self.projection_head.parameters()) * 0.0
+        else:
+            views_per_group = anchors.pixel_index.shape[1]
+            loss = pixel_contrast_loss(
+                self._embed(flat_features[anchors.pixel_index.reshape(-1)]),  # (A*V, D), group-major
+                anchors.classes.repeat_interleave(views_per_group),
+                memory,
+                memory_classes,
+                temperature=self.settings.pixel_contrast_temperature,
+                base_temperature=self.settings.pixel_contrast_base_temperature,
+            )
+        self._write_memory(flat_features, pixel_labels)
+        return loss
+
+    def _memory_contents(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        parts = [memory_contents(self.segment_memory, self.segment_memory_filled)]
+        parts.append(memory_contents(self.pixel_memory, self.pixel_memory_filled))
+        embeddings, classes = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return (embeddings, classes) if classes.numel() else (None, None)
+
+    @torch.no_grad()
+    def _write_memory(self, flat_features: torch.Tensor, pixel_labels: torch.Tensor) -> None:
+        """Write this step's segment means and pixels, gathered from every process in process order, so every
+        process keeps the same memory. Nothing is written from a batch with a non-finite embedding.
+
+        Arguments:
+            flat_features: (B*N, F) pixel features; pixel_labels: (B, N).
+        """
+        batch_size, num_pixels = pixel_labels.shape
+        classes = torch.arange(self.num_classes, device=pixel_labels.device)
+        if self.segment_memory.shape[1] > 0:  # the mean of a segment's embeddings needs all its pixels embedded
+            embeddings = self._embed(flat_features).reshape(batch_size, num_pixels, -1)
+            segments, present = segment_means(
+                embeddings, pixel_labels, num_classes=self.num_classes, ignore_index=self.ignore_index
+            )
+            segments, present = gather_from_processes(segments), gather_from_processes(present)
+            if torch.isfinite(segments).all():  # else the loop skips the step and restores the buffers
+                write_to_memory_(
+                    self.segment_memory, self.segment_memory_pointer, self.segment_memory_filled,
+                    segments[present], classes[None, :].expand(present.shape)[present],
+                )  # fmt: skip
+        if self.pixel_memory.shape[1] > 0:
+            pixel_index, present = sample_memory_pixels(
+                pixel_labels,
+                num_classes=self.num_classes,
+                ignore_index=self.ignore_index,
+                pixels_per_segment=self.settings.pixel_contrast_pixels_per_segment,
+            )
+            pixels = self._embed(flat_features[pixel_index.reshape(-1)]).reshape(*pixel_index.shape, -1).float()
+            pixels, present = gather_from_processes(pixels), gather_from_processes(present)
+            if torch.isfinite(pixels).all():
+                write_to_memory_(
+                    self.pixel_memory, self.pixel_memory_pointer, self.pixel_memory_filled,
+                    pixels[present], classes[None, :, None].expand(present.shape)[present],
+                )  # fmt: skip
+
+
+def with_pixel_contrast(model: nn.Module, settings: PixelContrastArguments, *, micro_batches_per_step: int) -> nn.Module:
+    """The model to train: wrapped with the pixel-contrast objective when `--pixel_contrast` is on, else itself."""
+    if not settings.pixel_contrast:
+        return model
+    return PixelContrastTrainingModel(model, settings, micro_batches_per_step=micro_batches_per_step)
+
+
+def segmentation_model_of(model: nn.Module) -> nn.Module:
+    """The segmentation model inside a `PixelContrastTrainingModel`; any other model as it is."""
+    return model.segmentation_model if isinstance(model, PixelContrastTrainingModel) else model
