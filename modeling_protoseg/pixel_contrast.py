@@ -170,10 +170,10 @@ def pixel_contrast_loss(
         if memory_embeddings is not None and memory_embeddings.numel():
             contrast = torch.cat([anchors, memory_embeddings.detach().float()])
             contrast_classes = torch.cat([anchor_classes, memory_classes])
-        logits = anchors @ contrast.T / temperature  # (M, M + Q); column i < M is anchor i itself
+        logits = (anchors / temperature) @ contrast.T  # (M, M + Q); column i < M is anchor i itself
         same_class = anchor_classes[:, None] == contrast_classes[None, :]
-        # log(exp(l_ip) + sum_n exp(l_in)) = logaddexp(l_ip, logsumexp over the negatives); shift-free, as the
-        # embeddings are unit vectors (|l| <= 1 / t). No negative: logsumexp = -inf and the pair's term is 0.
+        # log(exp(l_ip) + sum_n exp(l_in)) = logaddexp(l_ip, logsumexp over the negatives), stable at any
+        # temperature. No negative: logsumexp = -inf and the pair's term is log(1) = 0.
         log_negative_sum = torch.logsumexp(logits.masked_fill(same_class, float("-inf")), dim=1, keepdim=True)
         log_probability = logits - torch.logaddexp(logits, log_negative_sum)  # (M, M + Q)
         positive_sum = torch.where(same_class, log_probability, 0.0).sum(dim=1) - log_probability.diagonal()
