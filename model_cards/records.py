@@ -256,6 +256,7 @@ class TrainingSummary(JsonRecord):
     learning_rate: float | None = field(default=None, metadata=_label("Learning rate"))
     weight_decay: float | None = field(default=None, metadata=_label("Weight decay"))
     lr_schedule: str | None = field(default=None, metadata=_label("Learning-rate schedule"))
+    pixel_contrast: str | None = field(default=None, metadata=_label("Pixel contrast (training only)"))
     protoseg: ProtoSegSettings | None = None
     seed: int | None = field(default=None, metadata=_label("Seed"))
     mixed_precision: str | None = field(default=None, metadata=_label("Mixed precision"))

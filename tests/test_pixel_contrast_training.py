@@ -201,6 +201,8 @@ def test_protoseg_run_with_contrast_logs_the_term_and_exports_protoseg(tmp_path:
     assert result.returncode == 0
     weights = load_file(output / "model.safetensors")
     assert "prototype_bank.prototypes" in weights and not [name for name in weights if "memory" in name]
+    card = (output / "README.md").read_text()
+    assert "| Pixel contrast (training only) | ContrastiveSeg loss, weight 0.1, temperature 0.1, 1024 anchors" in card
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(next(output.rglob("events.out.tfevents.*")).parent))

@@ -137,6 +137,7 @@ def training_summary(
         "global_batch_size": global_batch_size,
         "per_device_batch_size": optimization.per_device_train_batch_size,
         "crop_size": list(config.augmentation.crop_size),
+        "pixel_contrast": pixel_contrast_description(config),
         **method,
         "seed": config.runtime.seed,
         "mixed_precision": config.runtime.mixed_precision,
@@ -145,6 +146,24 @@ def training_summary(
         "train_runtime_seconds": train_runtime_seconds,
         "command": publishable_command(sys.argv, working_directory=os.getcwd()),  # no token, no local path
     }
+
+
+def pixel_contrast_description(config: TrainingConfig) -> str | None:
+    """One line for the card when the run added ContrastiveSeg's loss (None otherwise)."""
+    contrast = config.contrast
+    if not contrast.pixel_contrast:
+        return None
+    memory = (
+        f"memory {contrast.pixel_contrast_segment_memory} segments + {contrast.pixel_contrast_pixel_memory} pixels "
+        "per class"
+        if contrast.pixel_contrast_segment_memory or contrast.pixel_contrast_pixel_memory
+        else "no memory"
+    )
+    return (
+        f"ContrastiveSeg loss, weight {contrast.pixel_contrast_weight}, temperature "
+        f"{contrast.pixel_contrast_temperature}, {contrast.pixel_contrast_max_anchors} anchors (at most "
+        f"{contrast.pixel_contrast_max_views} per image and class), {memory}"
+    )
 
 
 def write_minimal_card(folder: Path, summary: dict[str, Any], eval_results: dict[str, Any]) -> None:
