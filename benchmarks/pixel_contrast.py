@@ -10,8 +10,9 @@ Runs share `--work_dir` with `benchmarks.accuracy` (same flags = same folder, re
 
 Cost (`--part cost`): one training step (forward with losses, backward, AdamW) of the four models on the same
 synthetic batch of the accuracy setting's shape (and of MiT-B0 at 256x256), interleaved and repeated; the ratio
-of each to the plain linear head in the same repetition. Peak memory: each (model, setting) in a fresh process,
-peak RSS over two steps (`ru_maxrss`), as a ratio to the linear head's.
+of each to the plain linear head in the same repetition. Memory: each (model, setting) in a fresh process: RSS
+after building model and batch, peak RSS over two steps (`ru_maxrss`), and the growth between them (activations,
+gradients, optimizer state) as a ratio to the linear head's.
 
     python -m benchmarks.pixel_contrast [--part accuracy cost] [--settings scratch lite0] [--seeds 0 1 2]
 """
@@ -50,6 +51,22 @@ HEADS = {
     "protoseg": accuracy.Head("protoseg", ["--head", "protoseg"]),
     "protoseg+contrast": accuracy.Head("protoseg-contrast", ["--head", "protoseg", "--pixel_contrast"]),
 }
+# Variants (scratch only, asked for with --heads): the official anchor rule at this resolution, and the memory.
+VARIANTS = {
+    # 32x32 feature maps: the default 100 views make a class need 10% of a crop to give anchors (the official
+    # 1024x512 crops: 0.3%); 10 views = 1% of a crop, at most 10 views per (image, class)
+    "linear+contrast, 10 views": accuracy.Head(
+        "linear-contrast-views10", ["--head", "linear", "--pixel_contrast", "--pixel_contrast_max_views", "10"],
+        settings=("scratch",),
+    ),
+    # a memory holding about the last 50 steps' entries (8 images x 10 pixels per class and step)
+    "linear+contrast, memory": accuracy.Head(
+        "linear-contrast-memory",
+        ["--head", "linear", "--pixel_contrast", "--pixel_contrast_segment_memory", "400",
+         "--pixel_contrast_pixel_memory", "4000"],
+        settings=("scratch",),
+    ),
+}  # fmt: skip
 # name: (encoder, decoder width = D (the encoder preset's), image size, batch size, classes)
 COST_SETTINGS = {
     "accuracy-setting": ("mit-micro", 64, 128, 8, 11),
@@ -67,7 +84,10 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     for seed in args.seeds:
         for setting in args.settings:
-            for label, head in HEADS.items():
+            for label in args.heads:
+                head = {**HEADS, **VARIANTS}[label]
+                if setting not in head.settings:
+                    continue
                 record = accuracy.train(
                     setting, "camvid", head, seed, args.work_dir, args.threads, extra, reuse=args.reuse_runs
                 )
@@ -148,15 +168,19 @@ def make_step(model: torch.nn.Module, setting: str, seed: int = 0):
 
 
 def _peak_rss_child(head: str, setting: str, threads: int, queue: multiprocessing.Queue) -> None:
+    import psutil
+
     set_threads(threads)
     step = make_step(build_cost_model(head, setting), setting)
+    before = psutil.Process().memory_info().rss
     step()
     step()
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # KiB on Linux
+    queue.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))  # ru_maxrss: KiB on Linux
 
 
-def peak_rss_bytes(head: str, setting: str, threads: int) -> int:
-    """Peak RSS of a fresh process that builds the model and runs two training steps."""
+def peak_rss_bytes(head: str, setting: str, threads: int) -> tuple[int, int]:
+    """RSS after building the model and the batch, and peak RSS over two training steps, of a fresh process.
+    (Measured before the parent builds any model: a child's ru_maxrss starts at its parent's.)"""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_peak_rss_child, args=(head, setting, threads, queue))
@@ -168,23 +192,28 @@ def peak_rss_bytes(head: str, setting: str, threads: int) -> int:
 
 def run_cost(args: argparse.Namespace) -> dict[str, Any]:
     set_threads(args.threads)
+    memory = {(setting, head): peak_rss_bytes(head, setting, args.threads) for setting in COST_SETTINGS for head in HEADS}
     cells = []
     for setting in COST_SETTINGS:
         candidates = {head: make_step(build_cost_model(head, setting), setting) for head in HEADS}
         load_before = os.getloadavg()[0]
         times = time_interleaved(candidates, repetitions=args.repetitions, warmup=2)
         load_after = os.getloadavg()[0]
-        peaks = {head: peak_rss_bytes(head, setting, args.threads) for head in HEADS}
+        linear_before, linear_peak = memory[(setting, "linear")]
         for head in HEADS:
+            before, peak = memory[(setting, head)]
             cells.append({
                 "setting": setting, "head": head, "load_average": [load_before, load_after],
                 "step_seconds": Summary.of(times.wall[head]).as_dict(),
                 "ratio_to_linear": Summary.of(times.ratios(head, "linear")).as_dict(),
                 "ratio_to_linear_cpu_time": Summary.of(times.ratios(head, "linear", "cpu")).as_dict(),
-                "peak_rss_bytes": peaks[head], "peak_rss_ratio_to_linear": peaks[head] / peaks["linear"],
+                "rss_before_steps_bytes": before, "peak_rss_bytes": peak,
+                "peak_rss_ratio_to_linear": peak / linear_peak,
+                "step_memory_ratio_to_linear": (peak - before) / (linear_peak - linear_before),
             })  # fmt: skip
             print(f"{setting} {head}: {summary_text(cells[-1]['step_seconds'], 1000)} ms, "
-                  f"x{cells[-1]['ratio_to_linear']['median']:.3f}, peak RSS {peaks[head] / 2**20:.0f} MiB", flush=True)  # fmt: skip
+                  f"x{cells[-1]['ratio_to_linear']['median']:.3f}, peak RSS {peak / 2**20:.0f} MiB "
+                  f"(+{(peak - before) / 2**20:.0f} MiB in the steps)", flush=True)  # fmt: skip
     return {"repetitions": args.repetitions, "threads": args.threads, "cells": cells}
 
 
@@ -192,13 +221,14 @@ def cost_markdown(result: dict[str, Any]) -> str:
     rows = []
     for cell in result["cells"]:
         encoder, width, size, batch, classes = COST_SETTINGS[cell["setting"]]
+        growth = (cell["peak_rss_bytes"] - cell["rss_before_steps_bytes"]) / 2**20
         rows.append([
             f"{encoder}, {size}x{size}, batch {batch}, {classes} classes, width {width}", cell["head"],
             summary_text(cell["step_seconds"], 1000, 1), summary_text(cell["ratio_to_linear"], 1.0, 3),
-            f"{cell['peak_rss_bytes'] / 2**20:.0f}", f"{cell['peak_rss_ratio_to_linear']:.3f}",
+            f"{cell['peak_rss_bytes'] / 2**20:.0f}", f"{growth:.0f}", f"{cell['step_memory_ratio_to_linear']:.3f}",
         ])  # fmt: skip
     header = ["setting", "model", "step ms, median [q1, q3]", "step / linear's step (same repetition)",
-              "peak RSS MiB", "peak RSS / linear's"]  # fmt: skip
+              "peak RSS MiB", "RSS growth in 2 steps MiB", "growth / linear's"]  # fmt: skip
     return (
         f"Training step (forward with losses, backward, AdamW), {result['repetitions']} interleaved repetitions, "
         f"{result['threads']} threads:\n\n" + markdown_table(header, rows)
@@ -213,6 +243,7 @@ def main() -> None:
     parser.add_argument("--part", nargs="+", choices=["accuracy", "cost"], default=["accuracy", "cost"])
     parser.add_argument("--settings", nargs="+", choices=list(accuracy.SETTINGS), default=list(accuracy.SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--heads", nargs="+", choices=[*HEADS, *VARIANTS], default=list(HEADS), help="accuracy")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training run / cost process")
     parser.add_argument("--repetitions", type=int, default=20, help="cost: interleaved repetitions")
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/protoseg_accuracy"))

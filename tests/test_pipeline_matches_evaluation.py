@@ -100,3 +100,29 @@ def test_pipeline_and_evaluation_give_the_same_miou(trained_folder):
     assert len(predicted_classes) >= 2 and 0.0 < evaluation["mean_iou"] < 1.0
     assert through_pipeline["mean_iou"] == pytest.approx(evaluation["mean_iou"], abs=1e-6)
     assert through_pipeline["overall_accuracy"] == pytest.approx(evaluation["overall_accuracy"], abs=1e-6)
+
+
+def test_training_rescale_resamples_as_the_saved_processor() -> None:
+    """At scale 1 the training transform's pixels are the processor's (PIL bilinear, its long-side rounding), so
+    the model trains on what evaluation and the pipeline give it; labels are resized to the same size (nearest)."""
+    import numpy as np
+    from PIL import Image
+
+    from training.augmentation import build_train_transform, seed_transform
+
+    rng = np.random.default_rng(0)
+    image = np.asarray(Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).resize((480, 360)))
+    label = np.repeat(np.repeat(rng.integers(0, 5, (36, 48), dtype=np.uint8), 10, axis=0), 10, axis=1)
+    # 480x360 -> short side 128: the processor makes it 170 wide (int(128 * 480 / 360)); OpenCV rounding gives 171
+    transform = build_train_transform(
+        crop_size=(128, 170), base_size=128, scale_range=(1.0, 1.0), photometric=False, hflip_probability=0.0
+    )
+    seed_transform(transform, 0)
+    trained_on = transform(image=image, mask=label)
+    evaluated_on = build_eval_transform(base_size=128)(image=image)["image"]
+    assert trained_on["image"].shape == evaluated_on.shape == (128, 170, 3)
+    np.testing.assert_allclose(trained_on["image"], evaluated_on, atol=1e-5)
+    import cv2
+
+    expected_label = cv2.resize(label, (170, 128), interpolation=cv2.INTER_NEAREST)  # never a blend of classes
+    np.testing.assert_array_equal(trained_on["mask"], expected_label)

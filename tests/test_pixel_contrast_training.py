@@ -255,3 +255,16 @@ def test_two_processes_keep_identical_memories_holding_both_processes_entries(tm
     filled = ranks[0]["buffers"]["segment_memory_filled"]
     assert filled.tolist() == segments_seen.clamp(max=6).tolist()
     assert (filled > ranks[0]["segments_seen"].clamp(max=6)).any()
+
+
+def test_a_skipped_step_restores_every_buffer_but_the_self_guarded_memory() -> None:
+    from training.loop import buffers_to_restore
+
+    wrapper = PixelContrastTrainingModel(tiny_segformer(), PixelContrastArguments(**CONTRAST, **MEMORY))
+    restored = set(buffers_to_restore(wrapper))
+    memory = {name for name, _ in wrapper.named_buffers() if "memory" in name}
+    assert len(memory) == 6 and not memory & restored
+    assert restored == {name for name, _ in wrapper.named_buffers()} - memory
+    assert "training_forwards" in restored and "segmentation_model.decode_head.batch_norm.running_mean" in restored
+    nested = torch.nn.Sequential(wrapper)  # names with a prefix (as inside DDP's "module.")
+    assert set(buffers_to_restore(nested)) == {f"0.{name}" for name in restored}

