@@ -25,7 +25,9 @@ from typing import Any
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, git_commit, model_files_digest, results_suffix, utc_timestamp
 
-MEASUREMENTS = ("parameters", "latency", "train_step", "memory", "scaling", "profile_breakdown", "accuracy")
+MEASUREMENTS = (
+    "parameters", "latency", "train_step", "memory", "scaling", "profile_breakdown", "accuracy", "pixel_contrast"
+)  # fmt: skip
 PROPOSALS = ("proposal_gain",)  # modules of benchmarks/proposals/, run only with --with_proposals
 
 
@@ -33,7 +35,7 @@ def benchmark_command(name: str, args: argparse.Namespace) -> list[str]:
     """The `python -m ...` command of one benchmark with the flags it accepts."""
     module = f"benchmarks.proposals.{name}" if name in PROPOSALS else f"benchmarks.{name}"
     command = [sys.executable, "-m", module, "--output", str(args.output)]
-    if name not in ("parameters", "accuracy"):  # parameters counts; accuracy trains on the CPU in any setting
+    if name not in ("parameters", "accuracy", "pixel_contrast"):  # the last two train on the CPU in any setting
         command += ["--setting", args.setting]
     if name != "parameters":
         command += ["--threads", str(args.threads)]
