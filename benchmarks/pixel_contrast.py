@@ -59,6 +59,10 @@ VARIANTS = {
         "linear-contrast-views10", ["--head", "linear", "--pixel_contrast", "--pixel_contrast_max_views", "10"],
         settings=("scratch",),
     ),
+    "protoseg+contrast, 10 views": accuracy.Head(
+        "protoseg-contrast-views10", ["--head", "protoseg", "--pixel_contrast", "--pixel_contrast_max_views", "10"],
+        settings=("scratch",),
+    ),
     # a memory holding about the last 50 steps' entries (8 images x 10 pixels per class and step)
     "linear+contrast, memory": accuracy.Head(
         "linear-contrast-memory",
