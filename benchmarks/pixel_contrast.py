@@ -9,7 +9,8 @@ temperature 0.07, 1024 anchors, at most 100 views per (image, class), projection
 Runs share `--work_dir` with `benchmarks.accuracy` (same flags = same folder, reused with `--reuse_runs`).
 
 Cost (`--part cost`): one training step (forward with losses, backward, AdamW) of the four models on the same
-synthetic batch of the accuracy setting's shape (and of MiT-B0 at 256x256), interleaved and repeated; the ratio
+synthetic batch of the accuracy setting's shape (and of MiT-B0 at 256x256), interleaved and repeated, and of linear +
+contrast with a full memory (400 segments + 4000 pixels per class: 1024 anchors against ~4,400 x C rows); the ratio
 of each to the plain linear head in the same repetition. Memory: each (model, setting) in a fresh process: RSS
 after building model and batch, peak RSS over two steps (`ru_maxrss`), and the growth between them (activations,
 gradients, optimizer state) as a ratio to the linear head's.
@@ -71,6 +72,7 @@ VARIANTS = {
         settings=("scratch",),
     ),
 }  # fmt: skip
+COST_HEADS = [*HEADS, "linear+contrast, memory"]  # the memory: 400 segments + 4000 pixels per class, full
 # name: (encoder, decoder width = D (the encoder preset's), image size, batch size, classes)
 COST_SETTINGS = {
     "accuracy-setting": ("mit-micro", 64, 128, 8, 11),
@@ -152,8 +154,14 @@ def build_cost_model(head: str, setting: str) -> torch.nn.Module:
         model = build_segformer(num_classes, encoder_config=encoder_config)
     else:
         model = build_protoseg(num_classes, encoder_config=encoder_config)
-    if head.endswith("+contrast"):
-        model = PixelContrastTrainingModel(model, PixelContrastArguments(pixel_contrast=True))
+    if "+contrast" in head:
+        memory = dict(pixel_contrast_segment_memory=400, pixel_contrast_pixel_memory=4000) if "memory" in head else {}
+        model = PixelContrastTrainingModel(model, PixelContrastArguments(pixel_contrast=True, **memory))
+        with torch.no_grad():  # a full memory (steady state): every slot written
+            for kind in ("segment", "pixel"):
+                queue = getattr(model, f"{kind}_memory")
+                queue.copy_(torch.nn.functional.normalize(torch.randn(queue.shape), dim=-1))
+                getattr(model, f"{kind}_memory_filled").fill_(queue.shape[1])
     return model
 
 
@@ -196,15 +204,17 @@ def peak_rss_bytes(head: str, setting: str, threads: int) -> tuple[int, int]:
 
 def run_cost(args: argparse.Namespace) -> dict[str, Any]:
     set_threads(args.threads)
-    memory = {(setting, head): peak_rss_bytes(head, setting, args.threads) for setting in COST_SETTINGS for head in HEADS}
+    memory = {
+        (setting, head): peak_rss_bytes(head, setting, args.threads) for setting in COST_SETTINGS for head in COST_HEADS
+    }
     cells = []
     for setting in COST_SETTINGS:
-        candidates = {head: make_step(build_cost_model(head, setting), setting) for head in HEADS}
+        candidates = {head: make_step(build_cost_model(head, setting), setting) for head in COST_HEADS}
         load_before = os.getloadavg()[0]
         times = time_interleaved(candidates, repetitions=args.repetitions, warmup=2)
         load_after = os.getloadavg()[0]
         linear_before, linear_peak = memory[(setting, "linear")]
-        for head in HEADS:
+        for head in COST_HEADS:
             before, peak = memory[(setting, head)]
             cells.append({
                 "setting": setting, "head": head, "load_average": [load_before, load_after],
