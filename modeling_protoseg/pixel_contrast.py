@@ -265,11 +265,8 @@ def write_to_memory_(
     num_classes, size, _ = queue.shape
     if entries.shape[0] == 0 or size == 0:
         return
-    order = torch.sort(entry_classes, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks[order] = torch.arange(order.numel(), device=order.device) - torch.searchsorted(
-        entry_classes[order], entry_classes[order]
-    )
+    arrival = torch.arange(entry_classes.numel(), device=entry_classes.device, dtype=torch.float32)
+    ranks = _rank_within_groups(entry_classes, arrival)  # each entry's position among its class's, in order
     per_class = torch.bincount(entry_classes, minlength=num_classes)
     kept = ranks >= per_class[entry_classes] - size
     slots = (pointer[entry_classes] + ranks) % size

@@ -100,7 +100,7 @@ def test_resume_sets_the_learning_rate_schedule_from_the_step() -> None:
 # ------------------------------------------------------------------------------ 1. one NaN poisons nothing
 
 
-def _tiny_training_state(batches: list[dict]):
+def _tiny_training_state(batches: list[dict], max_grad_norm: float = 1.0):
     from accelerate import Accelerator
 
     from modeling_protoseg import ProtoSegForSemanticSegmentation
@@ -108,7 +108,7 @@ def _tiny_training_state(batches: list[dict]):
     from training.config import resolve_config
     from training.loop import TrainingState
 
-    config = resolve_config(max_steps=len(batches), max_grad_norm=1.0)
+    config = resolve_config(max_steps=len(batches), max_grad_norm=max_grad_norm)
     accelerator = Accelerator(cpu=True)
     model = ProtoSegForSemanticSegmentation(tiny_protoseg_config())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -128,6 +128,25 @@ def _batch(pixel_value: float | None = None) -> dict:
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in model.state_dict().items()
             if not name.endswith("skipped_nonfinite_updates")}  # fmt: skip
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0], ids=["clipped", "unclipped"])
+def test_a_non_finite_gradient_with_a_finite_loss_skips_the_step(max_grad_norm: float) -> None:
+    """The gradient check: with clipping it is the clipping norm itself, without it a norm of its own."""
+    from training.loop import RunningMeans, optimizer_step
+
+    config, accelerator, state = _tiny_training_state([_batch(), _batch(), _batch()], max_grad_norm=max_grad_norm)
+    running = RunningMeans()
+    assert optimizer_step(config, accelerator, state, running)
+    before = _snapshot(state.model)
+    weight = accelerator.unwrap_model(state.model).decode_head.linear_fuse.weight
+    handle = weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+    assert not optimizer_step(config, accelerator, state, running)
+    handle.remove()
+    after = _snapshot(state.model)
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0, msg=name)
+    assert optimizer_step(config, accelerator, state, running) and state.skipped_nonfinite_steps == 1
 
 
 @pytest.mark.parametrize("bad_pixel", [float("nan"), float("inf"), 3e38], ids=["nan", "inf", "overflowing"])

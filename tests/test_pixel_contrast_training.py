@@ -268,3 +268,29 @@ def test_a_skipped_step_restores_every_buffer_but_the_self_guarded_memory() -> N
     assert "training_forwards" in restored and "segmentation_model.decode_head.batch_norm.running_mean" in restored
     nested = torch.nn.Sequential(wrapper)  # names with a prefix (as inside DDP's "module.")
     assert set(buffers_to_restore(nested)) == {f"0.{name}" for name in restored}
+
+
+def test_memory_entries_use_the_running_batch_norm_statistics_and_leave_them_unchanged() -> None:
+    from modeling_protoseg.pixel_contrast import segment_means
+
+    wrapper = PixelContrastTrainingModel(tiny_segformer(), PixelContrastArguments(**CONTRAST, **MEMORY)).train()
+    wrapper(*batch(5)[:1], labels=batch(5)[1])  # one training forward: running statistics move off their start
+    norm = wrapper.projection_head.batch_norm
+    running = (norm.running_mean.clone(), norm.running_var.clone())
+    memory_before = wrapper.segment_memory.clone()
+    _, labels = batch(6)
+    pixel_labels = labels[:, ::4, ::4].reshape(2, -1)
+    features = torch.randn(2 * 64, 16)
+    wrapper._write_memory(features, pixel_labels)
+    torch.testing.assert_close((norm.running_mean, norm.running_var), running, rtol=0, atol=0)
+    # reference: the head in eval mode (running statistics), then the segment means
+    wrapper.projection_head.eval()
+    with torch.no_grad():
+        expected, present = segment_means(
+            wrapper.projection_head(features).reshape(2, 64, -1), pixel_labels, num_classes=3, ignore_index=255
+        )
+    written = [row for row in expected[present]]
+    new_rows = [row for c in range(3) for row in wrapper.segment_memory[c] if not any(torch.equal(row, old) for old in memory_before[c])]
+    assert len(new_rows) == len(written)
+    for row in written:
+        assert any(torch.allclose(row, new, atol=1e-6) for new in new_rows)

@@ -131,8 +131,9 @@ def buffers_to_restore(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _gradients_are_finite(model: nn.Module) -> bool:
+    """Whether every gradient is finite: their total norm is (one fused pass, one host synchronisation)."""
     gradients = [p.grad for p in model.parameters() if p.grad is not None]
-    return not gradients or bool(torch.stack([torch.isfinite(g).all() for g in gradients]).all())
+    return not gradients or bool(torch.isfinite(torch.nn.utils.get_total_norm(gradients)))
 
 
 def optimizer_step(
@@ -169,11 +170,17 @@ def optimizer_step(
         finite = finite and bool(torch.isfinite(outputs.loss.detach()).all())
         if finite:
             running.add(outputs)
+    clipped = False
     if finite and accelerator.scaler is None:  # with fp16 the GradScaler checks (and skips) the gradients itself
-        finite = _gradients_are_finite(model)
+        if config.optimization.max_grad_norm > 0:  # the clipping norm is the finiteness check: one pass, not two
+            total_norm = accelerator.clip_grad_norm_(model.parameters(), config.optimization.max_grad_norm)
+            clipped = total_norm is not None
+            finite = bool(torch.isfinite(total_norm)) if clipped else _gradients_are_finite(model)
+        else:
+            finite = _gradients_are_finite(model)
     finite = not any_process(accelerator, not finite)
     if finite:
-        if config.optimization.max_grad_norm > 0:
+        if config.optimization.max_grad_norm > 0 and not clipped:
             accelerator.clip_grad_norm_(model.parameters(), config.optimization.max_grad_norm)
         state.optimizer.step()
     else:

@@ -49,8 +49,16 @@ class PixelContrastProjectionHead(nn.Module):
         self.batch_norm = nn.BatchNorm1d(in_channels)
         self.output = nn.Linear(in_channels, embedding_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.output(F.relu(self.batch_norm(self.hidden(features)))), dim=-1)
+    def forward(self, features: torch.Tensor, *, running_statistics: bool = False) -> torch.Tensor:
+        """`running_statistics`: normalise with BatchNorm's running statistics and leave them unchanged (entries for
+        the memory: the anchors' batch statistics, not those of the batch of entries, and no second update)."""
+        hidden = self.hidden(features)
+        if running_statistics:
+            norm = self.batch_norm
+            hidden = F.batch_norm(hidden, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+        else:
+            hidden = self.batch_norm(hidden)
+        return F.normalize(self.output(F.relu(hidden)), dim=-1)
 
 
 def _classifier_of(model: nn.Module) -> nn.Conv2d:
@@ -152,15 +160,18 @@ class PixelContrastTrainingModel(nn.Module):
         else:
             pixel_features, self._captured_features = self._captured_features, None  # (B, C_in, h, w)
         contrast_loss = self.contrastive_loss(pixel_features, outputs.logits, labels)
-        weight = self.settings.pixel_contrast_weight if self.training_forwards >= self.warmup_forwards else 0.0
+        warmed_up = self.warmup_forwards == 0 or bool(self.training_forwards >= self.warmup_forwards)  # no sync if 0
+        weight = self.settings.pixel_contrast_weight if warmed_up else 0.0
         self.training_forwards += 1
         outputs["loss"] = outputs.loss + weight * contrast_loss
         outputs["contrast_loss"] = contrast_loss.detach()
         return outputs
 
-    def _embed(self, features: torch.Tensor) -> torch.Tensor:
+    def _embed(self, features: torch.Tensor, *, for_memory: bool = False) -> torch.Tensor:
         """(M, C) pixel features -> (M, D) unit embeddings: the projection head, or ProtoSeg's own embeddings."""
-        return features if self.projection_head is None else self.projection_head(features)
+        if self.projection_head is None:
+            return features
+        return self.projection_head(features, running_statistics=for_memory)
 
     def contrastive_loss(self, pixel_features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The contrastive loss of one batch, and the memory write.
@@ -181,13 +192,13 @@ class PixelContrastTrainingModel(nn.Module):
             max_anchors=self.settings.pixel_contrast_max_anchors,
             max_views=self.settings.pixel_contrast_max_views,
         )
-        memory, memory_classes = self._memory_contents()
         if anchors is None or anchors.pixel_index.numel() < 2:  # no class large enough: no term
             loss = pixel_features.sum() * 0.0  # still on the graph (with every parameter) for DDP
             if self.projection_head is not None:
                 loss = loss + sum(parameter.sum() for parameter in self.projection_head.parameters()) * 0.0
         else:
             views_per_group = anchors.pixel_index.shape[1]
+            memory, memory_classes = self._memory_contents()
             loss = pixel_contrast_loss(
                 self._embed(flat_features[anchors.pixel_index.reshape(-1)]),  # (A*V, D), group-major
                 anchors.classes.repeat_interleave(views_per_group),
@@ -200,6 +211,8 @@ class PixelContrastTrainingModel(nn.Module):
         return loss
 
     def _memory_contents(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.segment_memory.shape[1] == 0 and self.pixel_memory.shape[1] == 0:  # the default: no memory
+            return None, None
         parts = [memory_contents(self.segment_memory, self.segment_memory_filled)]
         parts.append(memory_contents(self.pixel_memory, self.pixel_memory_filled))
         embeddings, classes = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -216,7 +229,7 @@ class PixelContrastTrainingModel(nn.Module):
         batch_size, num_pixels = pixel_labels.shape
         classes = torch.arange(self.num_classes, device=pixel_labels.device)
         if self.segment_memory.shape[1] > 0:  # the mean of a segment's embeddings needs all its pixels embedded
-            embeddings = self._embed(flat_features).reshape(batch_size, num_pixels, -1)
+            embeddings = self._embed(flat_features, for_memory=True).reshape(batch_size, num_pixels, -1)
             segments, present = segment_means(
                 embeddings, pixel_labels, num_classes=self.num_classes, ignore_index=self.ignore_index
             )
@@ -233,7 +246,8 @@ class PixelContrastTrainingModel(nn.Module):
                 ignore_index=self.ignore_index,
                 pixels_per_segment=self.settings.pixel_contrast_pixels_per_segment,
             )
-            pixels = self._embed(flat_features[pixel_index.reshape(-1)]).reshape(*pixel_index.shape, -1).float()
+            pixels = self._embed(flat_features[pixel_index.reshape(-1)], for_memory=True)
+            pixels = pixels.reshape(*pixel_index.shape, -1).float()
             pixels, present = gather_from_processes(pixels), gather_from_processes(present)
             if torch.isfinite(pixels).all():
                 write_to_memory_(
