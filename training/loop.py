@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +233,39 @@ def log_evaluation(accelerator: Accelerator, metrics: dict[str, Any], step: int,
     logger.info("%s: mIoU %.4f, pixel accuracy %.4f", label, metrics["mean_iou"], metrics["overall_accuracy"])
 
 
+EVAL_HISTORY_FILE = "eval_history.jsonl"
+
+
+def append_eval_history(output_dir: Path, step: int, metrics: dict[str, Any], class_names: list[str]) -> None:
+    """Add one line {step, mean_iou, overall_accuracy, per_category_iou by class name} to the run's
+    validation history (`eval_history.jsonl` in the output folder; null for a class absent from labels and
+    predictions)."""
+    per_class = zip(class_names, metrics["per_category_iou"], strict=True)
+    entry = {
+        "step": step,
+        "mean_iou": float(metrics["mean_iou"]),
+        "overall_accuracy": float(metrics["overall_accuracy"]),
+        "per_category_iou": {name: _finite_or_none(value) for name, value in per_class},
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / EVAL_HISTORY_FILE, "a") as history:
+        history.write(json.dumps(entry) + "\n")
+
+
+def truncate_eval_history(output_dir: Path, last_step: int) -> None:
+    """Drop history lines after `last_step` (a run resumed from an earlier checkpoint repeats those steps)."""
+    path = output_dir / EVAL_HISTORY_FILE
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _finite_or_none(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def train_steps(
     config: TrainingConfig,
     accelerator: Accelerator,
@@ -248,6 +283,11 @@ def train_steps(
         desc="train",
         disable=not accelerator.is_local_main_process,
     )
+    output_dir = Path(config.output.output_dir)
+    id2label = segmentation_model_of(accelerator.unwrap_model(state.model)).config.id2label
+    class_names = [id2label[index] for index in range(len(id2label))]
+    if accelerator.is_main_process:
+        truncate_eval_history(output_dir, state.start_step)
     state.model.train()
     train_start = time.perf_counter()
     running = RunningMeans()
@@ -260,7 +300,10 @@ def train_steps(
         if completed_steps % config.output.logging_steps == 0 or is_last:
             _log(completed_steps, accelerator, state, running, progress)
         if config.evaluation.eval_steps and completed_steps % config.evaluation.eval_steps == 0 and not is_last:
-            log_evaluation(accelerator, evaluate_validation(), completed_steps, f"step {completed_steps}: eval")
+            metrics = evaluate_validation()
+            log_evaluation(accelerator, metrics, completed_steps, f"step {completed_steps}: eval")
+            if accelerator.is_main_process:
+                append_eval_history(output_dir, completed_steps, metrics, class_names)
             running.restart_clock()
         if (
             config.output.checkpointing_steps
