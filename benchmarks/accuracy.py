@@ -18,6 +18,7 @@ Tasks:
 Heads:
   linear        the parametric baseline: SegFormer's 1x1 classifier on the same encoder and decoder.
   protoseg      ProtoSeg with the package defaults.
+  protoseg-correct-only  the defaults but the paper's prototype update (correctly classified pixels only).
   protoseg-layer-norm  the defaults but the paper's LayerNorm over the class scores (scratch only): what the
                 default class-score normalisation changes on its own.
   protoseg-0.1  ProtoSeg as package 0.1 trained it (the paper's LayerNorm over class scores, prototypes
@@ -91,6 +92,7 @@ SETTINGS = {
 HEADS = {
     "linear": Head("linear", ["--head", "linear"]),
     "protoseg": Head("protoseg", ["--head", "protoseg"]),
+    "protoseg-correct-only": Head("protoseg-correct-only", ["--head", "protoseg", "--prototype_update_pixels", "correct"]),
     "protoseg-layer-norm": Head(
         "protoseg-layer-norm", ["--head", "protoseg", "--class_score_norm", "layer_norm"], settings=("scratch",)
     ),

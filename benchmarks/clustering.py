@@ -24,6 +24,7 @@ from modeling_protoseg.prototypes import (
     momentum_update_prototypes,
     move_prototypes,
     sinkhorn_assign_pixels,
+    update_pixel_sums,
 )
 
 
@@ -84,11 +85,12 @@ def update_prototypes(
     first_update = (bank.update_counts == 0).reshape(-1)  # (C*K,)
     if config.prototype_init == "random":
         first_update = torch.zeros_like(first_update)
-    update_weights = clusters.labelled
-    if config.update_prototypes_with_correct_only:
-        correct = pixel_logits.argmax(dim=-1) == clusters.pixel_labels
-        update_weights = update_weights & (correct | first_update[flat_index])
-    feature_sums, counts = assigned_pixel_sums(pixel_embeddings, flat_index, update_weights, num_classes * num_prototypes)
+    rule = config.prototype_update_pixels
+    correct = None if rule == "all" else pixel_logits.argmax(dim=-1) == clusters.pixel_labels
+    feature_sums, counts = update_pixel_sums(
+        pixel_embeddings, flat_index, clusters.labelled, correct, first_update, num_classes * num_prototypes,
+        fall_back_to_all=rule == "correct_else_all",
+    )
     momentum = torch.where(first_update, 0.0, config.prototype_momentum)
     updated, moved = move_prototypes(bank.prototypes, feature_sums, counts, momentum)
     bank.prototypes.copy_(updated)

@@ -14,6 +14,7 @@ from .configuration_encoders import resolve_encoder_config
 
 CLASS_SCORE_NORMS = ("affine", "layer_norm")
 PROTOTYPE_INITS = ("data", "random")
+PROTOTYPE_UPDATE_PIXELS = ("correct_else_all", "correct", "all")
 
 # Upper bounds that no sensible configuration reaches: they turn a typo (10**9 iterations, a prototype bank of
 # terabytes) into an error naming the field instead of a hang or an allocation failure deep inside a forward.
@@ -30,7 +31,7 @@ REAL_FIELDS = (
     "prototype_momentum", "sinkhorn_epsilon", "ppc_temperature", "ppc_loss_weight", "ppd_loss_weight",
     "class_score_scale", "classifier_dropout_prob", "initializer_range",
 )  # fmt: skip
-BOOLEAN_FIELDS = ("update_prototypes_with_correct_only", "reseed_dead_prototypes")
+BOOLEAN_FIELDS = ("reseed_dead_prototypes",)
 
 
 def _check_type(field: str, value: Any, *, integer: bool) -> None:
@@ -62,8 +63,12 @@ class ProtoSegConfig(PretrainedConfig):
         ppc_loss_weight (`float`): lambda1 (paper: 0.01).
         ppd_loss_weight (`float`): lambda2 (paper: 0.01).
         semantic_loss_ignore_index (`int`): label value of pixels that take part in nothing.
-        update_prototypes_with_correct_only (`bool`): as the official code, move prototypes only with
-            pixels the model already classifies correctly.
+        prototype_update_pixels (`str`): which assigned pixels move a prototype. `"correct"`: the official code,
+            only pixels the model already classifies correctly; a prototype none of whose pixels is classified
+            right never moves, so a class that is never predicted keeps its prototypes frozen. `"correct_else_all"`
+            (default): the correctly classified pixels when the prototype has any in the (global) batch, else all
+            its labelled pixels. `"all"`: every labelled pixel. Checkpoints saved with the former boolean
+            `update_prototypes_with_correct_only` load as `"correct"` (True) or `"all"` (False).
         class_score_norm (`str`): how the C class scores (each a cosine similarity in [-1, 1]) become logits.
             `"affine"` (default): a learned per-class scale and bias, `logit_c = scale_c * score_c + bias_c`,
             the scale starting at `class_score_scale`; it keeps a useful gradient and a graded confidence
@@ -113,7 +118,7 @@ class ProtoSegConfig(PretrainedConfig):
         ppc_loss_weight: float = 0.01,
         ppd_loss_weight: float = 0.01,
         semantic_loss_ignore_index: int = 255,
-        update_prototypes_with_correct_only: bool = True,
+        prototype_update_pixels: str = "correct_else_all",
         class_score_norm: str = "affine",
         class_score_scale: float = 10.0,
         prototype_init: str = "data",
@@ -136,7 +141,14 @@ class ProtoSegConfig(PretrainedConfig):
         self.ppc_loss_weight = ppc_loss_weight
         self.ppd_loss_weight = ppd_loss_weight
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
-        self.update_prototypes_with_correct_only = update_prototypes_with_correct_only
+        legacy_correct_only = kwargs.pop("update_prototypes_with_correct_only", None)  # package <= 0.3
+        if legacy_correct_only is not None:
+            if not isinstance(legacy_correct_only, bool):
+                raise ValueError(
+                    f"update_prototypes_with_correct_only must be a bool (True or False), got {legacy_correct_only!r}"
+                )
+            prototype_update_pixels = "correct" if legacy_correct_only else "all"
+        self.prototype_update_pixels = prototype_update_pixels
         self.class_score_norm = class_score_norm
         self.class_score_scale = class_score_scale
         self.prototype_init = prototype_init
@@ -185,6 +197,7 @@ class ProtoSegConfig(PretrainedConfig):
         choices = [
             ("class_score_norm", self.class_score_norm, CLASS_SCORE_NORMS),
             ("prototype_init", self.prototype_init, PROTOTYPE_INITS),
+            ("prototype_update_pixels", self.prototype_update_pixels, PROTOTYPE_UPDATE_PIXELS),
         ]
         for field, value, allowed in choices:
             if value not in allowed:

@@ -35,10 +35,10 @@ from .encoders import (
 from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
 from .pipeline_registration import register_for_segmentation_pipeline
 from .prototypes import (
-    assigned_pixel_sums,
     labelled_pixels_per_class,
     move_prototypes,
     sinkhorn_assign_pixels,
+    update_pixel_sums,
     worst_explained_pixels,
 )
 
@@ -450,22 +450,23 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         """Momentum update of the prototype buffer and its statistics, in place (paper eq. 14).
 
         Which pixels move a prototype: every labelled pixel for a prototype that never moved yet (with
-        `prototype_init="data"`, at momentum 0: it starts at the mean of its first pixels), else the
-        labelled pixels (correctly classified ones only, with `update_prototypes_with_correct_only`).
+        `prototype_init="data"`, at momentum 0: it starts at the mean of its first pixels), else as
+        `config.prototype_update_pixels` says: its correctly classified pixels (`"correct"`, the paper), those
+        or all its labelled pixels when none is correct (`"correct_else_all"`), or all of them (`"all"`).
         """
         config, bank = self.config, self.prototype_bank
         num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
+        num_slots = num_classes * num_prototypes
         flat_index = assignment.target_prototypes  # (N,) in [0, C*K)
         first_update = (bank.update_counts == 0).reshape(-1)  # (C*K,)
         if config.prototype_init == "random":
             first_update = torch.zeros_like(first_update)
-        update_weights = assignment.labelled
-        if config.update_prototypes_with_correct_only:
-            correct = pixel_logits.argmax(dim=-1) == assignment.pixel_labels
-            update_weights = update_weights & (correct | first_update[flat_index])
-        feature_sums, counts = assigned_pixel_sums(
-            pixel_embeddings.detach(), flat_index, update_weights, num_classes * num_prototypes
-        )
+        rule = config.prototype_update_pixels
+        correct = None if rule == "all" else pixel_logits.argmax(dim=-1) == assignment.pixel_labels  # (N,)
+        feature_sums, counts = update_pixel_sums(
+            pixel_embeddings.detach(), flat_index, assignment.labelled, correct, first_update, num_slots,
+            fall_back_to_all=rule == "correct_else_all",
+        )  # fmt: skip
         momentum = torch.where(first_update, 0.0, config.prototype_momentum)  # (C*K,)
         updated, moved = move_prototypes(bank.prototypes, feature_sums, counts, momentum)
         bank.prototypes.copy_(updated)

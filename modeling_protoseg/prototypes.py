@@ -119,6 +119,44 @@ def assigned_pixel_sums(
 
 
 @torch.no_grad()
+def update_pixel_sums(
+    embeddings: torch.Tensor,
+    flat_index: torch.Tensor,
+    labelled: torch.Tensor,
+    correct: torch.Tensor | None,
+    use_all_pixels: torch.Tensor,
+    num_slots: int,
+    *,
+    fall_back_to_all: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prototype sums of the pixels that move each prototype, under a correct-pixels rule.
+
+    A prototype is moved by its correctly classified labelled pixels; by all its labelled pixels where
+    `use_all_pixels` (e.g. its first update) or, with `fall_back_to_all`, where none of its pixels is
+    correct on any process (so a class that is never predicted right still moves its prototypes).
+    One scatter into 2 * C*K slots (correct pixels to slot s, wrong ones to s + C*K), one collective.
+
+    Arguments:
+        embeddings: (N, D); flat_index: (N,) long prototype slot `class * K + k`; labelled: (N,) bool.
+        correct: (N,) bool, the pixel's predicted class is its label; None: every labelled pixel counts.
+        use_all_pixels: (C*K,) bool, prototypes that take all their labelled pixels.
+    Returns:
+        feature_sums: (C*K, D) float32; counts: (C*K,) float32, all-reduced when distributed.
+    """
+    if correct is None:
+        return assigned_pixel_sums(embeddings, flat_index, labelled, num_slots)
+    split_sums, split_counts = assigned_pixel_sums(
+        embeddings, flat_index + num_slots * (~correct).long(), labelled, 2 * num_slots
+    )
+    correct_sums, correct_counts = split_sums[:num_slots], split_counts[:num_slots]
+    all_sums, all_counts = correct_sums + split_sums[num_slots:], correct_counts + split_counts[num_slots:]
+    if fall_back_to_all:
+        use_all_pixels = use_all_pixels | (correct_counts == 0)
+    feature_sums = torch.where(use_all_pixels[:, None], all_sums, correct_sums)
+    return feature_sums, torch.where(use_all_pixels, all_counts, correct_counts)
+
+
+@torch.no_grad()
 def move_prototypes(
     prototypes: torch.Tensor,
     feature_sums: torch.Tensor,
@@ -225,5 +263,6 @@ __all__ = [
     "momentum_update_prototypes",
     "move_prototypes",
     "sinkhorn_assign_pixels",
+    "update_pixel_sums",
     "worst_explained_pixels",
 ]

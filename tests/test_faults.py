@@ -414,6 +414,7 @@ def test_add_classes_refuses_a_one_pixel_image_and_a_one_pixel_mask_leaving_the_
         ("prototype_momentum", "0.9", r"prototype_momentum must be a finite real number, got '0\.9'"),
         ("sinkhorn_epsilon", float("nan"), r"sinkhorn_epsilon must be a finite real number"),
         ("update_prototypes_with_correct_only", "yes", r"update_prototypes_with_correct_only must be a bool"),
+        ("prototype_update_pixels", "often", r"prototype_update_pixels must be one of"),
         ("sinkhorn_iterations", 10**9, r"sinkhorn_iterations must be in \[1, 1000\], got 1000000000"),
         ("num_prototypes_per_class", 10**6, r"num_prototypes_per_class must be in \[1, 1000\]"),
         ("embedding_dim", 10**7, r"embedding_dim must be in \[1, 65536\]"),

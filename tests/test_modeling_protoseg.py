@@ -35,7 +35,7 @@ def test_config_defaults_are_the_papers():
     assert (config.num_prototypes_per_class, config.prototype_momentum) == (10, 0.999)
     assert (config.sinkhorn_iterations, config.sinkhorn_epsilon, config.ppc_temperature) == (3, 0.05, 0.1)
     assert (config.ppc_loss_weight, config.ppd_loss_weight) == (0.01, 0.01)
-    assert config.semantic_loss_ignore_index == 255 and config.update_prototypes_with_correct_only
+    assert config.semantic_loss_ignore_index == 255 and config.prototype_update_pixels == "correct_else_all"
     assert config.encoder_config.model_type == "segformer"
 
 
@@ -164,7 +164,7 @@ def test_prototypes_move_only_in_training_mode_with_labels():
 
 def test_training_step_matches_reference_clustering_losses_and_update():
     config = tiny_protoseg_config(
-        prototype_momentum=0.9, update_prototypes_with_correct_only=False, prototype_init="random"
+        prototype_momentum=0.9, prototype_update_pixels="all", prototype_init="random"
     )
     model = ProtoSegForSemanticSegmentation(config).train()
     pixel_values, labels = make_batch()
@@ -197,7 +197,9 @@ def test_training_step_matches_reference_clustering_losses_and_update():
 
 
 def test_correct_only_update_ignores_misclassified_pixels():
-    config = tiny_protoseg_config(num_classes=2, prototype_momentum=0.5, prototype_init="random")
+    config = tiny_protoseg_config(
+        num_classes=2, prototype_momentum=0.5, prototype_init="random", prototype_update_pixels="correct"
+    )
     model = ProtoSegForSemanticSegmentation(config).train()
     pixel_values = torch.randn(2, 3, 32, 32)
     # Label every pixel with the class the model does NOT predict: nothing is correct, nothing moves.

@@ -134,9 +134,10 @@ def test_first_update_sets_each_prototype_to_the_mean_of_all_its_pixels():
 def test_a_class_never_predicted_right_still_leaves_its_random_start():
     for init, should_move in (("data", True), ("random", False)):
         torch.manual_seed(0)
-        model = ProtoSegForSemanticSegmentation(
-            tiny_protoseg_config(num_classes=2, prototype_momentum=0.5, prototype_init=init)
-        ).train()
+        config = tiny_protoseg_config(
+            num_classes=2, prototype_momentum=0.5, prototype_init=init, prototype_update_pixels="correct"
+        )
+        model = ProtoSegForSemanticSegmentation(config).train()
         pixel_values = torch.randn(2, 3, 32, 32)
         wrong = misclassified_labels(model, pixel_values)
         before = model.prototypes.clone()
@@ -146,6 +147,89 @@ def test_a_class_never_predicted_right_still_leaves_its_random_start():
         moved_once = model.prototypes.clone()
         model(pixel_values, labels=wrong)  # after the first update, the correct-only rule applies again
         assert torch.equal(model.prototypes, moved_once)
+
+
+def _expected_momentum_update(model, before, embeddings, classes, weights, momentum):
+    """Per-prototype reference: normalise(mu p + (1 - mu) normalise(mean of the weighted assigned pixels))."""
+    num_classes, num_prototypes, dim = before.shape
+    own = (embeddings @ before.reshape(-1, dim).T).view(-1, num_classes, num_prototypes)
+    own = own[torch.arange(len(classes)), classes]  # (N, K)
+    from modeling_protoseg.prototypes import sinkhorn_assign_pixels
+
+    assignments, _ = sinkhorn_assign_pixels(own, classes, num_classes)
+    expected = before.clone()
+    for class_index in range(num_classes):
+        for k in range(num_prototypes):
+            members = (classes == class_index) & (assignments == k) & weights
+            if members.any():
+                mean = F.normalize(embeddings[members].mean(0), dim=0)
+                expected[class_index, k] = F.normalize(momentum * before[class_index, k] + (1 - momentum) * mean, dim=0)
+    return expected
+
+
+@pytest.mark.parametrize("rule", ["correct_else_all", "all"])
+def test_a_never_predicted_class_keeps_moving_towards_all_its_pixels(rule):
+    torch.manual_seed(0)
+    config = tiny_protoseg_config(num_classes=2, prototype_momentum=0.5, prototype_update_pixels=rule)
+    model = ProtoSegForSemanticSegmentation(config).train()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    model(pixel_values, labels=misclassified_labels(model, pixel_values))  # first update: data initialisation
+    wrong = misclassified_labels(model, pixel_values)
+    before = model.prototypes.clone()
+    output = model(pixel_values, labels=wrong, output_pixel_embeddings=True)  # no pixel right, again
+    embeddings = output.pixel_embeddings.detach().permute(0, 2, 3, 1).reshape(-1, before.shape[-1])
+    classes = feature_labels(wrong)
+    expected = _expected_momentum_update(model, before, embeddings, classes, torch.ones_like(classes, dtype=torch.bool), 0.5)
+    assert not torch.equal(model.prototypes, before)
+    torch.testing.assert_close(model.prototypes, expected, rtol=1e-4, atol=1e-5)
+    assert model.prototype_health()["dead_prototypes"] == 0
+
+
+@pytest.mark.parametrize("rule", ["correct_else_all", "correct"])
+def test_prototypes_with_correct_pixels_move_with_those_alone(rule):
+    torch.manual_seed(0)
+    config = tiny_protoseg_config(prototype_momentum=0.5, prototype_update_pixels=rule)
+    model = ProtoSegForSemanticSegmentation(config).train()
+    pixel_values, labels = make_batch()
+    model(pixel_values, labels=labels)  # first update: data initialisation
+    with torch.no_grad():  # labels: the prediction for classes 0 and 1, class 2 only where 0 is predicted
+        prediction = model(pixel_values).logits.argmax(dim=1)  # (B, H/4, W/4)
+    checkerboard = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 == 0
+    labels = torch.where(prediction == 2, 0, prediction)
+    labels = torch.where((prediction == 0) & checkerboard, 2, labels)
+    labels = labels.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+    before = model.prototypes.clone()
+    output = model(pixel_values, labels=labels, output_pixel_embeddings=True)
+    embeddings = output.pixel_embeddings.detach().permute(0, 2, 3, 1).reshape(-1, before.shape[-1])
+    classes = feature_labels(labels)
+    correct = output.logits.detach().permute(0, 2, 3, 1).reshape(-1, before.shape[0]).argmax(-1) == classes
+    expected_correct = _expected_momentum_update(model, before, embeddings, classes, correct, 0.5)
+    expected_all = _expected_momentum_update(model, before, embeddings, classes, torch.ones_like(correct), 0.5)
+    # Per prototype: its correct pixels if it has any; else all its pixels (fallback) or none (paper).
+    own = (embeddings @ before.reshape(-1, before.shape[-1]).T).view(-1, *before.shape[:2])
+    from modeling_protoseg.prototypes import sinkhorn_assign_pixels
+
+    assignments, _ = sinkhorn_assign_pixels(own[torch.arange(len(classes)), classes], classes, before.shape[0])
+    has_correct = torch.zeros(before.shape[:2], dtype=torch.bool)
+    has_correct[classes[correct], assignments[correct]] = True
+    assert has_correct.any() and (~has_correct).any()  # both cases occur in this batch
+    fallback = expected_all if rule == "correct_else_all" else before
+    expected = torch.where(has_correct[..., None], expected_correct, fallback)
+    torch.testing.assert_close(model.prototypes, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_configs_with_the_former_correct_only_flag_load_with_its_rule(tmp_path):
+    tiny_protoseg_config().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["prototype_update_pixels"] == "correct_else_all"
+    for legacy, rule in ((True, "correct"), (False, "all")):
+        del saved["prototype_update_pixels"]
+        saved["update_prototypes_with_correct_only"] = legacy  # as package 0.3 wrote it
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        config = ProtoSegConfig.from_pretrained(tmp_path)
+        assert config.prototype_update_pixels == rule and not hasattr(config, "update_prototypes_with_correct_only")
+        saved = json.loads((tmp_path / "config.json").read_text())
+        saved["prototype_update_pixels"] = rule
 
 
 # ---- health statistics
@@ -170,7 +254,9 @@ def test_health_reports_within_class_cosine_and_never_updated_prototypes():
 
 def test_prototypes_that_never_move_while_their_class_is_present_count_as_dead():
     model = ProtoSegForSemanticSegmentation(
-        tiny_protoseg_config(num_classes=2, prototype_init="random", dead_prototype_patience=2)
+        tiny_protoseg_config(
+            num_classes=2, prototype_init="random", dead_prototype_patience=2, prototype_update_pixels="correct"
+        )
     ).train()
     pixel_values = torch.randn(2, 3, 32, 32)
     wrong = misclassified_labels(model, pixel_values)
@@ -186,7 +272,8 @@ def test_prototypes_that_never_move_while_their_class_is_present_count_as_dead()
 def test_a_dead_prototype_is_reseeded_on_the_worst_explained_pixel_of_its_class():
     model = ProtoSegForSemanticSegmentation(
         tiny_protoseg_config(
-            num_classes=2, prototype_init="random", dead_prototype_patience=1, reseed_dead_prototypes=True
+            num_classes=2, prototype_init="random", dead_prototype_patience=1, reseed_dead_prototypes=True,
+            prototype_update_pixels="correct",
         )
     ).train()
     pixel_values = torch.randn(2, 3, 32, 32)

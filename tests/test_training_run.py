@@ -502,9 +502,9 @@ def test_every_protoseg_config_knob_is_a_flag_with_its_default_and_new_knobs_app
 
 
 def test_presets_fill_only_what_no_flag_gave_and_help_prints_the_values_used(capsys: pytest.CaptureFixture) -> None:
-    config = _resolve("--num_prototypes_per_class", "7", "--update_prototypes_with_correct_only", "false")
+    config = _resolve("--num_prototypes_per_class", "7", "--prototype_update_pixels", "all")
     assert config.method.num_prototypes_per_class == 7  # the synthetic preset says 4
-    assert config.method.prototype_momentum == 0.99 and config.method.update_prototypes_with_correct_only is False
+    assert config.method.prototype_momentum == 0.99 and config.method.prototype_update_pixels == "all"
     assert config.method.decoder_hidden_size == 64  # preset
     assert _resolve("--preset", "camvid", "--encoder", "mit-b2").method.decoder_hidden_size == 768  # the encoder's
     assert _resolve("--preset", "camvid").method.decoder_hidden_size == 256
