@@ -247,7 +247,7 @@ def prototype_health(folder: Path) -> dict[str, Any]:
     health = ProtoSegForSemanticSegmentation.from_pretrained(folder).prototype_health()
     with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
         if not any(key.endswith("update_counts") for key in weights.keys()):
-            health.update(never_updated_prototypes=None, dead_prototypes=None, reseeded_prototypes=None)
+            health.update(never_updated_prototypes=None, dead_prototypes=None)
     return health
 
 

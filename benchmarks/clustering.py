@@ -6,7 +6,6 @@ the package's public building blocks (`modeling_protoseg.prototypes`), step for 
 them. `capture_training_step` checks the rebuild against the public forward on every use: one training
 forward on a copy of the model moves its prototypes, and the rebuild, fed that forward's own embeddings
 and logits, must move a copy of the prototype bank taken before it to the same values.
-(Re-seeding dead prototypes, off by default, is not rebuilt: the capture refuses a config that enables it.)
 """
 
 from __future__ import annotations
@@ -89,7 +88,7 @@ def update_prototypes(
     correct = None if rule == "all" else pixel_logits.argmax(dim=-1) == clusters.pixel_labels
     feature_sums, counts = update_pixel_sums(
         pixel_embeddings, flat_index, clusters.labelled, correct, first_update, num_classes * num_prototypes,
-        fall_back_to_all=rule == "correct_else_all",
+        num_prototypes=num_prototypes, fall_back_to_all=rule == "correct_else_all",
     )
     momentum = torch.where(first_update, 0.0, config.prototype_momentum)
     updated, moved = move_prototypes(bank.prototypes, feature_sums, counts, momentum)
@@ -119,8 +118,6 @@ def capture_training_step(model, pixel_values: torch.Tensor, labels: torch.Tenso
     """Run one training forward on a copy of `model` (which is left untouched), capture its embeddings and
     logits, and check that the rebuilt clustering + update moves the prototypes as the forward did."""
     config = model.config
-    if config.reseed_dead_prototypes:
-        raise ValueError("the rebuilt prototype update does not re-seed dead prototypes")
     reference = copy.deepcopy(model).train()
     bank = copy.deepcopy(reference.prototype_bank)
     outputs = reference(pixel_values=pixel_values, labels=labels, output_pixel_embeddings=True)

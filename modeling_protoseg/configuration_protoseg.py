@@ -7,9 +7,12 @@ import numbers
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
+from transformers.utils import logging
 
 from .configuration_encoders import encoder_kind as _encoder_kind
 from .configuration_encoders import resolve_encoder_config
+
+logger = logging.get_logger(__name__)
 
 
 CLASS_SCORE_NORMS = ("affine", "layer_norm")
@@ -31,7 +34,6 @@ REAL_FIELDS = (
     "prototype_momentum", "sinkhorn_epsilon", "ppc_temperature", "ppc_loss_weight", "ppd_loss_weight",
     "class_score_scale", "classifier_dropout_prob", "initializer_range",
 )  # fmt: skip
-BOOLEAN_FIELDS = ("reseed_dead_prototypes",)
 
 
 def _check_type(field: str, value: Any, *, integer: bool) -> None:
@@ -64,10 +66,10 @@ class ProtoSegConfig(PretrainedConfig):
         ppd_loss_weight (`float`): lambda2 (paper: 0.01).
         semantic_loss_ignore_index (`int`): label value of pixels that take part in nothing.
         prototype_update_pixels (`str`): which assigned pixels move a prototype. `"correct"`: the official code,
-            only pixels the model already classifies correctly; a prototype none of whose pixels is classified
-            right never moves, so a class that is never predicted keeps its prototypes frozen. `"correct_else_all"`
-            (default): the correctly classified pixels when the prototype has any in the (global) batch, else all
-            its labelled pixels. `"all"`: every labelled pixel. Checkpoints saved with the former boolean
+            only pixels the model already classifies correctly, so a class that is never predicted right keeps
+            its prototypes frozen. `"correct_else_all"` (default): the same, except that a class none of whose
+            labelled pixels in the (global) batch is classified right moves its prototypes with all of them.
+            `"all"`: every labelled pixel. Checkpoints saved with the former boolean
             `update_prototypes_with_correct_only` load as `"correct"` (True) or `"all"` (False).
         class_score_norm (`str`): how the C class scores (each a cosine similarity in [-1, 1]) become logits.
             `"affine"` (default): a learned per-class scale and bias, `logit_c = scale_c * score_c + bias_c`,
@@ -85,9 +87,6 @@ class ProtoSegConfig(PretrainedConfig):
         dead_prototype_patience (`int`): a prototype counts as dead once its class had labelled pixels in
             this many consecutive training steps without any of them moving it (reported by
             `prototype_health()`), >= 1.
-        reseed_dead_prototypes (`bool`): move a dead prototype onto the batch's pixel of its class that the
-            class's prototypes explain worst (one per class and step), as codebook-restart methods do in
-            vector quantisation.
         classifier_dropout_prob (`float`): dropout after the decoder fusion.
         initializer_range (`float`): std of the truncated-normal init of weights and prototypes.
     """
@@ -123,7 +122,6 @@ class ProtoSegConfig(PretrainedConfig):
         class_score_scale: float = 10.0,
         prototype_init: str = "data",
         dead_prototype_patience: int = 100,
-        reseed_dead_prototypes: bool = False,
         classifier_dropout_prob: float = 0.1,
         initializer_range: float = 0.02,
         **kwargs: Any,
@@ -141,6 +139,12 @@ class ProtoSegConfig(PretrainedConfig):
         self.ppc_loss_weight = ppc_loss_weight
         self.ppd_loss_weight = ppd_loss_weight
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
+        if kwargs.pop("reseed_dead_prototypes", False):  # package <= 0.3: re-seeding is gone, see the docs
+            logger.warning(
+                "reseed_dead_prototypes=True is no longer supported and is ignored: it moved dead prototypes onto "
+                "single pixels without improving them; prototype_update_pixels='correct_else_all' keeps every "
+                "prototype of a labelled class moving instead"
+            )
         legacy_correct_only = kwargs.pop("update_prototypes_with_correct_only", None)  # package <= 0.3
         if legacy_correct_only is not None:
             if not isinstance(legacy_correct_only, bool):
@@ -153,7 +157,6 @@ class ProtoSegConfig(PretrainedConfig):
         self.class_score_scale = class_score_scale
         self.prototype_init = prototype_init
         self.dead_prototype_patience = dead_prototype_patience
-        self.reseed_dead_prototypes = reseed_dead_prototypes
         self.classifier_dropout_prob = classifier_dropout_prob
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
@@ -169,9 +172,6 @@ class ProtoSegConfig(PretrainedConfig):
             _check_type(field, getattr(self, field), integer=True)
         for field in REAL_FIELDS:
             _check_type(field, getattr(self, field), integer=False)
-        for field in BOOLEAN_FIELDS:
-            if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"{field} must be a bool (True or False), got {getattr(self, field)!r}")
         checks = [
             ("num_prototypes_per_class", self.num_prototypes_per_class,
              1 <= self.num_prototypes_per_class <= MAX_PROTOTYPES_PER_CLASS, f"in [1, {MAX_PROTOTYPES_PER_CLASS}]"),

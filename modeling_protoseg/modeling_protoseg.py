@@ -39,7 +39,6 @@ from .prototypes import (
     move_prototypes,
     sinkhorn_assign_pixels,
     update_pixel_sums,
-    worst_explained_pixels,
 )
 
 
@@ -146,11 +145,10 @@ class ProtoSegPrototypeBank(nn.Module):
         update_counts: (C, K) int64, training steps in which each prototype moved.
         idle_steps: (C, K) int64, consecutive steps in which the prototype's class had labelled pixels but
             none of them moved it (reset when it moves).
-        reseed_counts: (C, K) int64, times the prototype was re-seeded as dead.
         skipped_nonfinite_updates: () int64, prototype updates refused because their pixels were not finite.
     """
 
-    STATISTICS = ("update_counts", "idle_steps", "reseed_counts")
+    STATISTICS = ("update_counts", "idle_steps")
 
     def __init__(self, *, num_classes: int, num_prototypes_per_class: int, embedding_dim: int) -> None:
         super().__init__()
@@ -176,7 +174,7 @@ class ProtoSegPrototypeBank(nn.Module):
     @torch.no_grad()
     def select_classes(self, keep_rows: torch.Tensor, appended_prototypes: torch.Tensor | None = None) -> None:
         """Keep the classes `keep_rows` (in that order) and append new ones, for every buffer. Appended
-        classes were built from data: they count as updated once, never idle, never re-seeded."""
+        classes were built from data: they count as updated once, never idle."""
         rows = keep_rows.to(self.prototypes.device)
         for name in ("prototypes", *self.STATISTICS):
             kept = getattr(self, name)[rows]
@@ -202,7 +200,6 @@ class ProtoSegPrototypeBank(nn.Module):
             "within_class_cosine": within_class_cosine,  # (C,)
             "never_updated": self.update_counts == 0,  # (C, K)
             "dead": self.idle_steps >= dead_after_steps,  # (C, K)
-            "reseed_counts": self.reseed_counts,
             "update_counts": self.update_counts,
         }
 
@@ -215,6 +212,7 @@ class ProtoSegPreTrainedModel(ProtoSegEncoderCheckpointMixin, PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _keep_in_fp32_modules_strict = ["prototype_bank"]
+    _keys_to_ignore_on_load_unexpected = [r"prototype_bank\.reseed_counts"]  # package <= 0.3 (re-seeding removed)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -452,7 +450,8 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         Which pixels move a prototype: every labelled pixel for a prototype that never moved yet (with
         `prototype_init="data"`, at momentum 0: it starts at the mean of its first pixels), else as
         `config.prototype_update_pixels` says: its correctly classified pixels (`"correct"`, the paper), those
-        or all its labelled pixels when none is correct (`"correct_else_all"`), or all of them (`"all"`).
+        or all its labelled pixels when none of its class's pixels is correct (`"correct_else_all"`), or all of
+        them (`"all"`).
         """
         config, bank = self.config, self.prototype_bank
         num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
@@ -465,7 +464,7 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         correct = None if rule == "all" else pixel_logits.argmax(dim=-1) == assignment.pixel_labels  # (N,)
         feature_sums, counts = update_pixel_sums(
             pixel_embeddings.detach(), flat_index, assignment.labelled, correct, first_update, num_slots,
-            fall_back_to_all=rule == "correct_else_all",
+            num_prototypes=num_prototypes, fall_back_to_all=rule == "correct_else_all",
         )  # fmt: skip
         momentum = torch.where(first_update, 0.0, config.prototype_momentum)  # (C*K,)
         updated, moved = move_prototypes(bank.prototypes, feature_sums, counts, momentum)
@@ -477,27 +476,6 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         moved = moved.view(num_classes, num_prototypes)
         bank.update_counts += moved.long()
         bank.idle_steps.copy_(torch.where(moved, 0, bank.idle_steps + class_present.long()))
-        if config.reseed_dead_prototypes:
-            self._reseed_dead_prototypes(pixel_embeddings.detach(), assignment, class_present.squeeze(1))
-
-    @torch.no_grad()
-    def _reseed_dead_prototypes(
-        self, pixel_embeddings: torch.Tensor, assignment: "_PixelAssignment", class_present: torch.Tensor
-    ) -> None:
-        """Move the longest-idle dead prototype of each class present in the batch onto the class's pixel
-        that its prototypes explain worst (lowest similarity to the nearest of them)."""
-        bank, num_classes = self.prototype_bank, self.config.num_labels
-        own_class_scores = assignment.own_class_similarities.amax(dim=1)  # (N,)
-        directions, found = worst_explained_pixels(
-            pixel_embeddings, own_class_scores, assignment.pixel_groups, num_classes + 1
-        )
-        longest_idle, slot = bank.idle_steps.max(dim=1)  # (C,)
-        reseed = (longest_idle >= self.config.dead_prototype_patience) & class_present & found[:num_classes]
-        rows = torch.arange(num_classes, device=slot.device)
-        current = bank.prototypes[rows, slot]  # (C, D)
-        bank.prototypes[rows, slot] = torch.where(reseed[:, None], directions[:num_classes], current)
-        bank.idle_steps[rows, slot] = torch.where(reseed, 0, longest_idle)
-        bank.reseed_counts[rows, slot] += reseed.long()
 
     @torch.no_grad()
     def prototype_health(self) -> dict:
@@ -511,7 +489,6 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
             never_updated_prototypes: prototypes still at their initial value (never moved in training).
             dead_prototypes: prototypes idle for `dead_prototype_patience` steps in which their class had
                 labelled pixels.
-            reseeded_prototypes: re-seedings so far (with `reseed_dead_prototypes`).
             skipped_nonfinite_updates: prototype updates refused because their pixels were not finite.
         """
         health = self.prototype_bank.health(dead_after_steps=self.config.dead_prototype_patience)
@@ -523,7 +500,6 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
             "num_prototypes": int(health["update_counts"].numel()),
             "never_updated_prototypes": int(health["never_updated"].sum()),
             "dead_prototypes": int(health["dead"].sum()),
-            "reseeded_prototypes": int(health["reseed_counts"].sum()),
             "skipped_nonfinite_updates": int(self.prototype_bank.skipped_nonfinite_updates),
         }
 

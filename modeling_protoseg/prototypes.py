@@ -127,19 +127,22 @@ def update_pixel_sums(
     use_all_pixels: torch.Tensor,
     num_slots: int,
     *,
+    num_prototypes: int,
     fall_back_to_all: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-prototype sums of the pixels that move each prototype, under a correct-pixels rule.
 
     A prototype is moved by its correctly classified labelled pixels; by all its labelled pixels where
-    `use_all_pixels` (e.g. its first update) or, with `fall_back_to_all`, where none of its pixels is
-    correct on any process (so a class that is never predicted right still moves its prototypes).
+    `use_all_pixels` (e.g. its first update) or, with `fall_back_to_all`, when none of its class's labelled
+    pixels is classified right on any process (so a class that is never predicted right still moves its
+    prototypes, while every class predicted right somewhere keeps the correct-pixels rule).
     One scatter into 2 * C*K slots (correct pixels to slot s, wrong ones to s + C*K), one collective.
 
     Arguments:
         embeddings: (N, D); flat_index: (N,) long prototype slot `class * K + k`; labelled: (N,) bool.
         correct: (N,) bool, the pixel's predicted class is its label; None: every labelled pixel counts.
         use_all_pixels: (C*K,) bool, prototypes that take all their labelled pixels.
+        num_prototypes: K, prototypes per class (slot `class * K + k`).
     Returns:
         feature_sums: (C*K, D) float32; counts: (C*K,) float32, all-reduced when distributed.
     """
@@ -151,7 +154,8 @@ def update_pixel_sums(
     correct_sums, correct_counts = split_sums[:num_slots], split_counts[:num_slots]
     all_sums, all_counts = correct_sums + split_sums[num_slots:], correct_counts + split_counts[num_slots:]
     if fall_back_to_all:
-        use_all_pixels = use_all_pixels | (correct_counts == 0)
+        class_without_correct = correct_counts.view(-1, num_prototypes).sum(dim=1) == 0  # (C,)
+        use_all_pixels = use_all_pixels | class_without_correct.repeat_interleave(num_prototypes)
     feature_sums = torch.where(use_all_pixels[:, None], all_sums, correct_sums)
     return feature_sums, torch.where(use_all_pixels, all_counts, correct_counts)
 
@@ -230,33 +234,6 @@ def labelled_pixels_per_class(pixel_groups: torch.Tensor, num_groups: int) -> to
     return _all_reduce_(counts, dist.ReduceOp.SUM)
 
 
-@torch.no_grad()
-def worst_explained_pixels(
-    embeddings: torch.Tensor, own_class_scores: torch.Tensor, pixel_groups: torch.Tensor, num_groups: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per class, the direction of the pixel its prototypes explain worst, across processes.
-
-    Arguments:
-        embeddings: (N, D) unit pixel embeddings.
-        own_class_scores: (N,) similarity of each pixel to the nearest prototype of its own class.
-        pixel_groups: (N,) long class of each pixel in [0, num_groups) (a spare group for ignored pixels).
-    Returns:
-        directions: (num_groups, D) unit mean of the pixels that reach the lowest score of their class (ties
-            averaged); found: (num_groups,) bool, whether the class had any pixel on any process.
-    """
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        scores = own_class_scores.float()
-        lowest = scores.new_full((num_groups,), float("inf"))
-        lowest.scatter_reduce_(0, pixel_groups, scores, reduce="amin", include_self=True)
-        _all_reduce_(lowest, dist.ReduceOp.MIN)
-        is_worst = (scores == lowest[pixel_groups]).float()  # (N,)
-        sums = embeddings.new_zeros((num_groups, embeddings.shape[1]), dtype=torch.float32)
-        sums.index_add_(0, pixel_groups, embeddings.float() * is_worst[:, None])
-    _all_reduce_(sums, dist.ReduceOp.SUM)
-    found = torch.isfinite(lowest) & torch.isfinite(sums).all(dim=-1) & (sums.norm(dim=-1) > 0)
-    return F.normalize(sums, dim=-1), found
-
-
 __all__ = [
     "assigned_pixel_sums",
     "labelled_pixels_per_class",
@@ -264,5 +241,4 @@ __all__ = [
     "move_prototypes",
     "sinkhorn_assign_pixels",
     "update_pixel_sums",
-    "worst_explained_pixels",
 ]

@@ -1,4 +1,4 @@
-"""Few-class logits, data-initialised prototypes, prototype health statistics and dead-prototype re-seeding."""
+"""Few-class logits, data-initialised prototypes, the prototype update rules and prototype health statistics."""
 
 from __future__ import annotations
 
@@ -205,17 +205,45 @@ def test_prototypes_with_correct_pixels_move_with_those_alone(rule):
     correct = output.logits.detach().permute(0, 2, 3, 1).reshape(-1, before.shape[0]).argmax(-1) == classes
     expected_correct = _expected_momentum_update(model, before, embeddings, classes, correct, 0.5)
     expected_all = _expected_momentum_update(model, before, embeddings, classes, torch.ones_like(correct), 0.5)
-    # Per prototype: its correct pixels if it has any; else all its pixels (fallback) or none (paper).
     own = (embeddings @ before.reshape(-1, before.shape[-1]).T).view(-1, *before.shape[:2])
     from modeling_protoseg.prototypes import sinkhorn_assign_pixels
 
     assignments, _ = sinkhorn_assign_pixels(own[torch.arange(len(classes)), classes], classes, before.shape[0])
     has_correct = torch.zeros(before.shape[:2], dtype=torch.bool)
     has_correct[classes[correct], assignments[correct]] = True
-    assert has_correct.any() and (~has_correct).any()  # both cases occur in this batch
+    class_has_correct = has_correct.any(dim=1)  # (C,)
+    assert class_has_correct[:2].all() and not class_has_correct[2]  # class 2: labelled, never right
+    # Per prototype: its correct pixels if its class has any (none: it stays); a class with no correct pixel at
+    # all moves with all its pixels (fallback) or not at all (paper).
     fallback = expected_all if rule == "correct_else_all" else before
-    expected = torch.where(has_correct[..., None], expected_correct, fallback)
+    expected = torch.where(class_has_correct[:, None, None], expected_correct, fallback)
     torch.testing.assert_close(model.prototypes, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_update_pixel_sums_falls_back_to_all_pixels_only_for_classes_never_right():
+    from modeling_protoseg.prototypes import update_pixel_sums
+
+    # 2 classes x 2 prototypes (slots 0..3); class 0: slot 0 has a correct pixel, slot 1 only a wrong one;
+    # class 1: no correct pixel at all; the last pixel is ignored.
+    embeddings = torch.arange(12, dtype=torch.float32).view(6, 2)
+    flat_index = torch.tensor([0, 0, 1, 2, 3, 3])
+    correct = torch.tensor([True, False, False, False, False, True])
+    labelled = torch.tensor([True, True, True, True, True, False])
+    first = torch.zeros(4, dtype=torch.bool)
+    sums, counts = update_pixel_sums(
+        embeddings, flat_index, labelled, correct & labelled, first, 4, num_prototypes=2, fall_back_to_all=True
+    )
+    assert counts.tolist() == [1, 0, 1, 1]  # slot 1 keeps the correct-pixel rule: its class is right elsewhere
+    assert torch.equal(sums, torch.stack([embeddings[0], torch.zeros(2), embeddings[3], embeddings[4]]))
+    _, paper_counts = update_pixel_sums(
+        embeddings, flat_index, labelled, correct & labelled, first, 4, num_prototypes=2, fall_back_to_all=False
+    )
+    assert paper_counts.tolist() == [1, 0, 0, 0]
+    _, first_counts = update_pixel_sums(
+        embeddings, flat_index, labelled, correct & labelled, torch.tensor([False, True, False, False]), 4,
+        num_prototypes=2, fall_back_to_all=False,
+    )  # fmt: skip
+    assert first_counts.tolist() == [1, 1, 0, 0]  # a first update takes all the prototype's labelled pixels
 
 
 def test_configs_with_the_former_correct_only_flag_load_with_its_rule(tmp_path):
@@ -230,6 +258,24 @@ def test_configs_with_the_former_correct_only_flag_load_with_its_rule(tmp_path):
         assert config.prototype_update_pixels == rule and not hasattr(config, "update_prototypes_with_correct_only")
         saved = json.loads((tmp_path / "config.json").read_text())
         saved["prototype_update_pixels"] = rule
+
+
+def test_checkpoints_of_the_removed_reseeding_load_with_a_warning(tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config()).train()
+    model(*make_batch())
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["prototype_bank.reseed_counts"] = torch.zeros(3, 4, dtype=torch.long)  # as package 0.3 saved it
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["reseed_dead_prototypes"] = True
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level("WARNING"):
+        loaded = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path)
+    assert "reseed_dead_prototypes=True is no longer supported" in caplog.text
+    assert torch.equal(loaded.prototypes, model.prototypes) and not hasattr(loaded.config, "reseed_dead_prototypes")
 
 
 # ---- health statistics
@@ -269,30 +315,6 @@ def test_prototypes_that_never_move_while_their_class_is_present_count_as_dead()
     assert torch.equal(model.prototype_bank.idle_steps, present[:, None].long().expand(2, 4) * 2)
 
 
-def test_a_dead_prototype_is_reseeded_on_the_worst_explained_pixel_of_its_class():
-    model = ProtoSegForSemanticSegmentation(
-        tiny_protoseg_config(
-            num_classes=2, prototype_init="random", dead_prototype_patience=1, reseed_dead_prototypes=True,
-            prototype_update_pixels="correct",
-        )
-    ).train()
-    pixel_values = torch.randn(2, 3, 32, 32)
-    wrong = misclassified_labels(model, pixel_values)
-    before = model.prototypes.clone()
-    output = model(pixel_values, labels=wrong, output_pixel_embeddings=True)  # nothing correct: all idle
-    embeddings = output.pixel_embeddings.detach().permute(0, 2, 3, 1).reshape(-1, 8)
-    classes = feature_labels(wrong)
-    nearest_own = (embeddings @ before.reshape(8, 8).T).view(-1, 2, 4)[torch.arange(len(classes)), classes].amax(1)
-    for class_index in classes.unique().tolist():
-        members = classes == class_index
-        worst = embeddings[members][nearest_own[members].argmin()]
-        # The first prototype has the longest idle count (all tie): it moved onto the worst pixel.
-        torch.testing.assert_close(model.prototypes[class_index, 0], worst, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(model.prototypes[class_index, 1:], before[class_index, 1:])
-    assert model.prototype_health()["reseeded_prototypes"] == len(classes.unique())
-    assert model.prototype_bank.idle_steps[:, 0].eq(0).all()
-
-
 def test_a_non_finite_pixel_never_reaches_the_prototypes():
     model = ProtoSegForSemanticSegmentation(tiny_protoseg_config()).train()
     pixel_values, labels = make_batch()
@@ -309,7 +331,7 @@ def test_statistics_round_trip_and_follow_class_enrolment(tmp_path):
     model(pixel_values, labels=labels)
     model.save_pretrained(tmp_path)
     loaded = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path)
-    for name in ("update_counts", "idle_steps", "reseed_counts", "skipped_nonfinite_updates"):
+    for name in ("update_counts", "idle_steps", "skipped_nonfinite_updates"):
         assert torch.equal(getattr(loaded.prototype_bank, name), getattr(model.prototype_bank, name)), name
     loaded.eval().remove_classes(["class_1"])
     assert loaded.prototype_bank.update_counts.tolist() == [[1] * 4, [0] * 4]  # class_0, then class_2

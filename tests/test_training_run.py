@@ -78,7 +78,7 @@ def saved_model_health(model) -> dict:
     """The eval_results.json fields of `prototype_health()`, computed from the saved model."""
     health = model.prototype_health()
     fields = ("num_prototypes", "dead_prototypes", "never_updated_prototypes", "within_class_cosine",
-              "reseeded_prototypes", "skipped_nonfinite_updates")  # fmt: skip
+              "skipped_nonfinite_updates")  # fmt: skip
     return {name: health[name] for name in fields}
 
 
@@ -479,7 +479,7 @@ def test_every_protoseg_config_knob_is_a_flag_with_its_default_and_new_knobs_app
             class_score_normalization: Literal["layer_norm", "cosine"] = "layer_norm",
             prototype_initialization: Optional[str] = None,
             initialization_pixels: int | None = 4096,
-            reseed_dead_prototypes: bool = False,
+            use_extra_loss: bool = False,
             prototype_shape: tuple = (1, 2),  # not a flag
             **kwargs,
         ) -> None:
@@ -495,10 +495,10 @@ def test_every_protoseg_config_knob_is_a_flag_with_its_default_and_new_knobs_app
 
     (parsed,) = HfArgumentParser(extended).parse_args_into_dataclasses(
         args=["--class_score_normalization", "cosine", "--prototype_initialization", "kmeans",
-              "--initialization_pixels", "8", "--reseed_dead_prototypes"]
+              "--initialization_pixels", "8", "--use_extra_loss"]
     )  # fmt: skip
     assert (parsed.class_score_normalization, parsed.prototype_initialization) == ("cosine", "kmeans")
-    assert parsed.initialization_pixels == 8 and parsed.reseed_dead_prototypes is True
+    assert parsed.initialization_pixels == 8 and parsed.use_extra_loss is True
 
 
 def test_presets_fill_only_what_no_flag_gave_and_help_prints_the_values_used(capsys: pytest.CaptureFixture) -> None:
@@ -517,6 +517,28 @@ def test_presets_fill_only_what_no_flag_gave_and_help_prints_the_values_used(cap
     assert "(default: 6e-05; with --optimizer sgd: 0.01; preset synthetic: 0.001)" in help_text
     assert "(default: 10; preset synthetic: 4)" in help_text  # --num_prototypes_per_class, from ProtoSegConfig
     assert "(default: the crop's short side)" in help_text
+
+
+def test_method_paper_sets_the_papers_method_flags_that_were_not_given(capsys: pytest.CaptureFixture) -> None:
+    package = _resolve("--preset", "camvid", "--dataset_name", "data").method
+    paper = _resolve("--preset", "camvid", "--dataset_name", "data", "--method", "paper").method
+    assert (package.class_score_norm, package.prototype_init, package.prototype_update_pixels) == (
+        "affine", "data", "correct_else_all")
+    assert (paper.class_score_norm, paper.prototype_init, paper.prototype_update_pixels) == (
+        "layer_norm", "random", "correct")
+    assert (paper.ppc_loss_weight, paper.ppd_loss_weight, paper.num_prototypes_per_class) == (0.01, 0.01, 10)
+    # A flag given still wins, and the synthetic preset's K and momentum give way to the paper's.
+    mixed = _resolve("--method", "paper", "--ppd_loss_weight", "0.001").method
+    assert (mixed.ppd_loss_weight, mixed.class_score_norm) == (0.001, "layer_norm")
+    assert (mixed.num_prototypes_per_class, mixed.prototype_momentum) == (10, 0.999)
+    from modeling_protoseg import ProtoSegConfig
+
+    config = ProtoSegConfig(**{name: getattr(paper, name) for name in training_config.PAPER_METHOD})
+    assert config.prototype_update_pixels == "correct" and config.class_score_norm == "layer_norm"
+    with pytest.raises(SystemExit):
+        _resolve("--help")
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "with --method paper: layer_norm" in help_text and "with --method paper: correct" in help_text
 
 
 # ------------------------------------------------------------------------------ evaluation on any split

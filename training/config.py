@@ -6,7 +6,7 @@
   optimisation, runtime, evaluation, output).
 - `resolve_config` fills every setting in layers, each overriding the one before:
   defaults < SGD's defaults (with --optimizer sgd) < the named encoder's decoder width < dataset preset
-  < flags given on the command line. `--help` prints the default and each preset's value.
+  < the paper's method values (with --method paper) < flags given on the command line. `--help` prints the default and each preset's value.
 """
 
 from __future__ import annotations
@@ -97,6 +97,12 @@ class ModelArguments:
         default="protoseg",
         metadata={"help": "protoseg: nearest-prototype classifier; linear: a parametric 1x1 classifier on the same encoder and decoder (SegformerForSemanticSegmentation on MiT encoders)",
                   "choices": ["protoseg", "linear"]},
+    )  # fmt: skip
+    method: str = field(
+        default="package",
+        metadata={"help": "package: this package's defaults; paper: the paper's ProtoSeg (LayerNorm class scores, "
+                  "random prototype init, correct-pixels-only update, loss weights 0.01/0.01), for the method "
+                  "flags not given", "choices": ["package", "paper"]},
     )  # fmt: skip
 
 
@@ -339,6 +345,20 @@ SGD_DEFAULTS: dict[str, float] = {
     "head_lr_multiplier": 1.0,
     "poly_power": 0.9,
 }
+# `--method paper`: ProtoSeg as the paper describes it, for the method flags not given. The official code's
+# configs differ in one more place: their PPD weight is 0.001 (the paper says 0.01).
+PAPER_METHOD: dict[str, Any] = {
+    "class_score_norm": "layer_norm",
+    "prototype_init": "random",
+    "prototype_update_pixels": "correct",
+    "num_prototypes_per_class": 10,
+    "prototype_momentum": 0.999,
+    "sinkhorn_iterations": 3,
+    "sinkhorn_epsilon": 0.05,
+    "ppc_temperature": 0.1,
+    "ppc_loss_weight": 0.01,
+    "ppd_loss_weight": 0.01,
+}
 # Settings whose default is computed from others when left at None.
 DERIVED_DEFAULTS: dict[str, str] = {
     "preset": "synthetic when no --dataset_name",
@@ -411,7 +431,7 @@ def resolve_config(flags: Mapping[str, Any] | None = None, /, **keyword_flags: A
 
     Layers, each overriding the one before: declared defaults < SGD's defaults with `optimizer="sgd"` < the
     named encoder's decoder width < the dataset preset (synthetic when neither preset nor dataset_name is
-    given) < the given flags. Raises a ValueError for unknown names or inconsistent settings.
+    given) < the paper's method values with `method="paper"` < the given flags. Raises a ValueError for unknown names or inconsistent settings.
     """
     flags = {**(flags or {}), **keyword_flags}
     unknown = sorted(set(flags) - set(FIELD_GROUPS))
@@ -433,6 +453,8 @@ def resolve_config(flags: Mapping[str, Any] | None = None, /, **keyword_flags: A
     if decoder_width is not None and "decoder_hidden_size" in values:
         values["decoder_hidden_size"] = decoder_width
     values.update(preset_layer)
+    if chosen_value("method") == "paper":
+        values.update(PAPER_METHOD)
     values.update(flags)
     _finish_values(values, preset)
     groups = {
@@ -455,6 +477,8 @@ def describe_default(name: str, default: Any) -> str:
     parts = [f"default: {DERIVED_DEFAULTS[name] if default is None and name in DERIVED_DEFAULTS else text(default)}"]
     if name in SGD_DEFAULTS:
         parts.append(f"with --optimizer sgd: {text(SGD_DEFAULTS[name])}")
+    if name in PAPER_METHOD and PAPER_METHOD[name] != default:
+        parts.append(f"with --method paper: {text(PAPER_METHOD[name])}")
     if name == "decoder_hidden_size":
         widths = {encoder: encoder_decoder_width(encoder) for encoder in ENCODER_CONFIGS}
         parts.append(", ".join(f"--encoder {encoder}: {width}" for encoder, width in widths.items() if width))

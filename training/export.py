@@ -70,7 +70,6 @@ def prototype_health_json(model: nn.Module) -> dict[str, Any] | None:
         "dead_prototypes": health["dead_prototypes"],
         "never_updated_prototypes": health["never_updated_prototypes"],
         "within_class_cosine": health["within_class_cosine"],
-        "reseeded_prototypes": health["reseeded_prototypes"],
         "dead_after_steps": model.config.dead_prototype_patience,
         "skipped_nonfinite_updates": health["skipped_nonfinite_updates"],
     }

@@ -206,7 +206,6 @@ def prototype_health_scalars(model: nn.Module) -> dict[str, float]:
         "prototypes/mean_within_class_cosine": health["mean_within_class_cosine"],
         "prototypes/never_updated": health["never_updated_prototypes"],
         "prototypes/dead": health["dead_prototypes"],
-        "prototypes/reseeded": health["reseeded_prototypes"],
         "prototypes/skipped_nonfinite_updates": health["skipped_nonfinite_updates"],
     }
     values.update({f"prototypes/within_class_cosine/{name}": value for name, value in health["within_class_cosine"].items()})
