@@ -50,6 +50,12 @@ PUBLISHED = [
      "searched: unverified"),
     ("DeepLab-LargeFOV", 61.6, "VGG-16", "Dilation paper (Yu & Koltun, ICLR 2016), Table 5; images at 640x480"),
 ]  # fmt: skip
+PLAN = (
+    "Plan: 3 seeds (0, 1, 2) per head, one run at a time per core (60-90 minutes each on this 2-core CPU), spread "
+    "over sessions; the tables show the runs finished so far. Cut to fit the CPU: 256x256 training crops (the "
+    "preset's are 360x480), 1,500 steps of batch 8 (about 33 epochs of the 367 training images), validation every "
+    "150 steps, single-scale whole-image evaluation only, no test-time flip."
+)
 TARGET_MIOU = 0.570  # FCN-8s
 TARGET_MARGIN = 0.01  # ProtoSeg >= linear + 0.01
 
@@ -124,6 +130,7 @@ def run_record(head: str, seed: int, trained: dict[str, Any], args: argparse.Nam
         "learning_rate_head": args.learning_rate * args.head_lr_multiplier,
         "warmup_steps": args.warmup_steps,
         "threads": args.threads,
+        "beside": args.note,
         "arguments": trained["arguments"],
         "wall_seconds": trained["wall_seconds"],
         "train_runtime_seconds": train_results.get("train_runtime_seconds"),
@@ -181,27 +188,32 @@ def markdown(payload: dict[str, Any]) -> str:
         per_run.append([
             run["head"], run["seed"], run["commit"], f"{100 * run['test_mean_iou']:.1f}",
             *(f"{100 * value:.1f}" if value is not None else "n/a" for value in run["test_per_category_iou"].values()),
-            f"{run['wall_seconds'] / 60:.0f}",
+            f"{run['wall_seconds'] / 60:.0f} ({run['threads']} thread{'s' if run['threads'] > 1 else ''})",
             f"{health['dead_prototypes']}/{health['never_updated_prototypes']}/{health['mean_within_class_cosine']:.2f}"
             if health else "",
         ])  # fmt: skip
+    beside = [[run["head"], run["seed"], run.get("beside") or "not recorded"]
+              for run in sorted(runs, key=lambda run: (run["head"], run["seed"]))]
     curves = [
         [run["head"], run["seed"], " ".join(f"{point['step']}:{100 * point['mean_iou']:.1f}" for point in run["val_curve"])]
         for run in sorted(runs, key=lambda run: (run["head"], run["seed"]))
     ]  # fmt: skip
     targets = _targets(summary)
     return "\n\n".join([
-        f"Machine of the last run added: {machine_line(payload['machine'])}",
+        f"Machine of the last report: {machine_line(payload['machine'])}",
         f"Command: `python -m benchmarks.camvid_full` (recipe in its docstring; every run's flags are in "
         f"`{RESULTS_NAME}.json`). mIoU in %, mean ± sample std over seeds; test = the 233 test images, whole image "
         f"at the native 480x360; val = the 101 validation images, same resolution, after the last step.",
+        PLAN,
         markdown_table(["head (EfficientNet-Lite0, ImageNet)", "seeds", "test mIoU", "val mIoU", "test per seed"], rows),
         "Published CamVid test mIoU (11 classes), with the source and resolution each was verified in:",
         markdown_table(["method", "test mIoU", "encoder", "source"], published),
         "Targets: " + targets,
-        "Every run (test IoU per class; wall minutes; ProtoSeg health = dead / never-updated prototypes of 110 / "
+        "Every run (test IoU per class; wall minutes of the whole run with its torch threads; ProtoSeg health = dead / never-updated prototypes of 110 / "
         "mean within-class cosine):",
         markdown_table(["head", "seed", "commit", "test mIoU", *class_names, "wall min", "health"], per_run),
+        "What else ran on the machine during each run (wall times depend on it; accuracy does not):",
+        markdown_table(["head", "seed", "beside"], beside),
         f"Validation mIoU along training (step:mIoU), also `{RESULTS_NAME}.png`:",
         markdown_table(["head", "seed", "validation curve"], curves),
     ]) + "\n"  # fmt: skip
@@ -264,6 +276,7 @@ def main() -> None:
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/protoseg_camvid_full"))
     parser.add_argument("--replace", action="store_true", help="train again a (head, seed) already in the results")
     parser.add_argument("--report_only", action="store_true", help="train nothing: rebuild the .md and .png")
+    parser.add_argument("--note", default="", help="what else ran on the machine meanwhile (kept with each run)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
 

@@ -139,13 +139,13 @@ class ProtoSegConfig(PretrainedConfig):
         self.ppc_loss_weight = ppc_loss_weight
         self.ppd_loss_weight = ppd_loss_weight
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
-        if kwargs.pop("reseed_dead_prototypes", False):  # package <= 0.3: re-seeding is gone, see the docs
+        if kwargs.pop("reseed_dead_prototypes", False):  # written before re-seeding was removed
             logger.warning(
                 "reseed_dead_prototypes=True is no longer supported and is ignored: it moved dead prototypes onto "
                 "single pixels without improving them; prototype_update_pixels='correct_else_all' keeps every "
                 "prototype of a labelled class moving instead"
             )
-        legacy_correct_only = kwargs.pop("update_prototypes_with_correct_only", None)  # package <= 0.3
+        legacy_correct_only = kwargs.pop("update_prototypes_with_correct_only", None)  # written before prototype_update_pixels existed
         if legacy_correct_only is not None:
             if not isinstance(legacy_correct_only, bool):
                 raise ValueError(

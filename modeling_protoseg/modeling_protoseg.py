@@ -212,7 +212,7 @@ class ProtoSegPreTrainedModel(ProtoSegEncoderCheckpointMixin, PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _keep_in_fp32_modules_strict = ["prototype_bank"]
-    _keys_to_ignore_on_load_unexpected = [r"prototype_bank\.reseed_counts"]  # package <= 0.3 (re-seeding removed)
+    _keys_to_ignore_on_load_unexpected = [r"prototype_bank\.reseed_counts"]  # written before re-seeding was removed
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

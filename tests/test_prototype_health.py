@@ -252,7 +252,7 @@ def test_configs_with_the_former_correct_only_flag_load_with_its_rule(tmp_path):
     assert saved["prototype_update_pixels"] == "correct_else_all"
     for legacy, rule in ((True, "correct"), (False, "all")):
         del saved["prototype_update_pixels"]
-        saved["update_prototypes_with_correct_only"] = legacy  # as package 0.3 wrote it
+        saved["update_prototypes_with_correct_only"] = legacy  # as written before the field existed
         (tmp_path / "config.json").write_text(json.dumps(saved))
         config = ProtoSegConfig.from_pretrained(tmp_path)
         assert config.prototype_update_pixels == rule and not hasattr(config, "update_prototypes_with_correct_only")
@@ -267,7 +267,7 @@ def test_checkpoints_of_the_removed_reseeding_load_with_a_warning(tmp_path, capl
     model(*make_batch())
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    weights["prototype_bank.reseed_counts"] = torch.zeros(3, 4, dtype=torch.long)  # as package 0.3 saved it
+    weights["prototype_bank.reseed_counts"] = torch.zeros(3, 4, dtype=torch.long)  # as saved before re-seeding was removed
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     saved = json.loads((tmp_path / "config.json").read_text())
     saved["reseed_dead_prototypes"] = True
