@@ -1,11 +1,11 @@
 """The clustering and prototype update of a ProtoSeg training step, as separately timed callables.
 
-The package runs both inside `ProtoSegForSemanticSegmentation.forward` (training mode, with labels) and has
-no public entry point for either alone, so `cluster_pixels` and `update_prototypes` rebuild them here from
-the package's public building blocks (`modeling_protoseg.prototypes`), step for step as the forward runs
-them. `capture_training_step` checks the rebuild against the public forward on every use: one training
-forward on a copy of the model moves its prototypes, and the rebuild, fed that forward's own embeddings
-and logits, must move a copy of the prototype bank taken before it to the same values.
+The package runs both inside `ProtoSegForSemanticSegmentation.forward` (training mode, with labels) through
+the public `modeling_protoseg.prototypes.assign_pixels_to_prototypes` and `update_prototype_bank_`;
+`cluster_pixels` and `update_prototypes` call the same two functions on a captured step.
+`capture_training_step` checks the replay against the public forward on every use: one training forward on a
+copy of the model moves its prototypes, and the replay, fed that forward's own embeddings and logits, must
+move a copy of the prototype bank taken before it to the same values.
 """
 
 from __future__ import annotations
@@ -18,86 +18,42 @@ import torch
 import torch.nn.functional as F
 
 from modeling_protoseg.prototypes import (
-    assigned_pixel_sums,
-    labelled_pixels_per_class,
+    PixelAssignment,
+    assign_pixels_to_prototypes,
     momentum_update_prototypes,
-    move_prototypes,
     sinkhorn_assign_pixels,
-    update_pixel_sums,
+    update_prototype_bank_,
 )
 
 
-@dataclass
-class PixelClusters:
-    """Result of the within-class clustering, each (N,) over the pixels at feature resolution."""
-
-    pixel_labels: torch.Tensor  # class index or the ignore index
-    labelled: torch.Tensor  # bool, not ignored
-    pixel_classes: torch.Tensor  # class index, 0 for ignored pixels
-    pixel_groups: torch.Tensor  # class index, C for ignored pixels (a spare Sinkhorn group)
-    own_class_similarities: torch.Tensor  # (N, K) similarities to the K prototypes of the pixel's class
-    assignments: torch.Tensor  # prototype index within the class, in [0, K)
-    num_prototypes: int
-
-    @property
-    def target_prototypes(self) -> torch.Tensor:
-        """Flat index `class * K + k` of each pixel's assigned prototype, in [0, C*K)."""
-        return self.pixel_classes * self.num_prototypes + self.assignments
+PixelClusters = PixelAssignment  # the clustering result, as the package's forward builds it
 
 
 @torch.no_grad()
 def cluster_pixels(config, similarities: torch.Tensor, labels: torch.Tensor, height: int, width: int) -> PixelClusters:
-    """The forward's clustering: labels to feature resolution (nearest), each pixel's similarities to its own
-    class's K prototypes, batched Sinkhorn over all classes (ignored pixels in a spare group C).
+    """The forward's clustering: labels to feature resolution (nearest), then the package's
+    `assign_pixels_to_prototypes`.
 
     Arguments:
         similarities: (N, C*K) float32 similarities of the step; labels: (B, H, W) at input resolution.
     """
-    num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
     pixel_labels = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest").long().reshape(-1)
-    labelled = pixel_labels != config.semantic_loss_ignore_index
-    pixel_classes = torch.where(labelled, pixel_labels, torch.zeros_like(pixel_labels))
-    own_class_similarities = similarities.detach().view(-1, num_classes, num_prototypes).gather(
-        1, pixel_classes[:, None, None].expand(-1, 1, num_prototypes)
-    ).squeeze(1)  # (N, K)
-    pixel_groups = torch.where(labelled, pixel_classes, torch.full_like(pixel_classes, num_classes))
-    assignments, _ = sinkhorn_assign_pixels(
-        own_class_similarities, pixel_groups, num_classes + 1,
+    return assign_pixels_to_prototypes(
+        similarities, pixel_labels, config.num_prototypes_per_class, ignore_index=config.semantic_loss_ignore_index,
         iterations=config.sinkhorn_iterations, epsilon=config.sinkhorn_epsilon,
-    )
-    return PixelClusters(
-        pixel_labels, labelled, pixel_classes, pixel_groups, own_class_similarities, assignments, num_prototypes
-    )
+    )  # fmt: skip
 
 
 @torch.no_grad()
 def update_prototypes(
     config, bank: torch.nn.Module, pixel_embeddings: torch.Tensor, pixel_logits: torch.Tensor, clusters: PixelClusters
 ) -> None:
-    """The forward's momentum update of a prototype bank (`model.prototype_bank` or a copy), in place.
-
-    Arguments:
-        pixel_embeddings: (N, D) unit embeddings; pixel_logits: (N, C) logits of the step.
-    """
-    num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
-    flat_index = clusters.target_prototypes
-    first_update = (bank.update_counts == 0).reshape(-1)  # (C*K,)
-    if config.prototype_init == "random":
-        first_update = torch.zeros_like(first_update)
-    rule = config.prototype_update_pixels
-    correct = None if rule == "all" else pixel_logits.argmax(dim=-1) == clusters.pixel_labels
-    feature_sums, counts = update_pixel_sums(
-        pixel_embeddings, flat_index, clusters.labelled, correct, first_update, num_classes * num_prototypes,
-        num_prototypes=num_prototypes, fall_back_to_all=rule == "correct_else_all",
-    )
-    momentum = torch.where(first_update, 0.0, config.prototype_momentum)
-    updated, moved = move_prototypes(bank.prototypes, feature_sums, counts, momentum)
-    bank.prototypes.copy_(updated)
-    bank.skipped_nonfinite_updates += ((counts > 0) & ~moved).sum()
-    class_present = (labelled_pixels_per_class(clusters.pixel_groups, num_classes + 1)[:num_classes] > 0)[:, None]
-    moved = moved.view(num_classes, num_prototypes)
-    bank.update_counts += moved.long()
-    bank.idle_steps.copy_(torch.where(moved, 0, bank.idle_steps + class_present.long()))
+    """The forward's momentum update of a prototype bank (`model.prototype_bank` or a copy), in place: the
+    package's `update_prototype_bank_`."""
+    update_prototype_bank_(
+        bank, pixel_embeddings, pixel_logits, clusters, momentum=config.prototype_momentum,
+        prototype_init=config.prototype_init, update_pixels=config.prototype_update_pixels,
+    )  # fmt: skip
 
 
 @dataclass

@@ -24,7 +24,13 @@ from .modeling_protoseg import (
     ProtoSegSemanticSegmenterOutput,
 )
 from .modeling_protoseg_linear_head import ProtoSegLinearHeadForSemanticSegmentation
-from .prototypes import momentum_update_prototypes, sinkhorn_assign_pixels
+from .prototypes import (
+    PixelAssignment,
+    assign_pixels_to_prototypes,
+    momentum_update_prototypes,
+    sinkhorn_assign_pixels,
+    update_prototype_bank_,
+)
 
 AutoConfig.register(ProtoSegConfig.model_type, ProtoSegConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(ProtoSegConfig, ProtoSegForSemanticSegmentation, exist_ok=True)
@@ -58,5 +64,8 @@ __all__ = [
     "encoder_feature_maps",
     "load_pretrained_encoder",
     "momentum_update_prototypes",
+    "PixelAssignment",
+    "assign_pixels_to_prototypes",
+    "update_prototype_bank_",
     "sinkhorn_assign_pixels",
 ]

@@ -34,12 +34,7 @@ from .encoders import (
 )
 from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
 from .pipeline_registration import register_for_segmentation_pipeline
-from .prototypes import (
-    labelled_pixels_per_class,
-    move_prototypes,
-    sinkhorn_assign_pixels,
-    update_pixel_sums,
-)
+from .prototypes import PixelAssignment, assign_pixels_to_prototypes, update_prototype_bank_
 
 
 @dataclass
@@ -403,79 +398,39 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         labels: torch.Tensor,
         height: int,
         width: int,
-    ) -> "_PixelAssignment":
-        """Within-class online clustering: each labelled pixel goes to one of its class's K prototypes.
+    ) -> PixelAssignment:
+        """Within-class online clustering (`prototypes.assign_pixels_to_prototypes`) in float32.
 
         Arguments:
             pixel_embeddings: (N, D) unit embeddings; similarities: (N, C*K).
             labels: (B, H, W) at input resolution, resized here to (B, h, w) by nearest neighbour.
         """
         config = self.config
-        num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
         pixel_labels = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")
         pixel_labels = pixel_labels.long().reshape(-1)  # (N,)
-        labelled = pixel_labels != config.semantic_loss_ignore_index
-        pixel_classes = torch.where(labelled, pixel_labels, torch.zeros_like(pixel_labels))  # (N,) in [0, C)
-
         # Clustering in float32: recompute the similarities if the forward ran in bf16/fp16.
         if similarities.dtype == torch.float32:
             similarities32 = similarities.detach()
         else:
             with torch.autocast(device_type=similarities.device.type, enabled=False):
-                flat_prototypes = self.prototypes.reshape(num_classes * num_prototypes, -1)
+                flat_prototypes = self.prototypes.reshape(-1, self.prototypes.shape[-1])
                 similarities32 = pixel_embeddings.detach().float() @ flat_prototypes.T
-        own_class_similarities = similarities32.view(-1, num_classes, num_prototypes)
-        own_class_similarities = own_class_similarities.gather(
-            1, pixel_classes[:, None, None].expand(-1, 1, num_prototypes)
-        ).squeeze(1)  # (N, K)
-        # Ignored pixels go to an extra group C, so they never weigh on a real class's marginals.
-        groups = torch.where(labelled, pixel_classes, torch.full_like(pixel_classes, num_classes))
-        assignments, _ = sinkhorn_assign_pixels(
-            own_class_similarities,
-            groups,
-            num_classes + 1,
-            iterations=config.sinkhorn_iterations,
+        return assign_pixels_to_prototypes(
+            similarities32, pixel_labels, config.num_prototypes_per_class,
+            ignore_index=config.semantic_loss_ignore_index, iterations=config.sinkhorn_iterations,
             epsilon=config.sinkhorn_epsilon,
-        )
-        return _PixelAssignment(
-            pixel_labels, labelled, pixel_classes, assignments, num_prototypes, own_class_similarities, num_classes
-        )
+        )  # fmt: skip
 
     @torch.no_grad()
     def _update_prototypes(
-        self, pixel_embeddings: torch.Tensor, pixel_logits: torch.Tensor, assignment: "_PixelAssignment"
+        self, pixel_embeddings: torch.Tensor, pixel_logits: torch.Tensor, assignment: PixelAssignment
     ) -> None:
-        """Momentum update of the prototype buffer and its statistics, in place (paper eq. 14).
-
-        Which pixels move a prototype: every labelled pixel for a prototype that never moved yet (with
-        `prototype_init="data"`, at momentum 0: it starts at the mean of its first pixels), else as
-        `config.prototype_update_pixels` says: its correctly classified pixels (`"correct"`, the paper), those
-        or all its labelled pixels when none of its class's pixels is correct (`"correct_else_all"`), or all of
-        them (`"all"`).
-        """
-        config, bank = self.config, self.prototype_bank
-        num_classes, num_prototypes = config.num_labels, config.num_prototypes_per_class
-        num_slots = num_classes * num_prototypes
-        flat_index = assignment.target_prototypes  # (N,) in [0, C*K)
-        first_update = (bank.update_counts == 0).reshape(-1)  # (C*K,)
-        if config.prototype_init == "random":
-            first_update = torch.zeros_like(first_update)
-        rule = config.prototype_update_pixels
-        correct = None if rule == "all" else pixel_logits.argmax(dim=-1) == assignment.pixel_labels  # (N,)
-        feature_sums, counts = update_pixel_sums(
-            pixel_embeddings.detach(), flat_index, assignment.labelled, correct, first_update, num_slots,
-            num_prototypes=num_prototypes, fall_back_to_all=rule == "correct_else_all",
+        """Momentum update of the prototype buffer and its statistics, in place (`prototypes.update_prototype_bank_`)."""
+        config = self.config
+        update_prototype_bank_(
+            self.prototype_bank, pixel_embeddings, pixel_logits, assignment, momentum=config.prototype_momentum,
+            prototype_init=config.prototype_init, update_pixels=config.prototype_update_pixels,
         )  # fmt: skip
-        momentum = torch.where(first_update, 0.0, config.prototype_momentum)  # (C*K,)
-        updated, moved = move_prototypes(bank.prototypes, feature_sums, counts, momentum)
-        bank.prototypes.copy_(updated)
-        bank.skipped_nonfinite_updates += ((counts > 0) & ~moved).sum()
-
-        class_present = labelled_pixels_per_class(assignment.pixel_groups, num_classes + 1)[:num_classes] > 0
-        class_present = class_present[:, None]  # (C, 1)
-        moved = moved.view(num_classes, num_prototypes)
-        bank.update_counts += moved.long()
-        bank.idle_steps.copy_(torch.where(moved, 0, bank.idle_steps + class_present.long()))
 
     @torch.no_grad()
     def prototype_health(self) -> dict:
@@ -502,30 +457,6 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
             "dead_prototypes": int(health["dead"].sum()),
             "skipped_nonfinite_updates": int(self.prototype_bank.skipped_nonfinite_updates),
         }
-
-
-@dataclass
-class _PixelAssignment:
-    """Result of the within-class clustering, all (N,) over the pixels at feature resolution."""
-
-    pixel_labels: torch.Tensor  # class index or the ignore index
-    labelled: torch.Tensor  # bool, not ignored
-    pixel_classes: torch.Tensor  # class index, 0 for ignored pixels (which carry weight 0 everywhere)
-    assignments: torch.Tensor  # prototype index within the class, in [0, K)
-    num_prototypes: int
-    own_class_similarities: torch.Tensor  # (N, K) float32 similarity to the K prototypes of the pixel's class
-
-    num_classes: int
-
-    @property
-    def pixel_groups(self) -> torch.Tensor:
-        """Class of each labelled pixel, C for ignored ones (a spare group that weighs on no class)."""
-        return torch.where(self.labelled, self.pixel_classes, torch.full_like(self.pixel_classes, self.num_classes))
-
-    @property
-    def target_prototypes(self) -> torch.Tensor:
-        """Flat index `class * K + k` of each pixel's assigned prototype, in [0, C*K)."""
-        return self.pixel_classes * self.num_prototypes + self.assignments
 
 
 # pipeline("image-segmentation") checks class names against its own table (installed package and remote code)

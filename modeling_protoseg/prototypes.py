@@ -13,6 +13,8 @@ All arithmetic here runs in float32 whatever the input dtype (autocast is disabl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -226,6 +228,105 @@ def momentum_update_prototypes(
     return updated
 
 
+@dataclass
+class PixelAssignment:
+    """Result of the within-class clustering, all (N,) over the pixels at feature resolution."""
+
+    pixel_labels: torch.Tensor  # class index or the ignore index
+    labelled: torch.Tensor  # bool, not ignored
+    pixel_classes: torch.Tensor  # class index, 0 for ignored pixels (which carry weight 0 everywhere)
+    assignments: torch.Tensor  # prototype index within the class, in [0, K)
+    own_class_similarities: torch.Tensor  # (N, K) float32 similarity to the K prototypes of the pixel's class
+    num_classes: int
+    num_prototypes: int
+
+    @property
+    def pixel_groups(self) -> torch.Tensor:
+        """Class of each labelled pixel, C for ignored ones (a spare group that weighs on no class)."""
+        return torch.where(self.labelled, self.pixel_classes, torch.full_like(self.pixel_classes, self.num_classes))
+
+    @property
+    def target_prototypes(self) -> torch.Tensor:
+        """Flat index `class * K + k` of each pixel's assigned prototype, in [0, C*K)."""
+        return self.pixel_classes * self.num_prototypes + self.assignments
+
+
+@torch.no_grad()
+def assign_pixels_to_prototypes(
+    similarities: torch.Tensor,
+    pixel_labels: torch.Tensor,
+    num_prototypes: int,
+    *,
+    ignore_index: int,
+    iterations: int = 3,
+    epsilon: float = 0.05,
+) -> PixelAssignment:
+    """Within-class online clustering of a training step: each labelled pixel goes to one of its class's K
+    prototypes (Sinkhorn over all classes at once; ignored pixels form a spare group C that weighs on no class).
+
+    Arguments:
+        similarities: (N, C*K) float32 similarity of every pixel to every prototype.
+        pixel_labels: (N,) long labels at feature resolution (class index or `ignore_index`).
+    """
+    num_classes = similarities.shape[1] // num_prototypes
+    labelled = pixel_labels != ignore_index
+    pixel_classes = torch.where(labelled, pixel_labels, torch.zeros_like(pixel_labels))  # (N,) in [0, C)
+    own_class_similarities = similarities.detach().view(-1, num_classes, num_prototypes)
+    own_class_similarities = own_class_similarities.gather(
+        1, pixel_classes[:, None, None].expand(-1, 1, num_prototypes)
+    ).squeeze(1)  # (N, K)
+    groups = torch.where(labelled, pixel_classes, torch.full_like(pixel_classes, num_classes))
+    assignments, _ = sinkhorn_assign_pixels(
+        own_class_similarities, groups, num_classes + 1, iterations=iterations, epsilon=epsilon
+    )
+    return PixelAssignment(
+        pixel_labels, labelled, pixel_classes, assignments, own_class_similarities, num_classes, num_prototypes
+    )
+
+
+@torch.no_grad()
+def update_prototype_bank_(
+    bank: "torch.nn.Module",
+    pixel_embeddings: torch.Tensor,
+    pixel_logits: torch.Tensor,
+    assignment: PixelAssignment,
+    *,
+    momentum: float,
+    prototype_init: str,
+    update_pixels: str,
+) -> None:
+    """The momentum update of a training step (paper eq. 14), in place on `bank`'s buffers (`prototypes`,
+    `update_counts`, `idle_steps`, `skipped_nonfinite_updates`).
+
+    Which pixels move a prototype: every labelled pixel for a prototype that never moved yet (with
+    `prototype_init="data"`, at momentum 0: it starts at the mean of its first pixels), else as `update_pixels`
+    says: its correctly classified pixels (`"correct"`, the paper), those or all its labelled pixels when none of
+    its class's pixels is correct (`"correct_else_all"`), or all of them (`"all"`).
+
+    Arguments:
+        pixel_embeddings: (N, D) unit embeddings; pixel_logits: (N, C) logits of the step.
+    """
+    num_classes, num_prototypes = assignment.num_classes, assignment.num_prototypes
+    num_slots = num_classes * num_prototypes
+    first_update = (bank.update_counts == 0).reshape(-1)  # (C*K,)
+    if prototype_init == "random":
+        first_update = torch.zeros_like(first_update)
+    correct = None if update_pixels == "all" else pixel_logits.argmax(dim=-1) == assignment.pixel_labels  # (N,)
+    feature_sums, counts = update_pixel_sums(
+        pixel_embeddings.detach(), assignment.target_prototypes, assignment.labelled, correct, first_update,
+        num_slots, num_prototypes=num_prototypes, fall_back_to_all=update_pixels == "correct_else_all",
+    )  # fmt: skip
+    step_momentum = torch.where(first_update, 0.0, momentum)  # (C*K,)
+    updated, moved = move_prototypes(bank.prototypes, feature_sums, counts, step_momentum)
+    bank.prototypes.copy_(updated)
+    bank.skipped_nonfinite_updates += ((counts > 0) & ~moved).sum()
+
+    class_present = labelled_pixels_per_class(assignment.pixel_groups, num_classes + 1)[:num_classes] > 0
+    moved = moved.view(num_classes, num_prototypes)
+    bank.update_counts += moved.long()
+    bank.idle_steps.copy_(torch.where(moved, 0, bank.idle_steps + class_present[:, None].long()))
+
+
 @torch.no_grad()
 def labelled_pixels_per_class(pixel_groups: torch.Tensor, num_groups: int) -> torch.Tensor:
     """(num_groups,) float32 number of pixels of each group (class) across processes."""
@@ -235,6 +336,9 @@ def labelled_pixels_per_class(pixel_groups: torch.Tensor, num_groups: int) -> to
 
 
 __all__ = [
+    "PixelAssignment",
+    "assign_pixels_to_prototypes",
+    "update_prototype_bank_",
     "assigned_pixel_sums",
     "labelled_pixels_per_class",
     "momentum_update_prototypes",
