@@ -345,6 +345,34 @@ def test_a_failing_final_evaluation_keeps_the_trained_model(tmp_path: Path, monk
     assert (tmp_path / "out" / "preprocessor_config.json").is_file()
 
 
+@pytest.mark.parametrize("skipped_steps", [(1, 2, 3), (2, 3)], ids=["every-step", "more-than-half"])
+def test_a_run_that_skipped_too_many_steps_fails_and_keeps_its_weights(
+    skipped_steps: tuple[int, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step (or 2 of 3) skipped as non-finite used to end with success and an exported untrained model."""
+    from training import loop
+    from training import train as train_script
+
+    calls = iter(range(1, 100))
+    monkeypatch.setattr(loop, "check_batch_on_every_process", lambda *args: next(calls) not in skipped_steps)
+    splits, _ = _file_splits(tmp_path / "data", damaged=False)
+    config = _tiny_config(tmp_path, "--max_steps", "3", "--checkpointing_steps", "1", "--eval_steps", "0")
+    expected = "no optimizer step happened: all 3" if len(skipped_steps) == 3 else r"2 of 3 optimizer steps .* 50%"
+    with pytest.raises(train_script.TrainingFailedError, match=expected):
+        train_script.run(config, datasets=splits)
+    output = tmp_path / "out"
+    assert (output / "model.safetensors").is_file() and (output / "preprocessor_config.json").is_file()
+    assert not (output / "README.md").exists() and not (output / "eval_results.json").exists()  # no card, no results
+    assert [path.name for path in sorted((output / "checkpoints").iterdir())] == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_half_the_steps_skipped_is_still_a_run() -> None:
+    from training.train import skipped_steps_problem
+
+    assert skipped_steps_problem(1, 2) is None and skipped_steps_problem(0, 5) is None
+    assert "all 2" in skipped_steps_problem(2, 2) and "3 of 5" in skipped_steps_problem(3, 5)
+
+
 # ------------------------------------------------------------------------------ 6. clear errors before anything moves
 
 
