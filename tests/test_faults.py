@@ -411,6 +411,41 @@ def test_half_the_steps_skipped_is_still_a_run() -> None:
     assert "all 2" in skipped_steps_problem(2, 2) and "3 of 5" in skipped_steps_problem(3, 5)
 
 
+@pytest.mark.parametrize("name", ["missing_run", "./missing_run", "runs/2024/missing", "someone/missing-model"])
+def test_evaluating_a_missing_folder_says_it_does_not_exist(name: str, tmp_path: Path, monkeypatch) -> None:
+    """It used to say "has no preprocessor_config.json ... pass --base_size", then "Repo id must be in the form"."""
+    from training import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=f"the model folder {name} does not exist") as error:
+        evaluate.main([name])
+    assert "base_size" not in str(error.value) and "Repo id" not in str(error.value)
+    assert ("huggingface-cli download" in str(error.value)) == (name == "someone/missing-model")
+    (tmp_path / "a_file").write_text("{}")
+    with pytest.raises(ValueError, match="a_file is a file, not a saved model folder"):
+        evaluate.main(["a_file", "--base_size", "32"])
+
+
+@pytest.mark.parametrize("contents", [b"garbage, not a torch file", "pickle"], ids=["garbage", "non-tensor-pickle"])
+def test_the_lite0_converter_refuses_a_wrong_file_without_suggesting_weights_only_false(
+    contents: bytes | str, tmp_path: Path
+) -> None:
+    from modeling_protoseg import convert_efficientnet_lite0
+
+    weights = tmp_path / "lite0.pth"
+    if contents == "pickle":
+        torch.save({"stem.weight": torch.zeros(1), "note": "a string"}, weights)
+    else:
+        weights.write_bytes(contents)
+    with pytest.raises(SystemExit) as error:
+        convert_efficientnet_lite0.main([str(tmp_path / "out"), "--weights_path", str(weights)])
+    message = str(error.value.code)
+    assert f"{weights} is not an EfficientNet-PyTorch efficientnet-lite0 .pth state dict" in message
+    assert "weights_only" not in message and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="does not exist"):
+        convert_efficientnet_lite0.main([str(tmp_path / "out"), "--weights_path", str(tmp_path / "missing.pth")])
+
+
 # ------------------------------------------------------------------------------ 6. clear errors before anything moves
 
 
