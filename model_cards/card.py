@@ -30,6 +30,7 @@ from huggingface_hub import ModelCard
 from . import card_metadata, sections_model, sections_run
 from .card_inputs import CardInputs
 from .checkpoint import read_checkpoint_facts, read_safetensors_shapes  # noqa: F401  (re-exported)
+from .markdown import inline_text
 from .naming import dataset_identity, short_name
 from .records import EVAL_RESULTS_FILE, TRAINING_SUMMARY_FILE, EvalResults, TrainingSummary
 from .redaction import redact_secrets  # noqa: F401  (re-exported)
@@ -81,22 +82,25 @@ def render_model_card(
     """
     inputs = gather_card_inputs(folder, as_training_summary(training_summary), repo_id)
     dataset_id, dataset_name = dataset_identity(inputs.results, inputs.summary)
+    display_name = inline_text(dataset_name) if dataset_name else None  # a user string, shown in title and prose
     split = inputs.results.eval_split
-    evaluation_target = " ".join(part for part in (f"the {split} split of" if split else None, dataset_name or "the evaluation data") if part)
+    evaluation_target = " ".join(part for part in (f"the {inline_text(split)} split of" if split else None, display_name or "the evaluation data") if part)
     data = card_metadata.card_data(inputs, dataset_id, dataset_name)
     return ModelCard.from_template(
         data,
         template_path=str(TEMPLATE_PATH),
         generated_marker=GENERATED_MARKER,
-        title=sections_model.title(inputs, dataset_name),
-        description=sections_model.description(inputs, dataset_name),
+        title=sections_model.title(inputs, display_name),
+        description=sections_model.description(inputs, display_name),
         model_details=sections_model.model_details(inputs),
         classes=sections_model.classes(inputs),
         training_setup=sections_run.training_setup(inputs),
         results=sections_run.results(inputs, evaluation_target),
         prototype_health=sections_run.prototype_health(inputs),
         usage=sections_model.usage(inputs),
-        limitations=sections_model.limitations(inputs, short_name(inputs.summary.dataset) or dataset_name),
+        limitations=sections_model.limitations(
+            inputs, inline_text(short_name(inputs.summary.dataset)) if inputs.summary.dataset else display_name
+        ),
         license_note=card_metadata.license_note(data),
         citation=sections_model.citation(),
     )

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import html
+import unicodedata
 from typing import Any
 
 
+def one_line(text: Any) -> str:
+    """`text` on one line: newlines, tabs and other control or format characters become single spaces."""
+    characters = (" " if unicodedata.category(character).startswith("C") else character for character in str(text))
+    return " ".join("".join(characters).split())
+
+
+def inline_text(text: Any) -> str:
+    """A user string (a dataset name, ...) safe as plain text in the card's title or prose: on one line (no raw
+    heading, metadata or paragraph it could start), HTML escaped (no `<img onerror=...>`), and the Markdown
+    characters that open code, emphasis or links backslash-escaped."""
+    escaped = html.escape(one_line(text), quote=False)
+    return "".join("\\" + character if character in "\\`*[]" else character for character in escaped)
+
+
 def escape_cell(text: Any) -> str:
-    """Text safe inside one Markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text safe inside one Markdown table cell: on one line, pipes escaped, and outside `code spans` the angle
+    brackets that could open an HTML tag escaped."""
+    parts = one_line(text).replace("|", "\\|").split("`")
+    return "`".join(part if index % 2 else part.replace("<", "&lt;").replace(">", "&gt;") for index, part in enumerate(parts))
 
 
 def table(rows: list[tuple[Any, ...]], header: tuple[str, ...] = ("", "")) -> str:

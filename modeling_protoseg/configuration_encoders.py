@@ -37,6 +37,72 @@ def encoder_kind(encoder_config: PretrainedConfig) -> str:
     )
 
 
+# Bounds on the encoder a config describes, checked before anything is built: a typo in config.json (depths
+# [1, 1, 1, 10**6], a width of 10**5) otherwise builds for minutes or asks for tens of GB.
+MAX_ENCODER_LAYERS = 1000  # blocks over all stages (MiT-B5: 52, Swin-L: 24, ResNet-152: 50)
+MAX_ENCODER_WIDTH = 65536  # channels of any stage
+MAX_MODEL_BYTES = 8 * 1024**3  # float32 parameters and prototypes of the whole model, estimated before building
+
+
+def _integer_list(value: Any) -> list[int] | None:
+    """`value` as a list of ints (one int: a list of one), or None when it is neither."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if values and all(isinstance(item, int) and not isinstance(item, bool) for item in values):
+        return list(values)
+    return None
+
+
+def encoder_stage_layout(encoder_config: PretrainedConfig) -> list[tuple[int, int, float]]:
+    """(blocks, width, expansion ratio) per stage, read from the config alone (nothing built); [] for an encoder
+    whose config names no depths and widths this function knows. A ValueError naming the field when the depths
+    or widths exceed `MAX_ENCODER_LAYERS` / `MAX_ENCODER_WIDTH`."""
+    config = encoder_config
+    if config.model_type == "protoseg_efficientnet_lite":
+        from .configuration_efficientnet_lite import round_channels, round_repeats
+
+        last = len(config.num_repeats) - 1
+        depth_field, width_field = "num_repeats / depth_coefficient", "out_channels / width_coefficient"
+        depths = [
+            repeats if stage in (0, last) else round_repeats(repeats, config.depth_coefficient)
+            for stage, repeats in enumerate(config.num_repeats)
+        ]
+        widths = [round_channels(c, config.width_coefficient, config.depth_divisor) for c in config.out_channels]
+        ratios = [float(ratio) for ratio in config.expand_ratios]
+    else:
+        depth_field = "depths" if getattr(config, "depths", None) is not None else "num_hidden_layers"
+        depths = _integer_list(getattr(config, depth_field, None))
+        if depths is None:
+            return []
+        widths = None
+        for width_field in ("hidden_sizes", "embed_dim", "hidden_size"):
+            widths = _integer_list(getattr(config, width_field, None))
+            if widths is not None:
+                break
+        if widths is None:
+            return []
+        if width_field == "embed_dim":  # Swin-like: the width doubles at every stage
+            widths = [widths[0] * 2**stage for stage in range(len(depths))]
+        if len(widths) == 1:
+            widths = widths * len(depths)
+        ratios = getattr(config, "mlp_ratios", None) or [getattr(config, "mlp_ratio", 4.0)] * len(depths)
+        if not isinstance(ratios, (list, tuple)):
+            ratios = [ratios] * len(depths)
+    if any(depth < 0 for depth in depths) or sum(depths) > MAX_ENCODER_LAYERS:
+        raise ValueError(
+            f"encoder_config.{depth_field}: {sum(depths)} blocks in all ({depths if len(depths) < 10 else '...'}); "
+            f"at most {MAX_ENCODER_LAYERS} are allowed, each stage >= 0"
+        )
+    if any(not 1 <= width <= MAX_ENCODER_WIDTH for width in widths):
+        raise ValueError(f"encoder_config.{width_field}: stage widths {widths} must be in [1, {MAX_ENCODER_WIDTH}]")
+    return [(depth, width, float(ratio)) for depth, width, ratio in zip(depths, widths, ratios)]
+
+
+def estimate_encoder_parameters(encoder_config: PretrainedConfig) -> int:
+    """A rough count of the encoder's parameters from its config: per block (4 + 2 * expansion ratio) * width^2,
+    an attention block's projections plus its MLP (an over-estimate for convolutional blocks). 0 when unknown."""
+    return int(sum(depth * (4 + 2 * ratio) * width**2 for depth, width, ratio in encoder_stage_layout(encoder_config)))
+
+
 def resolve_encoder_config(encoder_config: PretrainedConfig | dict[str, Any] | None) -> PretrainedConfig:
     """The encoder config object for a config, a dict carrying its `model_type`, or None (MiT-B0); validated."""
     if encoder_config is None:
@@ -53,7 +119,8 @@ def resolve_encoder_config(encoder_config: PretrainedConfig | dict[str, Any] | N
     elif not isinstance(encoder_config, PretrainedConfig):
         raise ValueError(f"encoder_config: expected a PretrainedConfig or a dict, got {type(encoder_config).__name__}")
     encoder_kind(encoder_config)
+    encoder_stage_layout(encoder_config)  # bounded depths and widths, before anything is built
     return encoder_config
 
 
-__all__ = ["encoder_kind", "resolve_encoder_config"]
+__all__ = ["encoder_kind", "encoder_stage_layout", "estimate_encoder_parameters", "resolve_encoder_config"]

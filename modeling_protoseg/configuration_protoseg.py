@@ -10,6 +10,7 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import logging
 
 from .configuration_encoders import encoder_kind as _encoder_kind
+from .configuration_encoders import MAX_MODEL_BYTES, encoder_stage_layout, estimate_encoder_parameters
 from .configuration_encoders import resolve_encoder_config
 
 logger = logging.get_logger(__name__)
@@ -215,10 +216,32 @@ class ProtoSegConfig(PretrainedConfig):
                 f"{self.num_prototypes_per_class} * {self.embedding_dim} float32 prototypes take {bank_bytes:,} bytes, "
                 f"more than the limit of {MAX_PROTOTYPE_BANK_BYTES:,} (4 GiB); lower one of them"
             )
+        self._check_model_size()
         if 0 <= self.semantic_loss_ignore_index < self.num_labels:
             raise ValueError(
                 f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) collides with a class index "
                 f"(num_labels = {self.num_labels}); use a value outside [0, {self.num_labels})"
+            )
+
+    def _check_model_size(self) -> None:
+        """ValueError naming the largest part's field when the model this config builds is estimated (from the
+        config alone) to hold more than `MAX_MODEL_BYTES` of float32 parameters and prototypes."""
+        stages = encoder_stage_layout(self.encoder_config)  # also bounds the encoder's depths and widths
+        in_channels = sum(width for _, width, _ in stages[-4:])  # the decoder reads the last four maps
+        hidden = self.decoder_hidden_size
+        parts = {
+            "encoder_config (depths and widths)": estimate_encoder_parameters(self.encoder_config),
+            "decoder_hidden_size": in_channels * hidden + 4 * hidden * hidden + hidden * hidden,  # decoder + head
+            "embedding_dim": (hidden + self.num_labels * self.num_prototypes_per_class) * self.embedding_dim,
+        }
+        total_bytes = 4 * sum(parts.values())
+        if total_bytes > MAX_MODEL_BYTES:
+            field = max(parts, key=parts.get)
+            raise ValueError(
+                f"{field}: the model would hold about {sum(parts.values()):,} float32 parameters and prototypes "
+                f"({total_bytes / 1024**3:.1f} GiB; {field} alone {parts[field]:,}), more than the limit of "
+                f"{MAX_MODEL_BYTES / 1024**3:.0f} GiB; lower it (decoder_hidden_size = {hidden}, embedding_dim = "
+                f"{self.embedding_dim})"
             )
 
     @classmethod

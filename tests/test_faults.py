@@ -172,6 +172,44 @@ def test_a_non_finite_batch_is_skipped_without_changing_weights_batchnorm_or_pro
 # ------------------------------------------------------------------------------ 4. resuming with changed arguments
 
 
+def _batch_norm_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buffer.clone() for name, buffer in model.named_buffers()
+            if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}  # fmt: skip
+
+
+@pytest.mark.parametrize("head", ["protoseg", "linear"])
+@pytest.mark.parametrize("bad_pixel", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_non_finite_batch_in_a_users_own_loop_leaves_batchnorm_finite(head: str, bad_pixel: float) -> None:
+    """Outside train.py (a user's loop, transformers' Trainer) one NaN batch used to make the BatchNorm running
+    statistics NaN, and every later prediction NaN."""
+    from modeling_protoseg import ProtoSegLinearHeadConfig, ProtoSegLinearHeadForSemanticSegmentation
+    from tiny_models import tiny_resnet_encoder_config
+
+    torch.manual_seed(0)
+    encoder_config = tiny_resnet_encoder_config()  # BatchNorm in the encoder as well as in the decoder
+    if head == "linear":
+        id2label = {index: f"class_{index}" for index in range(3)}
+        config = ProtoSegLinearHeadConfig(encoder_config=encoder_config, decoder_hidden_size=16, id2label=id2label)
+        model = ProtoSegLinearHeadForSemanticSegmentation(config)
+    else:
+        model = _tiny_model(encoder_config=encoder_config)
+    model.train()
+    finite = _batch()
+    model(**finite)  # one finite batch: the statistics move
+    statistics = _batch_norm_statistics(model)
+    assert len(statistics) > 9 and statistics[next(iter(statistics))].abs().sum() > 0
+    poisoned = _batch(bad_pixel)
+    model(**poisoned)  # labels given
+    model(pixel_values=poisoned["pixel_values"])  # and without labels
+    for name, value in _batch_norm_statistics(model).items():
+        assert torch.equal(value, statistics[name]), name
+    model(**_batch())  # a finite batch still updates them
+    assert not torch.equal(_batch_norm_statistics(model)[next(iter(statistics))], statistics[next(iter(statistics))])
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(pixel_values=finite["pixel_values"]).logits).all()
+
+
 def test_resume_past_max_steps_is_refused(checkpointed_run: Path, tmp_path: Path) -> None:
     output_dir = _copy_checkpoints(checkpointed_run, tmp_path)
     result = run_training([*TINY_RUN, "--max_steps", "3", "--output_dir", str(output_dir),
@@ -345,6 +383,69 @@ def test_a_failing_final_evaluation_keeps_the_trained_model(tmp_path: Path, monk
     assert (tmp_path / "out" / "preprocessor_config.json").is_file()
 
 
+@pytest.mark.parametrize("skipped_steps", [(1, 2, 3), (2, 3)], ids=["every-step", "more-than-half"])
+def test_a_run_that_skipped_too_many_steps_fails_and_keeps_its_weights(
+    skipped_steps: tuple[int, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step (or 2 of 3) skipped as non-finite used to end with success and an exported untrained model."""
+    from training import loop
+    from training import train as train_script
+
+    calls = iter(range(1, 100))
+    monkeypatch.setattr(loop, "check_batch_on_every_process", lambda *args: next(calls) not in skipped_steps)
+    splits, _ = _file_splits(tmp_path / "data", damaged=False)
+    config = _tiny_config(tmp_path, "--max_steps", "3", "--checkpointing_steps", "1", "--eval_steps", "0")
+    expected = "no optimizer step happened: all 3" if len(skipped_steps) == 3 else r"2 of 3 optimizer steps .* 50%"
+    with pytest.raises(train_script.TrainingFailedError, match=expected):
+        train_script.run(config, datasets=splits)
+    output = tmp_path / "out"
+    assert (output / "model.safetensors").is_file() and (output / "preprocessor_config.json").is_file()
+    assert not (output / "README.md").exists() and not (output / "eval_results.json").exists()  # no card, no results
+    assert [path.name for path in sorted((output / "checkpoints").iterdir())] == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_half_the_steps_skipped_is_still_a_run() -> None:
+    from training.train import skipped_steps_problem
+
+    assert skipped_steps_problem(1, 2) is None and skipped_steps_problem(0, 5) is None
+    assert "all 2" in skipped_steps_problem(2, 2) and "3 of 5" in skipped_steps_problem(3, 5)
+
+
+@pytest.mark.parametrize("name", ["missing_run", "./missing_run", "runs/2024/missing", "someone/missing-model"])
+def test_evaluating_a_missing_folder_says_it_does_not_exist(name: str, tmp_path: Path, monkeypatch) -> None:
+    """It used to say "has no preprocessor_config.json ... pass --base_size", then "Repo id must be in the form"."""
+    from training import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=f"the model folder {name} does not exist") as error:
+        evaluate.main([name])
+    assert "base_size" not in str(error.value) and "Repo id" not in str(error.value)
+    assert ("huggingface-cli download" in str(error.value)) == (name == "someone/missing-model")
+    (tmp_path / "a_file").write_text("{}")
+    with pytest.raises(ValueError, match="a_file is a file, not a saved model folder"):
+        evaluate.main(["a_file", "--base_size", "32"])
+
+
+@pytest.mark.parametrize("contents", [b"garbage, not a torch file", "pickle"], ids=["garbage", "non-tensor-pickle"])
+def test_the_lite0_converter_refuses_a_wrong_file_without_suggesting_weights_only_false(
+    contents: bytes | str, tmp_path: Path
+) -> None:
+    from modeling_protoseg import convert_efficientnet_lite0
+
+    weights = tmp_path / "lite0.pth"
+    if contents == "pickle":
+        torch.save({"stem.weight": torch.zeros(1), "note": "a string"}, weights)
+    else:
+        weights.write_bytes(contents)
+    with pytest.raises(SystemExit) as error:
+        convert_efficientnet_lite0.main([str(tmp_path / "out"), "--weights_path", str(weights)])
+    message = str(error.value.code)
+    assert f"{weights} is not an EfficientNet-PyTorch efficientnet-lite0 .pth state dict" in message
+    assert "weights_only" not in message and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="does not exist"):
+        convert_efficientnet_lite0.main([str(tmp_path / "out"), "--weights_path", str(tmp_path / "missing.pth")])
+
+
 # ------------------------------------------------------------------------------ 6. clear errors before anything moves
 
 
@@ -444,6 +545,43 @@ def test_a_prototype_bank_over_the_limit_is_refused_before_it_is_allocated(tmp_p
     config.sinkhorn_iterations = 10**9  # set by hand after the config was built
     with pytest.raises(ValueError, match=r"sinkhorn_iterations must be in \[1, 1000\]"):
         ProtoSegForSemanticSegmentation(config)
+
+
+@pytest.mark.parametrize(
+    "encoder_field, value, message",
+    [
+        ("depths", [1, 1, 1, 10**6], r"encoder_config.depths: 1000003 blocks in all .* at most 1000"),
+        ("hidden_sizes", [8, 16, 24, 10**5], r"encoder_config.hidden_sizes: stage widths .* must be in \[1, 65536\]"),
+        ("hidden_sizes", [8, 16, 24, 60000], r"encoder_config \(depths and widths\): the model would hold .* 8 GiB"),
+    ],
+)  # fmt: skip
+def test_absurd_encoder_sizes_in_config_json_are_refused_before_building(
+    encoder_field: str, value: list[int], message: str, tmp_path: Path
+) -> None:
+    """depths [1, 1, 1, 10^6] used to build for minutes; a width of 10^5 asked for 40 GB."""
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from tiny_models import tiny_protoseg_config
+
+    _tiny_model().save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved["encoder_config"][encoder_field] = value
+    config_path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=message):
+        ProtoSegForSemanticSegmentation.from_pretrained(tmp_path, ignore_mismatched_sizes=True)
+    config = tiny_protoseg_config()
+    setattr(config.encoder_config, encoder_field, value)  # set by hand on a built config
+    with pytest.raises(ValueError, match=message):
+        ProtoSegForSemanticSegmentation(config)
+
+
+def test_a_decoder_too_large_to_allocate_is_refused_by_name(tmp_path: Path) -> None:
+    """decoder_hidden_size 65536 passes its own range check but asked for 17+ GB with ignore_mismatched_sizes."""
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+
+    _tiny_model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"decoder_hidden_size: the model would hold about .* more than the limit of 8"):
+        ProtoSegForSemanticSegmentation.from_pretrained(tmp_path, ignore_mismatched_sizes=True, decoder_hidden_size=65536)
 
 
 # ------------------------------------------------------------------------------ 7. what is published does not leak

@@ -182,6 +182,20 @@ def test_local_dataset_path_is_reduced_to_its_name(checkpoint: Path) -> None:
     assert card.data.model_name == "protoseg"
 
 
+def test_newlines_and_html_in_a_dataset_name_stay_inside_the_title_as_text(checkpoint: Path) -> None:
+    """A dataset name with newlines used to put raw lines (metadata, a heading, an <img onerror>) into the card."""
+    injected = "camvid\nlicense: mit\n# Injected heading\r\n<img src=x onerror=alert(1)>\u2028`code`"
+    _write_eval_results(checkpoint, dataset_name=injected)
+    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset_name": injected}, repo_id="someone/protoseg")
+    body_lines = card.text.splitlines()
+    assert not [line for line in body_lines if line.startswith(("license:", "# Injected", "<img"))]
+    assert "<img" not in card.text and "onerror=alert(1)&gt;" in card.text
+    title = next(line for line in body_lines if line.startswith("# "))
+    assert title.endswith(" on camvid license: mit # Injected heading &lt;img src=x onerror=alert(1)&gt; \\`code\\`")
+    assert card.data.license == TRAINING_SUMMARY.get("license", card.data.license)  # the YAML is the card's own
+    assert "Injected heading" not in str(card.data.to_dict().get("license"))
+
+
 # The names training/train.py uses for its eval_results.json and summary (aliases of the canonical keys).
 TRAIN_SCRIPT_EVAL_RESULTS = {
     "mean_iou": EVAL_RESULTS["mean_iou"],

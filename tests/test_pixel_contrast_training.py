@@ -145,16 +145,60 @@ def test_optimizer_gives_the_projection_head_the_head_learning_rate() -> None:
 
 
 def test_bad_settings_and_unsupported_models_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="--pixel_contrast_temperature must be > 0, got 0"):
+    with pytest.raises(ValueError, match=r"--pixel_contrast_temperature must be a finite number in .*, got 0"):
         PixelContrastTrainingModel(tiny_segformer(), PixelContrastArguments(**CONTRAST, pixel_contrast_temperature=0))
     with pytest.raises(ValueError, match="--pixel_contrast_pixel_memory must be >= 0, got -1"):
         PixelContrastTrainingModel(tiny_segformer(), PixelContrastArguments(**CONTRAST, pixel_contrast_pixel_memory=-1))
+
+    with pytest.raises(ValueError, match="--pixel_contrast_segment_memory 10 and --pixel_contrast_pixel_memory 1000000"):
+        PixelContrastTrainingModel(  # 3 classes x 10^6 entries x 2048 dimensions: 23 GiB, refused before allocation
+            tiny_segformer(), PixelContrastArguments(**{**CONTRAST, "pixel_contrast_dim": 2048},
+                                                     pixel_contrast_segment_memory=10, pixel_contrast_pixel_memory=10**6)
+        )  # fmt: skip
 
     class NoClassifier(torch.nn.Module):
         config = tiny_segformer().config
 
     with pytest.raises(TypeError, match="NoClassifier has none"):
         PixelContrastTrainingModel(NoClassifier(), PixelContrastArguments(**CONTRAST))
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("weight", float("nan"), r"--pixel_contrast_weight must be a finite number in \[0, 1000\], got nan"),
+        ("weight", float("inf"), r"--pixel_contrast_weight must be a finite number in \[0, 1000\], got inf"),
+        ("temperature", float("inf"), r"--pixel_contrast_temperature must be a finite number in \[0.001, 1000\]"),
+        ("base_temperature", 1e-300, r"--pixel_contrast_base_temperature must be .* got 1e-300"),
+        ("pixel_memory", 10**9, "--pixel_contrast_pixel_memory must be at most 1000000, got 1000000000"),
+        ("segment_memory", 10**9, "--pixel_contrast_segment_memory must be at most 1000000, got 1000000000"),
+        ("dim", 10**7, "--pixel_contrast_dim must be at most 65536, got 10000000"),
+        ("max_anchors", 0, "--pixel_contrast_max_anchors must be >= 1, got 0"),
+    ],
+)
+def test_non_finite_and_absurd_settings_are_refused_naming_the_flag(flag: str, value: float, message: str) -> None:
+    """Each of these used to be accepted: every step then skipped as non-finite, or a huge allocation."""
+    settings = PixelContrastArguments(**{**CONTRAST, f"pixel_contrast_{flag}": value})
+    with pytest.raises(ValueError, match=message):
+        PixelContrastTrainingModel(tiny_segformer(), settings)
+
+
+def test_a_run_without_memory_saves_no_empty_memory_and_resumes(tmp_path: Path) -> None:
+    """The default memory sizes (0): the empty buffers are not saved (they were dropped as "shared" with a warning
+    and the resume failed with `Missing key(s) in state_dict: "pixel_memory"`)."""
+    no_memory = ["--pixel_contrast", "--pixel_contrast_max_views", "4", "--pixel_contrast_dim", "8"]
+    common = [*TINY_RUN, "--head", "linear", *no_memory, "--max_steps", "3", "--checkpointing_steps", "2"]
+    output = tmp_path / "run"
+    first = run_training([*common, "--output_dir", str(output)])
+    assert "shared tensor" not in first.stderr
+    checkpoint = load_file(output / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    assert "segment_memory" not in checkpoint and "pixel_memory" not in checkpoint
+    uninterrupted = load_file(output / "model.safetensors")
+    resumed = run_training([*common, "--output_dir", str(output), "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in resumed.stderr
+    final = load_file(output / "model.safetensors")
+    for name in uninterrupted:
+        torch.testing.assert_close(final[name], uninterrupted[name], rtol=0, atol=0, msg=name)
 
 
 # ------------------------------------------------------------------------------ train.py runs

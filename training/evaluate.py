@@ -63,6 +63,35 @@ def _base_size(folder: Path) -> int | None:
     return int(base_size)
 
 
+def _looks_like_a_path(name: str) -> bool:
+    """Whether `name` is written as a file-system path rather than a Hub id ("owner/model"): absolute, relative to
+    "." / "~", with a backslash, a trailing slash or more than one "/"."""
+    return (
+        Path(name).is_absolute()
+        or name.startswith((".", "~"))
+        or "\\" in name
+        or name.endswith("/")
+        or name.count("/") > 1
+    )
+
+
+def check_model_folder(folder: str | Path) -> Path:
+    """The saved model folder `folder` as a Path; a ValueError saying it does not exist (or is a file) otherwise.
+    A name that is not a local folder is never looked up on the Hub: evaluation reads the folder's own files."""
+    path = Path(folder).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{folder} is a file, not a saved model folder (save_pretrained + preprocessor_config.json)")
+    hint = ""
+    if str(folder).count("/") == 1 and not _looks_like_a_path(str(folder)):  # "owner/model": maybe a Hub id
+        hint = (
+            f"; to evaluate the Hub model {folder}, download it first (huggingface-cli download {folder} "
+            "--local-dir <folder>) and pass that folder"
+        )
+    raise ValueError(f"the model folder {folder} does not exist{hint}")
+
+
 def _split_source(data: DataArguments, split: str, seed: int) -> tuple[Any, Any]:
     """(sample source of `split`, the DatasetSplits it came from)."""
     is_validation = split == data.validation_split
@@ -80,7 +109,7 @@ def evaluate_folder(
 
     import modeling_protoseg  # noqa: F401  (registers "protoseg" with the Auto classes)
 
-    folder, settings = Path(folder), settings or EvaluationSettings()
+    folder, settings = check_model_folder(folder), settings or EvaluationSettings()
     summary = _read_json(folder / "training_summary.json")
     eval_mode = settings.eval_mode or summary.get("eval_mode") or "whole"
     base_size = settings.base_size or _base_size(folder)

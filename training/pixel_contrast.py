@@ -18,6 +18,7 @@ Hard anchors are pixels the model's own logits (at the same 1/4 resolution) get 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -73,17 +74,55 @@ def _classifier_of(model: nn.Module) -> nn.Conv2d:
     return classifier
 
 
+# Bounds that catch a mistyped or absurd flag before a step runs or a memory is allocated. Outside them a run would
+# skip every step as non-finite (a NaN/inf weight, a temperature ratio that overflows the loss) or ask for more memory
+# than any machine has (a 10^9-entry memory, a 10^7-wide projection head).
+TEMPERATURE_RANGE = (1e-3, 1e3)  # temperature and base temperature; their ratio scales the loss
+MAX_WEIGHT = 1e3
+MAX_PIXEL_CONTRAST_DIM = 65536  # the widest ProtoSeg embedding or decoder allowed (configuration_protoseg.MAX_WIDTH)
+MAX_MEMORY_ENTRIES = 1_000_000  # per class, in each memory
+MAX_SAMPLING_COUNT = 1_000_000  # max_anchors, max_views, pixels_per_segment
+MAX_MEMORY_BYTES = 4 * 2**30  # both memories together, float32
+
+
 def check_settings(settings: PixelContrastArguments) -> None:
-    """ValueError naming the flag when a pixel-contrast setting is out of range."""
-    positive = ("temperature", "base_temperature", "max_anchors", "max_views", "dim", "pixels_per_segment")
-    for name in positive:
+    """ValueError naming the flag when a pixel-contrast setting is not finite or out of range."""
+    low, high = TEMPERATURE_RANGE
+    for name in ("temperature", "base_temperature"):
         value = getattr(settings, f"pixel_contrast_{name}")
-        if not value > 0:
-            raise ValueError(f"--pixel_contrast_{name} must be > 0, got {value}")
-    for name in ("weight", "segment_memory", "pixel_memory", "warmup_steps"):
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"--pixel_contrast_{name} must be a finite number in [{low:g}, {high:g}], got {value}")
+    weight = settings.pixel_contrast_weight
+    if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
+        raise ValueError(f"--pixel_contrast_weight must be a finite number in [0, {MAX_WEIGHT:g}], got {weight}")
+    counts = {
+        "max_anchors": (1, MAX_SAMPLING_COUNT),
+        "max_views": (1, MAX_SAMPLING_COUNT),
+        "pixels_per_segment": (1, MAX_SAMPLING_COUNT),
+        "dim": (1, MAX_PIXEL_CONTRAST_DIM),
+        "segment_memory": (0, MAX_MEMORY_ENTRIES),
+        "pixel_memory": (0, MAX_MEMORY_ENTRIES),
+        "warmup_steps": (0, None),
+    }
+    for name, (minimum, maximum) in counts.items():
         value = getattr(settings, f"pixel_contrast_{name}")
-        if value < 0:
-            raise ValueError(f"--pixel_contrast_{name} must be >= 0, got {value}")
+        if value < minimum:
+            raise ValueError(f"--pixel_contrast_{name} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"--pixel_contrast_{name} must be at most {maximum}, got {value}")
+
+
+def check_memory_size(settings: PixelContrastArguments, *, num_classes: int, embedding_dim: int) -> None:
+    """ValueError naming both memory flags when the memories would take more than `MAX_MEMORY_BYTES`."""
+    entries = settings.pixel_contrast_segment_memory + settings.pixel_contrast_pixel_memory
+    memory_bytes = num_classes * entries * embedding_dim * 4
+    if memory_bytes > MAX_MEMORY_BYTES:
+        raise ValueError(
+            f"--pixel_contrast_segment_memory {settings.pixel_contrast_segment_memory} and "
+            f"--pixel_contrast_pixel_memory {settings.pixel_contrast_pixel_memory} for {num_classes} classes of "
+            f"{embedding_dim}-dimensional embeddings take {memory_bytes / 2**30:.1f} GiB; at most "
+            f"{MAX_MEMORY_BYTES / 2**30:.0f} GiB are allowed"
+        )
 
 
 class PixelContrastTrainingModel(nn.Module):
@@ -126,8 +165,13 @@ class PixelContrastTrainingModel(nn.Module):
                 in_channels=classifier.in_channels, embedding_dim=settings.pixel_contrast_dim
             )
             embedding_dim = settings.pixel_contrast_dim
+        check_memory_size(settings, num_classes=self.num_classes, embedding_dim=embedding_dim)
         for name, size in (("segment", settings.pixel_contrast_segment_memory), ("pixel", settings.pixel_contrast_pixel_memory)):
-            self.register_buffer(f"{name}_memory", torch.zeros(self.num_classes, size, embedding_dim))
+            # An unused (size 0) memory is not saved: safetensors takes empty tensors for shared ones, drops all but
+            # one with a warning, and the checkpoint could not be loaded back ("Missing key(s)").
+            self.register_buffer(
+                f"{name}_memory", torch.zeros(self.num_classes, size, embedding_dim), persistent=size > 0
+            )
             self.register_buffer(f"{name}_memory_pointer", torch.zeros(self.num_classes, dtype=torch.long))
             self.register_buffer(f"{name}_memory_filled", torch.zeros(self.num_classes, dtype=torch.long))
         self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))

@@ -70,6 +70,27 @@ from training.sources import DatasetSplits, SelectedSamples, load_dataset_splits
 logger = logging.getLogger("protoseg.train")
 
 
+MAX_SKIPPED_STEP_SHARE = 0.5  # a run that skipped more of its optimizer steps than this has failed
+
+
+class TrainingFailedError(RuntimeError):
+    """The loop ran to the end but the run did not train: no optimizer step happened, or more than
+    `MAX_SKIPPED_STEP_SHARE` of the steps were skipped as non-finite."""
+
+
+def skipped_steps_problem(skipped_steps: int, max_steps: int) -> str | None:
+    """Why a run whose `skipped_steps` of `max_steps` optimizer steps were skipped (non-finite input, loss or
+    gradient; counted over resumes) has failed, or None when enough steps happened."""
+    if max_steps > 0 and skipped_steps >= max_steps:
+        return f"no optimizer step happened: all {max_steps} were skipped for a non-finite input, loss or gradient"
+    if skipped_steps > MAX_SKIPPED_STEP_SHARE * max_steps:
+        return (
+            f"{skipped_steps} of {max_steps} optimizer steps were skipped for a non-finite input, loss or gradient "
+            f"(more than {MAX_SKIPPED_STEP_SHARE:.0%})"
+        )
+    return None
+
+
 @dataclass
 class TrainingResult:
     """What a run measured: final evaluation metrics (validation, and test with `--test_split`), the
@@ -497,6 +518,18 @@ def run(config: TrainingConfig, *, datasets: DatasetSplits | None = None) -> Tra
     )
     state.model, state.optimizer, state.scheduler = unwrapped_model, None, None
     release_wrapped_model(accelerator)
+    problem = skipped_steps_problem(state.skipped_nonfinite_steps, config.optimization.max_steps)
+    if problem is not None:  # the same count on every process: all stop together, before evaluation and export
+        if accelerator.is_main_process:
+            processor = _image_processor(config, unwrapped_model)
+            save_trained_model(unwrapped_model, output_dir=config.output.output_dir, image_processor=processor)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        raise TrainingFailedError(
+            f"the run failed: {problem}. The weights as they are were saved to {config.output.output_dir} and the "
+            "checkpoints are kept, but there is no evaluation, card or upload; check the data, the learning rate and "
+            "the loss settings (see the warnings above)"
+        )
     return finish(config, unwrapped_model, encoder, data, state, accelerator, train_runtime)
 
 
@@ -511,6 +544,6 @@ if __name__ == "__main__":
 
     try:
         main()
-    except PublishError as error:  # the trained folder is complete: say what to do, without a traceback
+    except (PublishError, TrainingFailedError) as error:  # the folder is saved: say what happened, no traceback
         logger.error("%s", error)
         sys.exit(1)
