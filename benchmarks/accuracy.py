@@ -184,9 +184,11 @@ def train(
     if not allow_training:
         raise RuntimeError(f"{folder}: no finished run with these flags (--report_only trains nothing)")
     root = code_root(head, work_dir)
+    # Retraining replaces an earlier run in the folder on purpose (a pinned older commit has no such check or flag).
+    overwrite = ["--overwrite_output_dir"] if head.commit is None else []
     start = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, str(root / "training" / "train.py"), *arguments],
+        [sys.executable, str(root / "training" / "train.py"), *arguments, *overwrite],
         cwd=root, capture_output=True, text=True, env=_environment(root),
     )  # fmt: skip
     if completed.returncode != 0:

@@ -85,7 +85,8 @@ def train_without_class(held_out: int | None, output_dir: Path, extra_arguments:
     from training.train import run
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    argv = ["--preset", "synthetic", "--output_dir", str(output_dir), "--report_to", "none", *extra_arguments]
+    argv = ["--preset", "synthetic", "--output_dir", str(output_dir), "--overwrite_output_dir", "--report_to", "none",
+            *extra_arguments]  # retraining replaces an earlier run in output_dir on purpose
     config = parse_config(argv)
     if held_out is None:
         return run(config)

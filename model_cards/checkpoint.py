@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ class CheckpointFacts:
     embedding_dim: int | None
     prototype_values: int
     other_weight_values: int | None  # None when the folder has no readable weights
+    # The oldest transformers the saved model code runs on (its transformers_requirement.py), if it says
+    minimum_transformers_version: str | None = None
 
     @property
     def has_prototypes(self) -> bool:
@@ -125,6 +128,21 @@ def _prototype_size(config: dict[str, Any], prototype_shape: list[int] | None) -
     return num_prototypes_per_class, embedding_dim
 
 
+# The saved model code states its minimum transformers version in this file (modeling_protoseg/transformers_requirement.py).
+TRANSFORMERS_REQUIREMENT_FILE = "transformers_requirement.py"
+_MINIMUM_VERSION_PATTERN = re.compile(r"""^MINIMUM_TRANSFORMERS_VERSION\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+def minimum_transformers_version(folder: str | os.PathLike[str]) -> str | None:
+    """The minimum transformers version that the model code saved in `folder` states (read as text, never run),
+    or None when the folder holds no such statement."""
+    path = Path(folder) / TRANSFORMERS_REQUIREMENT_FILE
+    if not path.is_file():
+        return None
+    match = _MINIMUM_VERSION_PATTERN.search(path.read_text(encoding="utf-8"))
+    return match.group(1) if match else None
+
+
 def read_checkpoint_facts(folder: str | os.PathLike[str]) -> CheckpointFacts:
     """Read config.json and the weights' header of a checkpoint folder saved with save_pretrained."""
     config_path = Path(folder) / "config.json"
@@ -155,4 +173,5 @@ def read_checkpoint_facts(folder: str | os.PathLike[str]) -> CheckpointFacts:
         other_weight_values=(
             sum(math.prod(shape) for name, shape in shapes.items() if name not in prototype_shapes) if shapes else None
         ),
+        minimum_transformers_version=minimum_transformers_version(folder) if config.get("auto_map") else None,
     )

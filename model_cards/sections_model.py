@@ -126,10 +126,16 @@ def usage(inputs: CardInputs) -> str:
     facts, model_id = inputs.facts, inputs.model_id
     remote = ", trust_remote_code=True" if facts.uses_remote_code else ""
     if facts.uses_remote_code:
+        minimum = facts.minimum_transformers_version
+        requirement = (
+            f"`transformers` >= {minimum} (with `torch` and `pillow`) is needed: the code checks the\n"
+            "version when it is imported and fails on an older transformers with an error that says so"
+            if minimum
+            else "`transformers` (with `torch` and `pillow`) is needed"
+        )
         intro = (
-            "The model code is stored next to the weights, so only `transformers` (with `torch` and `pillow`) is\n"
-            "needed. Loading runs that code, hence `trust_remote_code=True`: read the modeling files in this\n"
-            "repository first if you do not trust their source."
+            f"The model code is stored next to the weights, so only {requirement}. Loading runs that code, hence\n"
+            "`trust_remote_code=True`: read the modeling files in this repository first if you do not trust their source."
         )
     else:
         intro = f"This is a built-in `transformers` model (`{facts.model_class}`); only `transformers`\n(with `torch` and `pillow`) is needed."

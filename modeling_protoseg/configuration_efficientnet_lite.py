@@ -10,7 +10,10 @@ import math
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
-from transformers.backbone_utils import BackboneConfigMixin
+
+from .transformers_requirement import MINIMUM_TRANSFORMERS_VERSION  # noqa: F401 - first: checks the version
+
+from transformers.backbone_utils import BackboneConfigMixin  # noqa: E402 - transformers >= 5 only
 
 # Lite0's seven MBConv block stages (TF's efficientnet_lite_builder "r1_k3_s11_e1_i32_o16", ...).
 LITE0_KERNEL_SIZES = [3, 3, 5, 3, 5, 5, 3]

@@ -9,6 +9,8 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import logging
 
+from .transformers_requirement import MINIMUM_TRANSFORMERS_VERSION  # noqa: F401 - first: checks the version
+from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig  # noqa: F401 - see transformers_requirement
 from .configuration_encoders import encoder_kind as _encoder_kind
 from .configuration_encoders import MAX_MODEL_BYTES, encoder_stage_layout, estimate_encoder_parameters
 from .configuration_encoders import resolve_encoder_config

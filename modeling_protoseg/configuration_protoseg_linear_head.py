@@ -6,6 +6,8 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .transformers_requirement import MINIMUM_TRANSFORMERS_VERSION  # noqa: F401 - first: checks the version
+from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig  # noqa: F401 - see transformers_requirement
 from .configuration_encoders import encoder_kind, resolve_encoder_config
 
 

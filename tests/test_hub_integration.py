@@ -136,3 +136,69 @@ def test_remote_code_loads_in_a_python_without_the_package(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "REMOTE-OK transformers_modules" in completed.stdout
+
+
+# ------------------------------------------------------------------------------ the minimum transformers version
+
+
+def test_the_version_check_names_the_version_needed_and_the_one_installed(monkeypatch):
+    from modeling_protoseg import transformers_requirement
+
+    monkeypatch.setattr(transformers_requirement.transformers, "__version__", "4.57.0")  # the module it reads
+    with pytest.raises(ImportError, match=r"needs transformers >= 5\.20\.0, but transformers 4\.57\.0 is installed"):
+        transformers_requirement.check_transformers_version()
+    for older in ("4.99.9", "5.19.3", "5.2.0"):
+        with pytest.raises(ImportError, match="pip install -U 'transformers>=5.20.0'"):
+            transformers_requirement.check_transformers_version(older)
+    for recent_enough in ("5.20.0", "5.20.0.dev0", "5.25.0", "6.0.0"):
+        transformers_requirement.check_transformers_version(recent_enough)
+
+
+def test_the_minimum_version_is_setup_cfgs_lower_bound():
+    import re
+    from pathlib import Path
+
+    from modeling_protoseg.transformers_requirement import MINIMUM_TRANSFORMERS_VERSION
+
+    setup_cfg = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text()
+    lower_bound = re.search(r"^\s*transformers>=([\d.]+)", setup_cfg, re.MULTILINE).group(1)
+    assert MINIMUM_TRANSFORMERS_VERSION.removesuffix(".0") == lower_bound.removesuffix(".0")
+
+
+@pytest.mark.parametrize("entry_module", ["configuration_protoseg.py", "configuration_protoseg_linear_head.py"])
+def test_config_entry_modules_check_the_version_first_and_import_their_whole_tree_directly(entry_module):
+    """transformers 4.x copies only the direct relative imports of the module `auto_map` names and reads the
+    whole relative-import tree before running it: a module missing there fails with a FileNotFoundError
+    before the version check can run."""
+    from pathlib import Path
+
+    from transformers.dynamic_module_utils import get_relative_import_files, get_relative_imports
+
+    import modeling_protoseg
+
+    path = Path(modeling_protoseg.__file__).parent / entry_module
+    direct = get_relative_imports(str(path))
+    tree = {Path(file).stem for file in get_relative_import_files(str(path))}
+    assert tree <= set(direct), f"{entry_module} must import {sorted(tree - set(direct))} directly"
+    assert direct[0] == "transformers_requirement" or path.read_text().index(
+        "from .transformers_requirement"
+    ) < min(path.read_text().index(f"from .{name}") for name in direct if name != "transformers_requirement")
+
+
+def test_remote_code_on_an_older_transformers_fails_naming_the_version_needed(tmp_path):
+    save_checkpoint(tmp_path / "checkpoint")
+    assert "transformers_requirement.py" in os.listdir(tmp_path / "checkpoint")
+    script = """
+        import transformers
+        transformers.__version__ = "4.57.0"  # what the copied code sees on an older installation
+        from transformers import AutoConfig
+        try:
+            AutoConfig.from_pretrained("checkpoint", trust_remote_code=True)
+        except ImportError as error:
+            print("REFUSED:", error)
+        """
+    completed = run_python_without_repository(
+        script, cwd=tmp_path, environment={"HF_MODULES_CACHE": str(tmp_path / "modules")}
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "REFUSED: This ProtoSeg model code needs transformers >= 5.20.0, but transformers 4.57.0" in completed.stdout

@@ -474,3 +474,12 @@ def test_a_sliding_window_card_says_so_and_reports_the_whole_image_miou(checkpoi
     assert "| mIoU, whole image as in `pipeline` (%) | 50.12 |" in text
     with pytest.raises(Exception, match="whole_image_mean_iou"):
         EvalResults.from_dict({**results, "whole_image_mean_iou": 1.5})
+
+
+def test_a_remote_code_card_states_the_minimum_transformers_version(checkpoint: Path) -> None:
+    from modeling_protoseg.transformers_requirement import MINIMUM_TRANSFORMERS_VERSION
+
+    assert (checkpoint / "transformers_requirement.py").is_file()  # save_pretrained copied it with the code
+    text = write_model_card(checkpoint, TRAINING_SUMMARY).read_text(encoding="utf-8")
+    assert f"only `transformers` >= {MINIMUM_TRANSFORMERS_VERSION} (with `torch` and `pillow`) is needed" in text
+    assert "fails on an older transformers with an error that says so" in text

@@ -451,6 +451,7 @@ def test_export_without_model_cards_writes_the_minimal_card(tmp_path: Path, monk
     assert "mIoU **0.5000**" in card and "| road | n/a |" in card and "pipeline_tag: image-segmentation" in card
     assert json.loads((folder / "eval_results.json").read_text())["per_category_iou"] == {"sky": 1.0, "road": None}
     assert not (folder / ".tmp-final").exists()
+    assert "needs `transformers` >= 5.20.0" in card  # the saved model code checks it on import
 
 
 # ------------------------------------------------------------------------------ settings declared once
@@ -592,3 +593,144 @@ def test_help_starts_without_a_torchvision_warning() -> None:
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "torchvision" not in completed.stderr, completed.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ what accelerate launch asks for
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state: reset it so each Accelerator here reads its settings anew."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_the_launchers_precision_is_used_unless_the_flag_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_accelerator_state: None
+) -> None:
+    from accelerate.state import AcceleratorState
+
+    from training.distributed import create_accelerator
+
+    def precision(launcher_precision: str | None, *flags: str) -> str:
+        """The precision of the run's Accelerator when accelerate launch set `launcher_precision` (None: not
+        launched by accelerate)."""
+        AcceleratorState._reset_state(reset_partial_state=True)
+        if launcher_precision is None:
+            monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+        else:  # what `accelerate launch --mixed_precision X` or a config file's `mixed_precision: X` sets
+            monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher_precision)
+        config = _resolve(*flags, "--report_to", "none", "--output_dir", str(tmp_path), "--use_cpu", "true")
+        return create_accelerator(config).mixed_precision
+
+    assert _resolve().runtime.mixed_precision is None  # the flag's default: let the launcher decide
+    assert precision("bf16") == "bf16"
+    assert precision("bf16", "--mixed_precision", "no") == "no"  # the script's flag wins
+    assert precision(None) == "no"
+    assert precision(None, "--mixed_precision", "bf16") == "bf16"
+
+
+def test_one_process_where_accelerate_launch_was_asked_for_more_is_a_warning_naming_the_fix() -> None:
+    from training.distributed import single_process_warning
+
+    # `accelerate launch --num_processes 2` on a CPU: one process, with MASTER_ADDR/PORT but no WORLD_SIZE
+    plain_launcher = {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "False", "MASTER_ADDR": "127.0.0.1",
+                      "MASTER_PORT": "29500"}  # fmt: skip
+    warning = single_process_warning(1, plain_launcher)
+    assert warning is not None and "started one" in warning
+    assert "accelerate launch --multi_gpu --num_processes N training/train.py" in warning
+    assert "torchrun --nproc_per_node N training/train.py" in warning
+    assert single_process_warning(1, {"ACCELERATE_MIXED_PRECISION": "no"}) is None  # accelerate launch, 1 process
+    assert single_process_warning(1, {}) is None  # python training/train.py
+    assert single_process_warning(2, {**plain_launcher, "WORLD_SIZE": "2"}) is None  # --multi_gpu / torchrun
+    assert single_process_warning(1, {"MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "1"}) is None  # torchrun, 1 process
+
+
+def test_a_run_started_as_accelerate_launch_num_processes_2_mixed_precision_bf16_warns_and_trains_in_bf16(
+    tmp_path: Path,
+) -> None:
+    # the environment `accelerate launch --num_processes 2 --mixed_precision bf16 training/train.py` gives the
+    # script on a CPU (read from accelerate's launcher): one process, MASTER_ADDR/PORT, no WORLD_SIZE
+    launcher_environment = {"ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_USE_CPU": "False",
+                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}  # fmt: skip
+    output_dir = tmp_path / "launched"
+    result = run_training([*TINY_RUN, "--max_steps", "1", "--output_dir", str(output_dir)],
+                          environment=launcher_environment)  # fmt: skip
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16" and summary["num_processes"] == 1
+    assert "WARNING" in result.stderr and "torchrun --nproc_per_node N training/train.py" in result.stderr
+    assert "mixed precision: bf16" in result.stderr
+
+
+# ------------------------------------------------------------------------------ the output folder
+
+
+def test_default_output_folders_name_the_head_the_data_and_pixel_contrast() -> None:
+    assert _resolve().output.output_dir == "outputs/protoseg-synthetic"
+    assert _resolve("--head", "linear").output.output_dir == "outputs/linear-synthetic"
+    assert _resolve("--pixel_contrast").output.output_dir == "outputs/protoseg-synthetic-pixel-contrast"
+    assert _resolve("--head", "linear", "--pixel_contrast", "true").output.output_dir == (
+        "outputs/linear-synthetic-pixel-contrast"
+    )
+    assert _resolve("--pixel_contrast", "--output_dir", "mine").output.output_dir == "mine"
+
+
+def test_a_finished_or_checkpointed_run_is_replaced_only_with_overwrite_output_dir(tmp_path: Path) -> None:
+    from training.output_folder import ExistingRunError, check_output_dir
+
+    def check(folder: Path, **flags) -> None:
+        check_output_dir(folder, **{"overwrite": False, "resume_from_checkpoint": None, **flags})
+
+    check(tmp_path / "new")  # a folder that does not exist yet
+    (tmp_path / "empty").mkdir()
+    check(tmp_path / "empty")
+    (tmp_path / "crashed" / "runs").mkdir(parents=True)  # a run that failed before its first checkpoint
+    check(tmp_path / "crashed")
+    for finished_file in ("config.json", "model.safetensors", "eval_results.json"):
+        finished = tmp_path / f"finished-{finished_file}"
+        finished.mkdir()
+        (finished / finished_file).write_text("{}")
+        with pytest.raises(ExistingRunError, match=f"--output_dir {finished} already holds a finished run "
+                           rf"\({finished_file}\): pass --overwrite_output_dir to replace it"):  # fmt: skip
+            check(finished)
+        check(finished, overwrite=True)
+    checkpointed = tmp_path / "checkpointed"
+    (checkpointed / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (checkpointed / "checkpoints" / "checkpoint-4" / "training_state.json").write_text('{"step": 4}')
+    with pytest.raises(ExistingRunError, match="unfinished run \\(newest: checkpoint-4\\): pass "
+                       "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to start over"):  # fmt: skip
+        check(checkpointed)
+    check(checkpointed, resume_from_checkpoint="latest")
+    (checkpointed / "config.json").write_text("{}")  # finished, with checkpoints: resuming continues it
+    with pytest.raises(ExistingRunError, match="--resume_from_checkpoint latest to continue it"):
+        check(checkpointed)
+    check(checkpointed, resume_from_checkpoint="latest")
+
+
+def test_overwrite_output_dir_replaces_the_earlier_run_and_nothing_else(tmp_path: Path) -> None:
+    output_dir = tmp_path / "run"
+    flags = [*TINY_RUN, "--max_steps", "1", "--output_dir", str(output_dir)]
+    output_dir.mkdir()
+    earlier_run = {"config.json": "{}", "eval_results.json": '{"mean_iou": 0.99}', "test_results.json": "{}",
+                   "README.md": "the earlier card", "eval_history.jsonl": '{"step": 500}\n', "modeling_protoseg.py": "#"}
+    for name, text in earlier_run.items():  # fmt: skip
+        (output_dir / name).write_text(text)
+    (output_dir / "checkpoints" / "checkpoint-500").mkdir(parents=True)
+    (output_dir / "checkpoints" / "checkpoint-500" / "training_state.json").write_text('{"step": 500}')
+    (output_dir / "notes.txt").write_text("mine")
+
+    with pytest.raises(FileExistsError, match=f"{output_dir} already holds a finished run .*--overwrite_output_dir"):
+        train_script.run(_resolve(*flags))
+    assert (output_dir / "eval_results.json").read_text() == earlier_run["eval_results.json"]  # untouched
+
+    result = train_script.run(_resolve(*flags, "--overwrite_output_dir"))
+    assert result.train["global_step"] == 1
+    assert json.loads((output_dir / "eval_results.json").read_text())["mean_iou"] == result.eval["mean_iou"]
+    assert not (output_dir / "test_results.json").exists()  # the earlier run's, not rewritten by this one
+    assert not (output_dir / "checkpoints" / "checkpoint-500").exists()
+    assert "the earlier card" not in (output_dir / "README.md").read_text()
+    assert (output_dir / "modeling_protoseg.py").read_text() != "#"  # the model code saved again
+    assert (output_dir / "notes.txt").read_text() == "mine"  # not written by a run: kept

@@ -172,7 +172,11 @@ class PixelContrastArguments:
 class RuntimeArguments:
     """Processes, precision, threads and randomness."""
 
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16", "choices": ["no", "fp16", "bf16"]})
+    mixed_precision: Optional[str] = field(
+        default=None,
+        metadata={"help": "no, fp16 or bf16; overrides the precision of `accelerate launch --mixed_precision` and "
+                  "of accelerate's config file", "choices": ["no", "fp16", "bf16"]},
+    )  # fmt: skip
     use_cpu: bool = field(default=False, metadata={"help": "train on CPU even when a GPU is available"})
     ddp_find_unused_parameters: bool = field(
         default=False, metadata={"help": "DDP option; the models here give every trainable parameter a gradient"}
@@ -207,6 +211,11 @@ class OutputArguments:
     """Logging, resumable checkpoints, the exported folder and the Hub upload."""
 
     output_dir: Optional[str] = field(default=None, metadata={"help": "where the model, logs and checkpoints go"})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "train into an --output_dir that holds a finished run (or an unfinished run's checkpoints): "
+                  "what that run wrote (model, results, card, logs, checkpoints) is deleted first"},
+    )  # fmt: skip
     logging_steps: int = field(default=50, metadata={"help": "log every N steps"})
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker(s): tensorboard, all, none"})
     checkpointing_steps: int = field(default=1000, metadata={"help": "save a resumable state every N steps (0: never)"})
@@ -365,7 +374,8 @@ DERIVED_DEFAULTS: dict[str, str] = {
     "base_size": "the crop's short side",
     "eval_stride": "2/3 of the crop",
     "num_threads": "CPU: the cores per process minus the data workers",
-    "output_dir": "outputs/<head>-<preset or dataset folder>",
+    "mixed_precision": "what accelerate launch or its config file set, else no",
+    "output_dir": "outputs/<head>-<preset or dataset folder>[-pixel-contrast]",
 }
 _DATASET_FIELDS = ("dataset_name", "dataset_config_name", "dataset_revision", "train_split", "validation_split",
                    "image_column", "label_column", "reduce_labels")  # fmt: skip
@@ -419,7 +429,8 @@ def _finish_values(values: dict[str, Any], preset: DatasetPreset | None) -> None
         values["eval_stride"] = list(values["eval_stride"]) * 2
     if values["output_dir"] is None:
         dataset_tag = values["preset"] or Path(str(values["dataset_name"]).rstrip("/")).name
-        values["output_dir"] = os.path.join("outputs", f"{values['head']}-{dataset_tag}")
+        contrast_tag = "-pixel-contrast" if values["pixel_contrast"] else ""
+        values["output_dir"] = os.path.join("outputs", f"{values['head']}-{dataset_tag}{contrast_tag}")
     if values["push_to_hub"] and not values["hub_model_id"]:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/protoseg-mit-b0-ade20k)")
     if values["dataset_name"] is None and (preset is None or preset.source != "synthetic"):

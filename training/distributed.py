@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -37,9 +38,27 @@ def create_accelerator(config: Any) -> Accelerator:
                 broadcast_buffers=False, find_unused_parameters=config.runtime.ddp_find_unused_parameters
             )
         ],
-        mixed_precision=config.runtime.mixed_precision,
+        mixed_precision=config.runtime.mixed_precision,  # None: accelerate launch's (or its config file's) choice
         log_with=tracker_backend(config.output.report_to),
         project_dir=os.path.join(config.output.output_dir, "runs"),
+    )
+
+
+def single_process_warning(num_processes: int, environment: Mapping[str, str] | None = None) -> str | None:
+    """Why a run that `accelerate launch --num_processes N` (N > 1) started is one process, and how to get N; None
+    when it was not asked for more. accelerate's plain launcher (what `--num_processes N` without `--multi_gpu` runs
+    on a CPU or a single GPU) starts one process and sets MASTER_ADDR for the N it was asked for, but no
+    WORLD_SIZE; its multi-process launchers set WORLD_SIZE."""
+    environment = os.environ if environment is None else environment
+    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in environment
+    asked_for_processes = "MASTER_ADDR" in environment and "WORLD_SIZE" not in environment
+    if num_processes > 1 or not (launched_by_accelerate and asked_for_processes):
+        return None
+    return (
+        "accelerate launch was asked for more than one process (it set MASTER_ADDR) but started one: without "
+        "--multi_gpu it runs a single process on a CPU or a single GPU. For N processes run `accelerate launch "
+        "--multi_gpu --num_processes N training/train.py ...` (gloo on CPUs) or `torchrun --nproc_per_node N "
+        "training/train.py ...`"
     )
 
 

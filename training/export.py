@@ -26,6 +26,7 @@ from torch import nn
 from transformers import SegformerImageProcessorPil
 
 from model_cards.redaction import publishable_command, publishable_path
+from modeling_protoseg.transformers_requirement import MINIMUM_TRANSFORMERS_VERSION
 from training.config import TrainingConfig
 
 
@@ -108,9 +109,11 @@ def training_summary(
     num_processes: int,
     hardware: str,
     train_runtime_seconds: float,
+    mixed_precision: str | None = None,
 ) -> dict[str, Any]:
     """The facts of a run that the model card shows (`training_summary.json`); each value under one key,
-    named as `model_cards` reads it."""
+    named as `model_cards` reads it. `mixed_precision`: the precision the run used (the flag's, else the
+    launcher's)."""
     optimization = config.optimization
     method = (
         {name: getattr(config.method, name) for name in SUMMARY_METHOD_KNOBS} if config.model.head == "protoseg" else {}
@@ -139,7 +142,7 @@ def training_summary(
         "pixel_contrast": pixel_contrast_description(config),
         **method,
         "seed": config.runtime.seed,
-        "mixed_precision": config.runtime.mixed_precision,
+        "mixed_precision": mixed_precision or config.runtime.mixed_precision or "no",
         "num_processes": num_processes,
         "hardware": hardware,
         "train_runtime_seconds": train_runtime_seconds,
@@ -178,6 +181,11 @@ def write_minimal_card(folder: Path, summary: dict[str, Any], eval_results: dict
         f"{summary['max_steps']} steps, {summary['optimizer']} lr {summary['learning_rate']}, "
         f"global batch {summary['global_batch_size']}, crop {summary['crop_size']}"
     )
+    requirement = (  # the saved model code checks this version when it is imported
+        f"\nThe model code saved beside the weights needs `transformers` >= {MINIMUM_TRANSFORMERS_VERSION}.\n"
+        if (folder / "transformers_requirement.py").is_file()
+        else ""
+    )
     card = f"""---
 library_name: transformers
 pipeline_tag: image-segmentation
@@ -206,7 +214,7 @@ from transformers import pipeline
 
 segmenter = pipeline("image-segmentation", model="{summary["model_name"]}", trust_remote_code=True)
 ```
-"""
+{requirement}"""
     (folder / "README.md").write_text(card)
 
 

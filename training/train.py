@@ -42,6 +42,7 @@ from training.distributed import (
     quiet_other_processes,
     release_wrapped_model,
     set_compute_threads,
+    single_process_warning,
     synchronize_buffers,
 )
 from training.evaluation import evaluate
@@ -56,6 +57,7 @@ from training.export import (
 )
 from training.loop import TrainingState, iterate_forever, log_evaluation, train_steps
 from training.models import build_model
+from training.output_folder import check_output_dir, model_code_file_names, remove_previous_run
 from training.optimization import PolyWithWarmup, build_optimizer, set_schedule_step
 from training.pixel_contrast import segmentation_model_of, with_pixel_contrast
 from training.preprocessing import (
@@ -118,13 +120,31 @@ class RunData:
 
 
 def setup(config: TrainingConfig) -> tuple[Accelerator, EncoderSpec]:
-    """Check the encoder early, start the processes, share CPU threads, quiet non-main processes."""
+    """Check the encoder and the output folder early, start the processes, delete an earlier run with
+    `--overwrite_output_dir`, share CPU threads, quiet non-main processes."""
     encoder = resolve_encoder(config.model.encoder)  # unknown names fail here, before anything heavy
+    output = config.output
+    check_output_dir(
+        output.output_dir, overwrite=output.overwrite_output_dir, resume_from_checkpoint=output.resume_from_checkpoint
+    )
     accelerator = create_accelerator(config)
+    if output.overwrite_output_dir and not output.resume_from_checkpoint:
+        if accelerator.is_main_process:
+            removed = remove_previous_run(output.output_dir, model_code_file_names())
+            if removed:
+                logger.info("--overwrite_output_dir: deleted the earlier run's %s in %s", ", ".join(removed),
+                            output.output_dir)  # fmt: skip
+        accelerator.wait_for_everyone()
     set_compute_threads(accelerator, config.runtime.num_threads, config.data.dataloader_num_workers)
     quiet_other_processes(accelerator)
     logger.info("config: %s", config.flat())
-    logger.info("processes: %d on %s", accelerator.num_processes, accelerator.device)
+    logger.info(
+        "processes: %d on %s, mixed precision: %s", accelerator.num_processes, accelerator.device,
+        accelerator.mixed_precision,
+    )  # fmt: skip
+    warning = single_process_warning(accelerator.num_processes)
+    if warning:
+        logger.warning("%s", warning)
     return accelerator, encoder
 
 
@@ -418,6 +438,7 @@ def export(
         global_batch_size=train_results["global_batch_size"],
         num_processes=accelerator.num_processes,
         hardware=hardware_description(accelerator),
+        mixed_precision=accelerator.mixed_precision,
         train_runtime_seconds=train_results["train_runtime_seconds"],
     )
     folder = export_final_model(
