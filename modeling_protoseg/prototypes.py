@@ -237,18 +237,10 @@ class PixelAssignment:
     pixel_classes: torch.Tensor  # class index, 0 for ignored pixels (which carry weight 0 everywhere)
     assignments: torch.Tensor  # prototype index within the class, in [0, K)
     own_class_similarities: torch.Tensor  # (N, K) float32 similarity to the K prototypes of the pixel's class
+    pixel_groups: torch.Tensor  # class of each labelled pixel, C for ignored ones (a spare group of no class)
+    target_prototypes: torch.Tensor  # flat index `class * K + k` of the assigned prototype, in [0, C*K)
     num_classes: int
     num_prototypes: int
-
-    @property
-    def pixel_groups(self) -> torch.Tensor:
-        """Class of each labelled pixel, C for ignored ones (a spare group that weighs on no class)."""
-        return torch.where(self.labelled, self.pixel_classes, torch.full_like(self.pixel_classes, self.num_classes))
-
-    @property
-    def target_prototypes(self) -> torch.Tensor:
-        """Flat index `class * K + k` of each pixel's assigned prototype, in [0, C*K)."""
-        return self.pixel_classes * self.num_prototypes + self.assignments
 
 
 @torch.no_grad()
@@ -280,8 +272,9 @@ def assign_pixels_to_prototypes(
         own_class_similarities, groups, num_classes + 1, iterations=iterations, epsilon=epsilon
     )
     return PixelAssignment(
-        pixel_labels, labelled, pixel_classes, assignments, own_class_similarities, num_classes, num_prototypes
-    )
+        pixel_labels, labelled, pixel_classes, assignments, own_class_similarities, groups,
+        pixel_classes * num_prototypes + assignments, num_classes, num_prototypes,
+    )  # fmt: skip
 
 
 @torch.no_grad()
