@@ -17,6 +17,7 @@ import platform
 import random
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,10 +81,23 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         "date_utc": utc_timestamp(seconds=False),
         "git_commit": git_commit(),
         "model_files_sha256": model_files_digest(),
+        "command": invocation(),
     }
     if device.type == "cuda":
         description["gpu"] = torch.cuda.get_device_name(device)
     return description
+
+
+def repo_relative(text: str) -> str:
+    """`text` with this checkout's absolute path replaced by a path relative to it (results name no machine)."""
+    return text.replace(str(REPO_ROOT) + os.sep, "").replace(str(REPO_ROOT), ".")
+
+
+def invocation() -> str:
+    """This process's command line as `python -m <module> <flags>`, paths relative to the checkout."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"-m {main_spec.name}" if main_spec is not None else sys.argv[0]
+    return repo_relative(" ".join(["python", program, *sys.argv[1:]]))
 
 
 def utc_timestamp(*, seconds: bool = True) -> str:

@@ -7,9 +7,9 @@
     python -m benchmarks.run_all --quick --output /tmp/bench-quick   # smoke run, tiny sizes (*_quick.*)
 
 Results land in --output (default benchmarks/results/). `manifest.json` there (`manifest_quick.json`, ...)
-maps every result file to the run_all invocation that last wrote it (commit, model files digest, start and
-end time, settings, each benchmark's runtime and exit status), so files from different runs are never
-mistaken for one run; after a full run without --only/--skip every file names the same run.
+keeps the run_all invocations that last wrote a file (commit, model files digest, start and end time, settings,
+each benchmark's runtime and exit status) and indexes every file of the folder with the command that wrote it
+(benchmarks/manifest.py), so files from different runs are never mistaken for one run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, git_commit, model_files_digest, results_suffix, utc_timestamp
+from benchmarks.common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    git_commit,
+    model_files_digest,
+    repo_relative,
+    results_suffix,
+    utc_timestamp,
+)
+from benchmarks.manifest import build_file_index
 
 MEASUREMENTS = (
     "parameters", "latency", "train_step", "memory", "scaling", "profile_breakdown", "accuracy", "pixel_contrast"
@@ -57,24 +66,21 @@ def run_benchmarks(names: list[str], args: argparse.Namespace) -> dict[str, dict
         returncode = subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
         seconds = round(time.perf_counter() - start, 1)
         written = sorted(file for file, stamp in _file_stamps(args.output).items() if before.get(file) != stamp)
-        records[name] = {"command": " ".join(["python", *command[1:]]), "seconds": seconds,
+        records[name] = {"command": repo_relative(" ".join(["python", *command[1:]])), "seconds": seconds,
                          "returncode": returncode, "files": written}
         print(f"=== {name}: {seconds:.0f} s{' (FAILED)' if returncode else ''}", flush=True)
     return records
 
 
 def update_manifest(path: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """Point every file this run wrote at it; keep the earlier runs that still own a file."""
+    """Add this run, drop earlier runs that no longer wrote any file last, and re-index every results file."""
     manifest = json.loads(path.read_text()) if path.exists() else {"files": {}, "runs": {}}
-    run_id = run["started_utc"]
-    for record in run["benchmarks"].values():
-        for file_name in record["files"]:
-            manifest["files"][file_name] = run_id
-    manifest["files"][path.name] = run_id
-    manifest["runs"][run_id] = run
-    owners = set(manifest["files"].values())
-    manifest["runs"] = {key: value for key, value in manifest["runs"].items() if key in owners}
-    manifest["files"] = dict(sorted(manifest["files"].items()))
+    manifest["runs"][run["started_utc"]] = run
+    last_writer = {name: run_id for run_id, record in sorted(manifest["runs"].items())
+                   for benchmark in record["benchmarks"].values() for name in benchmark["files"]}
+    manifest["runs"] = {run_id: record for run_id, record in manifest["runs"].items()
+                        if run_id in last_writer.values()}
+    manifest["files"], _ = build_file_index(path.parent, manifest["runs"])
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -94,7 +100,7 @@ def main() -> None:
     selected = [name for name in (args.only or default) if name not in args.skip]
     args.output.mkdir(parents=True, exist_ok=True)
     run = {"started_utc": utc_timestamp(), "git_commit": git_commit(), "model_files_sha256": model_files_digest(),
-           "setting": args.setting, "quick": args.quick, "threads": args.threads, "argv": sys.argv[1:]}
+           "setting": args.setting, "quick": args.quick, "threads": args.threads, "argv": [repo_relative(argument) for argument in sys.argv[1:]]}
     start = time.perf_counter()
     run["benchmarks"] = run_benchmarks(selected, args)
     run |= {"finished_utc": utc_timestamp(), "total_seconds": round(time.perf_counter() - start, 1),
