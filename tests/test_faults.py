@@ -322,7 +322,7 @@ def _tiny_config(tmp_path: Path, *extra: str):
     return parse_config(args)
 
 
-def test_check_data_lists_every_bad_sample_before_training(tmp_path: Path) -> None:
+def test_check_data_lists_every_bad_sample_before_training(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     from training import train as train_script
 
     splits, (truncated_image, bad_label) = _file_splits(tmp_path / "data", damaged=True)
@@ -330,6 +330,9 @@ def test_check_data_lists_every_bad_sample_before_training(tmp_path: Path) -> No
         train_script.run(_tiny_config(tmp_path, "--check_data", "true"), datasets=splits)
     assert str(truncated_image) in str(error.value) and str(bad_label) in str(error.value)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+    progress = capfd.readouterr().err  # a progress bar per split while every sample is read
+    for role, count in (("train", len(splits.train)), ("validation", len(splits.validation))):
+        assert f"check {role} samples" in progress and f"{count}/{count}" in progress, progress[-2000:]
 
 
 def test_skip_bad_samples_trains_without_them_and_counts_them(tmp_path: Path) -> None:

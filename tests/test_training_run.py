@@ -122,14 +122,26 @@ def test_tiny_protoseg_run_writes_a_loadable_folder_logs_loss_terms_and_pushes(t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     event_files = list((output_dir / "runs").rglob("events.out.tfevents.*"))
-    tags = set()
+    tags, image_tags, final_scalars, images = set(), set(), {}, {}
     for event_file in event_files:
-        accumulator = EventAccumulator(str(event_file))
+        accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0, "scalars": 0})
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
+        image_tags |= set(accumulator.Tags()["images"])
+        final_scalars |= {tag: event.value for tag in accumulator.Tags()["scalars"]
+                          for event in accumulator.Scalars(tag) if event.step == 4}  # fmt: skip
+        images |= {tag: accumulator.Images(tag) for tag in accumulator.Tags()["images"]}
     assert {"train/loss", "train/ce_loss", "train/ppc_loss", "train/ppd_loss", "train/learning_rate",
             "train/images_per_second", "eval/mean_iou", "prototypes/mean_within_class_cosine",
             "prototypes/never_updated", "prototypes/dead", "prototypes/within_class_cosine/ember"} <= tags  # fmt: skip
+    # each class's IoU at each evaluation (the final one equals eval_results.json), and 4 prediction images
+    for name, iou in eval_results["per_category_iou"].items():
+        if iou is not None:
+            assert final_scalars[f"eval/iou/{name}"] == pytest.approx(iou, abs=1e-6), name
+    assert image_tags == {f"eval/prediction_{index}" for index in range(4)}
+    assert sorted(event.step for event in images["eval/prediction_0"]) == [2, 4]  # the step-2 and the final evaluation
+    panel = images["eval/prediction_0"][-1]
+    assert panel.width == 3 * panel.height  # image | truth | prediction of a square synthetic scene
 
     # the folder loads with from_pretrained and serves the image-segmentation pipeline
     from transformers import pipeline

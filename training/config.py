@@ -218,6 +218,10 @@ class OutputArguments:
     )  # fmt: skip
     logging_steps: int = field(default=50, metadata={"help": "log every N steps"})
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker(s): tensorboard, all, none"})
+    log_eval_images: int = field(
+        default=4, metadata={"help": "validation images (image | truth | prediction) sent to the trackers at each "
+                             "evaluation (0: none)"}
+    )  # fmt: skip
     checkpointing_steps: int = field(default=1000, metadata={"help": "save a resumable state every N steps (0: never)"})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "keep only the newest N checkpoints"})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})

@@ -161,17 +161,20 @@ def evaluate(
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     show_progress: bool = False,
+    num_examples: int = 0,
 ) -> dict[str, Any]:
     """mIoU, per-class IoU and pixel accuracy of `model` over `batches` (from `collate_eval`).
 
     In a multi-process run each process passes its own shard of the data and `all_reduce_sum`;
     every process returns the same, dataset-level metrics. Returns `ConfusionMatrix.compute()` plus
-    `num_samples` (over all processes).
+    `num_samples` (over all processes), and with `num_examples` > 0 "examples": this process's first
+    `num_examples` samples as {"pixel_values" (3, h, w), "labels" (H, W), "prediction" (H, W)} on the CPU.
     """
     was_training = model.training
     model.eval()
     confusion = ConfusionMatrix(num_labels, ignore_index=ignore_index, device=device)
     num_samples = torch.zeros((), dtype=torch.int64, device=device)
+    examples: list[dict[str, torch.Tensor]] = []
     for batch in tqdm(batches, desc="eval", disable=not show_progress, leave=False):
         images = [image.to(device) for image in batch["pixel_values"]]  # each (3, h, w)
         labels = [label.to(device) for label in batch["labels"]]  # each (H, W)
@@ -190,9 +193,14 @@ def evaluate(
                     flip=flip,
                 )
             confusion.update(predictions, torch.stack(group_labels))
+            for image, label, prediction in zip(group_images, group_labels, predictions, strict=True):
+                if len(examples) < num_examples:
+                    examples.append({"pixel_values": image.float().cpu(), "labels": label.cpu(),
+                                     "prediction": prediction.cpu()})  # fmt: skip
         num_samples += len(images)
     if all_reduce_sum is not None:
         confusion.reduce(all_reduce_sum)
         num_samples = all_reduce_sum(num_samples)
     model.train(was_training)
-    return {**confusion.compute(), "num_samples": int(num_samples)}
+    metrics = {**confusion.compute(), "num_samples": int(num_samples)}
+    return metrics | ({"examples": examples} if num_examples > 0 else {})

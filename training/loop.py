@@ -20,6 +20,7 @@ from training.checkpointing import save_checkpoint
 from training.config import TrainingConfig
 from training.data import ResumableShardedSampler
 from training.pixel_contrast import segmentation_model_of
+from training.tracker_images import log_prediction_images
 
 logger = logging.getLogger("protoseg.train")
 
@@ -224,11 +225,22 @@ def _log(step: int, accelerator: Accelerator, state: TrainingState, running: Run
     running.reset()
 
 
-def log_evaluation(accelerator: Accelerator, metrics: dict[str, Any], step: int, label: str) -> None:
-    """Send mIoU and pixel accuracy to the trackers and the log."""
-    accelerator.log(
-        {"eval/mean_iou": metrics["mean_iou"], "eval/overall_accuracy": metrics["overall_accuracy"]}, step=step
-    )
+def log_evaluation(
+    accelerator: Accelerator,
+    metrics: dict[str, Any],
+    step: int,
+    label: str,
+    class_names: list[str],
+    examples: list[dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """Send mIoU, pixel accuracy, each class's IoU (`eval/iou/<class>`, absent classes left out) and the
+    prediction images of `examples` to the trackers; mIoU and pixel accuracy to the log."""
+    values = {"eval/mean_iou": metrics["mean_iou"], "eval/overall_accuracy": metrics["overall_accuracy"]}
+    for name, iou in zip(class_names, metrics["per_category_iou"], strict=True):
+        if math.isfinite(float(iou)):
+            values[f"eval/iou/{name}"] = float(iou)
+    accelerator.log(values, step=step)
+    log_prediction_images(accelerator, examples or [], step, num_labels=len(class_names))
     logger.info("%s: mIoU %.4f, pixel accuracy %.4f", label, metrics["mean_iou"], metrics["overall_accuracy"])
 
 
@@ -300,7 +312,8 @@ def train_steps(
             _log(completed_steps, accelerator, state, running, progress)
         if config.evaluation.eval_steps and completed_steps % config.evaluation.eval_steps == 0 and not is_last:
             metrics = evaluate_validation()
-            log_evaluation(accelerator, metrics, completed_steps, f"step {completed_steps}: eval")
+            examples = metrics.pop("examples", [])
+            log_evaluation(accelerator, metrics, completed_steps, f"step {completed_steps}: eval", class_names, examples)
             if accelerator.is_main_process:
                 append_eval_history(output_dir, completed_steps, metrics, class_names)
             running.restart_clock()

@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
+from tqdm.auto import tqdm
 
 from training.augmentation import build_eval_transform, build_train_transform
 from training.checkpointing import check_resume_matches, load_checkpoint, resolve_resume_checkpoint
@@ -213,7 +214,8 @@ def check_first_samples(config: TrainingConfig, splits: DatasetSplits) -> Datase
     read_all = config.data.check_data or config.data.skip_bad_samples
     bad: dict[str, dict[int, str]] = {}  # role -> {index: message}
     for role, dataset in datasets.items():
-        for index in range(len(dataset)) if read_all else [0]:
+        indices = range(len(dataset)) if read_all else [0]
+        for index in tqdm(indices, desc=f"check {role} samples", disable=not read_all, unit="sample"):
             try:
                 dataset.load_checked(index)
             except BadSampleError as error:
@@ -362,9 +364,10 @@ def evaluate_on(
     accelerator: Accelerator,
     *,
     mode: str | None = None,
+    num_examples: int = 0,
 ) -> dict[str, Any]:
     """Dataset-level metrics of `model` on one split, each process evaluating its shard (in `mode`, default
-    `--eval_mode`)."""
+    `--eval_mode`); with `num_examples`, also "examples" for the trackers' prediction images."""
     synchronize_buffers(model, accelerator)
     return evaluate(
         model,
@@ -378,6 +381,7 @@ def evaluate_on(
         flip=config.evaluation.eval_flip,
         device=accelerator.device,
         all_reduce_sum=lambda tensor: accelerator.reduce(tensor, reduction="sum"),
+        num_examples=num_examples,
         autocast=accelerator.autocast,
         show_progress=accelerator.is_local_main_process,
     )
@@ -472,10 +476,13 @@ def finish(
     accelerator.wait_for_everyone()
     id2label = data.splits.id2label
     metrics = {
-        role: evaluate_on(config, model, loader, len(id2label), accelerator)
+        role: evaluate_on(config, model, loader, len(id2label), accelerator,
+                          num_examples=config.output.log_eval_images if role == "validation" else 0)
         for role, loader in data.eval_loaders.items()
-    }
-    log_evaluation(accelerator, metrics["validation"], config.optimization.max_steps, "final")
+    }  # fmt: skip
+    examples = metrics["validation"].pop("examples", [])
+    class_names = [id2label[index] for index in range(len(id2label))]
+    log_evaluation(accelerator, metrics["validation"], config.optimization.max_steps, "final", class_names, examples)
     if config.evaluation.eval_mode != "whole":  # what a pipeline user gets, for the card
         for role, loader in data.eval_loaders.items():
             whole = evaluate_on(config, model, loader, len(id2label), accelerator, mode="whole")
@@ -533,7 +540,8 @@ def run(config: TrainingConfig, *, datasets: DatasetSplits | None = None) -> Tra
         accelerator,
         state,
         evaluate_validation=lambda: evaluate_on(
-            config, unwrapped_model, data.eval_loaders["validation"], len(splits.id2label), accelerator
+            config, unwrapped_model, data.eval_loaders["validation"], len(splits.id2label), accelerator,
+            num_examples=config.output.log_eval_images,
         ),
         checkpoint_root=Path(config.output.output_dir) / "checkpoints",
     )
