@@ -351,7 +351,14 @@ def test_chunked_class_scores_equal_the_full_similarity_path():
     full = (embeddings @ prototypes.T).view(1000, 5, 4).amax(dim=-1)  # reference, (N, C)
     with torch.no_grad():
         chunked = nearest_prototype_scores(embeddings, prototypes, 5, chunk_bytes=100 * 20 * 4)  # 100-row chunks
+        uneven = nearest_prototype_scores(embeddings, prototypes, 5, chunk_bytes=300 * 20 * 4)  # 300 x 3 + 100
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the per-chunk path: autocast skips ops given out=
+            autocast_chunked = nearest_prototype_scores(embeddings, prototypes, 5, chunk_bytes=100 * 20 * 4)
+            autocast_full = (embeddings @ prototypes.T).view(1000, 5, 4).amax(dim=-1)
     torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(uneven, full)
+    assert autocast_chunked.dtype == torch.bfloat16
+    torch.testing.assert_close(autocast_chunked, autocast_full)
 
 
 def test_inference_logits_equal_with_and_without_autograd():
