@@ -378,7 +378,7 @@ class ProtoSegEncoderAttentionMixin:
             encoder = encoder_class(encoder_config)
             if encoder_has_attentions(encoder):
                 supported = ["eager"] + [
-                    name for name, name_flag in ATTENTION_IMPLEMENTATION_FLAGS.items() if getattr(encoder, name_flag, False)
+                    name for name, support in ATTENTION_IMPLEMENTATION_FLAGS.items() if getattr(encoder, support, False)
                 ]
                 reason = f"supports only {', '.join(supported)}"
             else:
