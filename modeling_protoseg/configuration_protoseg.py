@@ -102,6 +102,7 @@ class ProtoSegConfig(PretrainedConfig):
         "ppc_loss",
         "ppd_loss",
         "hidden_states",
+        "attentions",
         "pixel_embeddings",
         "nearest_prototype_class",
         "nearest_prototype_index",

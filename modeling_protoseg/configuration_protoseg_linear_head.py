@@ -22,12 +22,15 @@ class ProtoSegLinearHeadConfig(PretrainedConfig):
         classifier_dropout_prob (`float`): dropout before the classifier, as SegFormer's.
         semantic_loss_ignore_index (`int`): label value of pixels that do not count in the loss.
         initializer_range (`float`): std of the normal init of the decoder and classifier weights.
+
+    `num_labels=1` (one entry in `id2label`) is SegFormer's binary case: one logit per pixel, a binary
+    cross-entropy loss on 0/1 labels.
     """
 
     model_type = "protoseg_linear_head"
     sub_configs = {"encoder_config": AutoConfig}
     # `Trainer.evaluate` / `predict` hand `compute_metrics` the logits alone.
-    keys_to_ignore_at_inference = ["hidden_states"]
+    keys_to_ignore_at_inference = ["hidden_states", "attentions"]
 
     def __init__(
         self,
@@ -48,10 +51,11 @@ class ProtoSegLinearHeadConfig(PretrainedConfig):
             self.label2id = {label: index for index, label in self.id2label.items()}
         if self.decoder_hidden_size < 1:
             raise ValueError(f"decoder_hidden_size must be >= 1, got {self.decoder_hidden_size!r}")
-        if 0 <= self.semantic_loss_ignore_index < self.num_labels:
+        label_values = max(self.num_labels, 2)  # one class (binary) still takes labels 0 and 1
+        if 0 <= self.semantic_loss_ignore_index < label_values:
             raise ValueError(
-                f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) collides with a class index "
-                f"(num_labels = {self.num_labels}); use a value outside [0, {self.num_labels})"
+                f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) collides with a label value "
+                f"(num_labels = {self.num_labels}); use a value outside [0, {label_values})"
             )
 
     @property

@@ -72,11 +72,25 @@ def freeze_unused_final_norm(backbone: nn.Module) -> None:
         final_norm.requires_grad_(False)
 
 
+def encoder_class(encoder_config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The class `build_encoder` instantiates for an encoder config (nothing is built): `SegformerModel` or the
+    config's AutoBackbone class."""
+    if encoder_kind(encoder_config) == "segformer":
+        return SegformerModel
+    return _backbone_class(encoder_config)
+
+
+def encoder_has_attentions(encoder: nn.Module | type[nn.Module]) -> bool:
+    """True when an encoder (or encoder class) computes attention maps it can return: MiT, Swin. Convolutional
+    backbones (ResNet, ConvNeXt, EfficientNet-Lite) say `has_attentions = False`, transformers' backbone flag."""
+    return bool(getattr(encoder, "has_attentions", True))
+
+
 def build_encoder(encoder_config: PretrainedConfig) -> nn.Module:
     """A randomly initialised encoder returning 4 feature maps: `SegformerModel` or an `AutoBackbone`."""
     if encoder_kind(encoder_config) == "segformer":
         return SegformerModel(encoder_config)
-    backbone = _backbone_class(encoder_config)(four_stage_backbone_config(encoder_config))
+    backbone = encoder_class(encoder_config)(four_stage_backbone_config(encoder_config))
     freeze_unused_final_norm(backbone)
     return backbone
 
@@ -113,9 +127,76 @@ def encoder_channels(encoder: nn.Module) -> list[int]:
 
 def encoder_feature_maps(encoder: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The 4 feature maps of an encoder from `build_encoder`, strides 4..32, each (B, C_i, H_i, W_i)."""
+    return encoder_outputs(encoder, pixel_values)[0]
+
+
+def encoder_outputs(
+    encoder: nn.Module, pixel_values: torch.Tensor, *, output_attentions: bool = False
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+    """(feature maps, attentions) of an encoder from `build_encoder`.
+
+    Returns:
+        feature_maps: the 4 maps, strides 4..32, each (B, C_i, H_i, W_i).
+        attentions: when `output_attentions` and the encoder has attention layers, the encoder's own attention
+            maps as transformers returns them (MiT: one (B, heads, N_i, N_i / sr_i^2) map per block; Swin: one per
+            stage). Under `attn_implementation="sdpa"` transformers computes none and returns `()` with a warning,
+            as for SegFormer: ask for `"eager"`. None when not asked, or for an encoder without attention.
+    """
+    with_attentions = bool(output_attentions) and encoder_has_attentions(encoder)
+    if output_attentions and not with_attentions:
+        logger.warning_once(
+            f"output_attentions=True: the {encoder.config.model_type!r} encoder ({type(encoder).__name__}) has no "
+            "attention layers, so `attentions` is None (as for transformers' convolutional models)"
+        )
     if isinstance(encoder, SegformerModel):
-        return tuple(encoder(pixel_values, output_hidden_states=True).hidden_states)
-    return tuple(encoder(pixel_values).feature_maps)
+        # the decoder needs all 4 stage outputs: always captured, whatever the encoder config says
+        output = encoder(pixel_values, output_hidden_states=True, output_attentions=with_attentions)
+        feature_maps = tuple(output.hidden_states)
+    elif encoder_has_attentions(encoder):
+        output = encoder(pixel_values, output_attentions=with_attentions)
+        feature_maps = tuple(output.feature_maps)
+    else:  # convolutional backbones: no attention argument to pass
+        output = encoder(pixel_values)
+        feature_maps = tuple(output.feature_maps)
+    attentions = tuple(output.attentions) if with_attentions and output.attentions is not None else None
+    return feature_maps, attentions
+
+
+NUM_FEATURE_MAPS = 4  # every encoder from `build_encoder` gives maps at strides 4, 8, 16, 32
+
+
+def hidden_state_indices(
+    output_hidden_states: bool | int | list[int] | tuple[int, ...] | None, num_maps: int = NUM_FEATURE_MAPS
+) -> frozenset[int] | None:
+    """Which of the encoder's maps an `output_hidden_states` request selects, read as transformers 5 reads it.
+
+    Falsy (None, False, 0, []): None, no hidden states. True: all. An int or a list of ints: the maps at those
+    indices of the full tuple (negative ones count from the end, out-of-range ones select nothing). A ValueError
+    for anything else, raised before the forward runs.
+    """
+    if not output_hidden_states:
+        return None
+    if isinstance(output_hidden_states, bool):
+        return frozenset(range(num_maps))
+    indices = [output_hidden_states] if isinstance(output_hidden_states, int) else output_hidden_states
+    if not isinstance(indices, (list, tuple)) or not all(
+        isinstance(index, int) and not isinstance(index, bool) for index in indices
+    ):
+        raise ValueError(
+            f"output_hidden_states must be a bool, an int or a list of ints (indices of the {num_maps} encoder "
+            f"maps), got {output_hidden_states!r}"
+        )
+    return frozenset(index % num_maps for index in indices if -num_maps <= index < num_maps)
+
+
+def select_hidden_states(
+    feature_maps: tuple[torch.Tensor, ...], indices: frozenset[int] | None
+) -> tuple[torch.Tensor | None, ...] | None:
+    """The `hidden_states` output: None when `indices` is None, else a tuple as long as `feature_maps` holding the
+    selected maps and None in place of the others (the form transformers 5 returns for a list of indices)."""
+    if indices is None:
+        return None
+    return tuple(feature_map if index in indices else None for index, feature_map in enumerate(feature_maps))
 
 
 def minimum_input_size(encoder_config: PretrainedConfig) -> int:
@@ -247,16 +328,84 @@ class ProtoSegEncoderCheckpointMixin:
         return model
 
 
+# The attention-support flags transformers reads, and the `attn_implementation` names that need each.
+ATTENTION_IMPLEMENTATION_FLAGS = {"sdpa": "_supports_sdpa", "flash_attention": "_supports_flash_attn",
+                                  "flex_attention": "_supports_flex_attn"}  # fmt: skip
+
+
+def _attention_flag(attn_implementation: str) -> str | None:
+    """The `_supports_*` flag an `attn_implementation` needs; None for "eager" and names left to transformers."""
+    name = attn_implementation.removeprefix("paged|")
+    for prefix, flag in ATTENTION_IMPLEMENTATION_FLAGS.items():
+        if name.startswith(prefix):
+            return flag
+    return None
+
+
+class _FollowsEncoder:
+    """A transformers attention-support flag (`_supports_sdpa`, ...) that follows the encoder. Read on a model: the
+    flag of the class `build_encoder` makes for its `config.encoder_config` (the config is set before transformers
+    checks the flags in `__init__`). Read on the class: the default encoder's (MiT, `SegformerModel`)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, model: nn.Module | None, owner: type | None = None) -> bool:
+        config = None if model is None else model.__dict__.get("config")
+        encoder = SegformerModel if config is None else encoder_class(config.encoder_config)
+        return bool(getattr(encoder, self.name, False))
+
+
+class ProtoSegEncoderAttentionMixin:
+    """Declares the attention implementations of the model's encoder, and hands a request to it.
+
+    `attn_implementation` ("eager", "sdpa", "flash_attention_2", "flex_attention") changes only the encoder's
+    attention layers: decoder and heads have none. The `_supports_*` flags are the encoder's (MiT: all four;
+    Swin: eager and sdpa; convolutional backbones: eager only, as transformers' ResNet), the default is the
+    encoder's (sdpa where supported, else eager), and an explicit request reaches the encoder through
+    `config.encoder_config`, a registered sub-config. A request the encoder cannot honour raises a ValueError
+    naming the encoder. `_supports_attention_backend` stays False: `forward` takes no attention kwargs.
+    """
+
+    _supports_sdpa = _FollowsEncoder()
+    _supports_flash_attn = _FollowsEncoder()
+    _supports_flex_attn = _FollowsEncoder()
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        flag = None if requested_attention is None else _attention_flag(requested_attention)
+        if flag is not None and not getattr(self, flag):
+            encoder_config = self.config.encoder_config
+            encoder = encoder_class(encoder_config)
+            if encoder_has_attentions(encoder):
+                supported = ["eager"] + [
+                    name for name, support in ATTENTION_IMPLEMENTATION_FLAGS.items() if getattr(encoder, support, False)
+                ]
+                reason = f"supports only {', '.join(supported)}"
+            else:
+                reason = "has no attention layers: leave attn_implementation unset or use 'eager'"
+            raise ValueError(
+                f"attn_implementation={requested_attention!r} is not available for this {type(self).__name__}: its "
+                f"{encoder_config.model_type!r} encoder ({encoder.__name__}) {reason}"
+            )
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
+
 __all__ = [
+    "ProtoSegEncoderAttentionMixin",
     "ProtoSegEncoderCheckpointMixin",
     "build_encoder",
     "encoder_channels",
+    "encoder_class",
     "encoder_feature_maps",
+    "encoder_has_attentions",
+    "encoder_outputs",
     "encoder_image_normalization",
     "four_stage_backbone_config",
     "freeze_unused_final_norm",
+    "hidden_state_indices",
     "load_pretrained_encoder",
     "minimum_input_size",
     "model_from_pretrained_encoder",
     "pretrained_encoder_model_type",
+    "select_hidden_states",
 ]

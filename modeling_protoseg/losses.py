@@ -30,6 +30,21 @@ def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
     return _weighted_mean(per_pixel, valid.float())
 
 
+def pixel_binary_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """SegFormer's loss for one class (`num_labels == 1`): binary cross-entropy with logits of the (B, 1, h, w)
+    logits, upsampled bilinearly to the (B, H, W) labels (1 = the class, 0 = not).
+
+    As `SegformerForSemanticSegmentation`, pixels labelled `ignore_index` or negative count 0 and the mean runs
+    over all B*H*W pixels (not over the labelled ones only), so losses equal SegFormer's.
+    """
+    upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    upsampled = upsampled.squeeze(1).float()  # (B, H, W)
+    valid = (labels >= 0) & (labels != ignore_index)
+    targets = labels.float().masked_fill(~valid, 0.0)  # ignored targets out of [0, 1] never enter the loss
+    per_pixel = F.binary_cross_entropy_with_logits(upsampled, targets, reduction="none")
+    return (per_pixel * valid.float()).mean()
+
+
 class _ClassScoresAndPrototypeLosses(torch.autograd.Function):
     """(N, C*K) similarities -> class scores (max over each class's K), PPC and PPD, in one autograd node.
 

@@ -26,12 +26,15 @@ from .class_enrolment import ProtoSegClassEnrolmentMixin
 from .class_scores import ProtoSegClassScoreNorm, nearest_prototype_scores
 from .configuration_protoseg import ProtoSegConfig
 from .encoders import (
+    ProtoSegEncoderAttentionMixin,
     ProtoSegEncoderCheckpointMixin,
     build_encoder,
     encoder_channels,
-    encoder_feature_maps,
+    encoder_outputs,
+    hidden_state_indices,
     minimum_input_size,
     model_from_pretrained_encoder,
+    select_hidden_states,
 )
 from .losses import class_scores_and_prototype_losses, pixel_cross_entropy
 from .pipeline_registration import register_for_segmentation_pipeline
@@ -46,7 +49,12 @@ class ProtoSegSemanticSegmenterOutput(ModelOutput):
         loss: CE + ppc_loss_weight * PPC + ppd_loss_weight * PPD (CE only in eval mode), when labels are given.
         logits: (B, C, H/4, W/4) class logits, as `SegformerForSemanticSegmentation`.
         ce_loss, ppc_loss, ppd_loss: the unweighted loss terms, for logging (PPC/PPD in training mode only).
-        hidden_states: the encoder's feature maps, when `output_hidden_states=True`.
+        hidden_states: the encoder's 4 feature maps (strides 4..32), when `output_hidden_states` (argument, else
+            `config.output_hidden_states`) is True; a list of indices keeps the tuple's length with None in place of
+            the maps it does not select (transformers 5's list form).
+        attentions: the encoder's attention maps, when `output_attentions` (argument, else
+            `config.output_attentions`) is True and the encoder has attention layers (MiT, Swin; run it with
+            `attn_implementation="eager"`, as SegFormer); None for convolutional encoders.
         pixel_embeddings: (B, D, H/4, W/4) L2-normalised embeddings, when `output_pixel_embeddings=True`.
         nearest_prototype_class, nearest_prototype_index: (B, H/4, W/4) long, class and index within
             the class of each pixel's most similar prototype, when `output_nearest_prototypes=True`.
@@ -57,7 +65,8 @@ class ProtoSegSemanticSegmenterOutput(ModelOutput):
     ce_loss: torch.FloatTensor | None = None
     ppc_loss: torch.FloatTensor | None = None
     ppd_loss: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor | None, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     pixel_embeddings: torch.FloatTensor | None = None
     nearest_prototype_class: torch.LongTensor | None = None
     nearest_prototype_index: torch.LongTensor | None = None
@@ -200,7 +209,7 @@ class ProtoSegPrototypeBank(nn.Module):
         }
 
 
-class ProtoSegPreTrainedModel(ProtoSegEncoderCheckpointMixin, PreTrainedModel):
+class ProtoSegPreTrainedModel(ProtoSegEncoderCheckpointMixin, ProtoSegEncoderAttentionMixin, PreTrainedModel):
     config: ProtoSegConfig
     config_class = ProtoSegConfig
     base_model_prefix = "encoder"  # the attribute holding the encoder, as "segformer" in SegFormer
@@ -311,31 +320,36 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
                 f"{ignore_index}; got values {bad_values}"
             )
 
-    def _encode(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The encoder's 4 feature maps, strides 4..32, each (B, C_i, H_i, W_i)."""
-        return encoder_feature_maps(self.encoder, pixel_values)
-
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         output_pixel_embeddings: bool = False,
         output_nearest_prototypes: bool = False,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> ProtoSegSemanticSegmenterOutput | tuple:
         r"""
         Arguments:
             pixel_values: (B, 3, H, W) normalised images.
             labels: (B, H, W) class indices, `config.semantic_loss_ignore_index` for ignored pixels. In
                 training mode they also drive the online clustering and the in-place prototype update.
+            output_hidden_states: True for the encoder's 4 maps, or the indices of the maps to return;
+                None reads `config.output_hidden_states`.
+            output_attentions: the encoder's attention maps (None reads `config.output_attentions`).
         """
         self._check_inputs(pixel_values, labels)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        selected_maps = hidden_state_indices(output_hidden_states)  # a bad request fails before anything runs
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
 
         # a non-finite batch must not reach the BatchNorm running statistics (a user's loop does not skip it)
         batch_norm_guard = BatchNormStatisticsGuard(self) if self.training else None
-        feature_maps = self._encode(pixel_values)
+        feature_maps, attentions = encoder_outputs(self.encoder, pixel_values, output_attentions=output_attentions)
         embeddings = self.projection_head(self.decode_head(list(feature_maps)))  # (B, D, h, w)
         if batch_norm_guard is not None:
             batch_norm_guard.restore_if_non_finite()
@@ -388,7 +402,8 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
             ce_loss=ce_loss,
             ppc_loss=ppc_loss,
             ppd_loss=ppd_loss,
-            hidden_states=feature_maps if output_hidden_states else None,
+            hidden_states=select_hidden_states(feature_maps, selected_maps),
+            attentions=attentions,
             pixel_embeddings=embeddings if output_pixel_embeddings else None,
             nearest_prototype_class=nearest_class,
             nearest_prototype_index=nearest_index,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import ResNetConfig, SegformerConfig, SwinConfig
 
-from modeling_protoseg import ProtoSegConfig, ProtoSegEfficientNetLiteConfig
+from modeling_protoseg import ProtoSegConfig, ProtoSegEfficientNetLiteConfig, ProtoSegLinearHeadConfig
 
 
 def tiny_segformer_encoder_config(**overrides) -> SegformerConfig:
@@ -47,3 +47,15 @@ def tiny_protoseg_config(num_classes: int = 3, encoder_config=None, **overrides)
     )
     values.update(overrides)
     return ProtoSegConfig(**values)
+
+
+def tiny_linear_head_config(num_classes: int = 3, encoder_config=None, **overrides) -> ProtoSegLinearHeadConfig:
+    """The linear-head baseline on the tiny MiT (by default), as `tiny_protoseg_config` builds ProtoSeg."""
+    values = dict(
+        encoder_config=encoder_config if encoder_config is not None else tiny_segformer_encoder_config(),
+        id2label={index: f"class_{index}" for index in range(num_classes)},
+        decoder_hidden_size=16,
+        classifier_dropout_prob=0.0,
+    )
+    values.update(overrides)
+    return ProtoSegLinearHeadConfig(**values)
