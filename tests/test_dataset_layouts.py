@@ -7,11 +7,15 @@
   layout and those columns; the preset's own `load_dataset` call is made against it.
 - ADE20K by hand: `ADEChallengeData2016/` (images/ and annotations/, training/ and validation/).
 - Cityscapes by hand: leftImg8bit/ + gtFine/, labelIds -> train ids.
+- The evaluation setup of a run (sliding windows) is saved with the model and reused by `training.evaluate`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +29,10 @@ import datasets  # noqa: E402
 from training import train as train_script  # noqa: E402
 from training.config import resolve_config  # noqa: E402
 from training.data import to_label_array  # noqa: E402
+from training.evaluation import EVALUATION_CONFIG_FILE, EvaluationSetup  # noqa: E402
 from training.sources import load_dataset_splits  # noqa: E402
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 ADE20K_HUB_ID = "zhoubolei/scene_parse_150"
 SPLIT_SIZES = {"train": 3, "validation": 2, "test": 1}
 
@@ -224,3 +230,51 @@ def test_cityscapes_preset_says_what_it_expects_and_what_came(tmp_path: Path) ->
         resolve_config(preset="camvid", dataset_name=str(root))
     with pytest.raises(ValueError, match=r"no folder .*leftImg8bit/val.*splits found: train"):
         load_dataset_splits(resolve_config(dataset_name=str(root)).data, seed=0)
+
+
+# --------------------------------------------------------------------------------- the run's evaluation setup
+
+
+def test_evaluation_setup_round_trips_and_refuses_bad_values(tmp_path: Path) -> None:
+    setup = EvaluationSetup.from_settings(eval_mode="slide", crop_size=[512, 1024])
+    assert setup.eval_stride == (341, 682)
+    setup.save(tmp_path)
+    assert EvaluationSetup.read(tmp_path) == setup and EvaluationSetup.read(tmp_path / "nowhere") is None
+    (tmp_path / EVALUATION_CONFIG_FILE).write_text(json.dumps({**setup.to_json(), "eval_mode": "tiles"}))
+    with pytest.raises(ValueError, match=r"evaluation_config.json: eval_mode 'tiles' is not one of whole, slide"):
+        EvaluationSetup.read(tmp_path)
+
+
+@pytest.mark.timeout(900)  # a training run and three evaluations, in subprocess and process
+def test_evaluate_reuses_the_runs_sliding_windows_unless_told_otherwise(tmp_path: Path) -> None:
+    from training.config import DataArguments
+    from training.evaluate import EvaluationSettings, evaluate_folder
+
+    output_dir = tmp_path / "run"
+    synthetic = ["--synthetic_num_train", "4", "--synthetic_num_validation", "2", "--synthetic_image_size", "48"]
+    command = [
+        sys.executable, str(REPO_ROOT / "training" / "train.py"), *synthetic, "--encoder", "mit-test",
+        "--crop_size", "32", "--base_size", "48", "--eval_mode", "slide", "--eval_stride", "16", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--num_prototypes_per_class", "2", "--embedding_dim", "16",
+        "--decoder_hidden_size", "16", "--warmup_steps", "1", "--dataloader_num_workers", "0", "--num_threads", "1",
+        "--report_to", "none", "--eval_steps", "0", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    saved = json.loads((output_dir / EVALUATION_CONFIG_FILE).read_text())
+    assert saved == {"eval_mode": "slide", "crop_size": [32, 32], "eval_stride": [16, 16],
+                     "eval_scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "eval_flip": True}  # fmt: skip
+    eval_results = json.loads((output_dir / "eval_results.json").read_text())
+
+    data = DataArguments(preset="synthetic", synthetic_num_train=4, synthetic_num_validation=2, synthetic_image_size=48)
+    as_trained = evaluate_folder(output_dir, data, EvaluationSettings(split="validation", device="cpu"))
+    assert as_trained["eval_mode"] == "slide"
+    assert as_trained["mean_iou"] == pytest.approx(eval_results["mean_iou"], abs=1e-6)
+    whole = evaluate_folder(output_dir, data, EvaluationSettings(split="validation", eval_mode="whole", device="cpu"))
+    assert whole["eval_mode"] == "whole"
+    assert whole["mean_iou"] == pytest.approx(eval_results["whole_image_mean_iou"], abs=1e-6)
+
+    (output_dir / EVALUATION_CONFIG_FILE).unlink()  # a folder written before the file existed
+    older = evaluate_folder(output_dir, data, EvaluationSettings(split="validation", eval_stride=[16], device="cpu"))
+    assert older["eval_mode"] == "slide" and older["mean_iou"] == pytest.approx(eval_results["mean_iou"], abs=1e-6)
