@@ -6,7 +6,7 @@
   and no README, so `datasets` sees one "default" configuration over all of them. The replica has that
   layout and those columns; the preset's own `load_dataset` call is made against it.
 - ADE20K by hand: `ADEChallengeData2016/` (images/ and annotations/, training/ and validation/).
-- Cityscapes by hand: leftImg8bit/ + gtFine/, labelIds -> train ids.
+- Cityscapes by hand: leftImg8bit/ + gtFine/ at the real frame size (2048x1024), labelIds -> train ids.
 - The evaluation setup of a run (sliding windows) is saved with the model and reused by `training.evaluate`.
 """
 
@@ -29,7 +29,7 @@ import datasets  # noqa: E402
 from training import train as train_script  # noqa: E402
 from training.config import resolve_config  # noqa: E402
 from training.data import to_label_array  # noqa: E402
-from training.evaluation import EVALUATION_CONFIG_FILE, EvaluationSetup  # noqa: E402
+from training.evaluation import EVALUATION_CONFIG_FILE, EvaluationSetup, sliding_windows  # noqa: E402
 from training.sources import load_dataset_splits  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -217,6 +217,31 @@ def test_ade_challenge_folder_loads_as_ade20k_with_or_without_the_preset(tmp_pat
 
 
 # ------------------------------------------------------------------------------------------------ Cityscapes
+
+
+def test_cityscapes_folder_trains_and_evaluates_at_the_frames_own_resolution(tmp_path: Path) -> None:
+    root = write_cityscapes_folder(
+        tmp_path / "cityscapes",
+        {"train": ["aachen_000000_000019", "bochum_000000_000313"], "val": ["frankfurt_000000_000294"]},
+    )
+    config = resolve_config(dataset_name=str(root))  # the layout names the preset
+    assert config.data.preset == "cityscapes" and config.data.validation_split == "val"
+    assert config.augmentation.base_size == 1024 and config.augmentation.crop_size == [512, 1024]
+    splits = load_dataset_splits(config.data, seed=0)
+    assert (len(splits.train), len(splits.validation)) == (2, 1) and len(splits.id2label) == 19
+    labels = _labels(splits, "validation")
+    columns = np.linspace(0, 2047, len(CITYSCAPES_ID_PAIRS) * 4).astype(int)
+    raw = np.asarray(Image.open(splits.validation.pairs[0][1]))[0, columns]
+    assert {int(r): int(t) for r, t in zip(raw, labels[0, columns])} == CITYSCAPES_ID_PAIRS
+
+    built = train_script.build_datasets(config, splits)
+    evaluated = built["validation"][0]
+    assert tuple(evaluated["pixel_values"].shape) == (3, 1024, 2048)  # a 2048x1024 frame is evaluated as it is
+    assert tuple(evaluated["labels"].shape) == (1024, 2048)
+    assert tuple(built["train"][(1, 7)]["pixel_values"].shape) == (3, 512, 1024)
+    setup = train_script.evaluation_setup(config)
+    assert (setup.eval_mode, setup.crop_size, setup.eval_stride) == ("slide", (512, 1024), (341, 682))
+    assert len(sliding_windows(1024, 2048, setup.crop_size, setup.eval_stride)) == 9  # at base 512 it was 1
 
 
 def test_cityscapes_preset_says_what_it_expects_and_what_came(tmp_path: Path) -> None:

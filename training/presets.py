@@ -143,12 +143,13 @@ DATASET_PRESETS: dict[str, DatasetPreset] = {
             name="cityscapes",
             source="cityscapes",
             description="Cityscapes from a local folder with leftImg8bit/ and gtFine/ (labelIds -> 19 train ids), "
-            "crop 512x1024, sliding-window evaluation",
+            "full resolution (short side 1024: 2048x1024 frames), crop 512x1024, sliding-window evaluation",
             dataset_name=None,  # must be given: --dataset_name /path/to/cityscapes
             validation_split="val",
             class_names=CITYSCAPES_CLASS_NAMES,
             overrides=dict(
                 crop_size=[512, 1024],
+                base_size=1024,  # the frames' own short side: training rescales 0.5-2x of it, evaluation keeps it
                 max_steps=160_000,
                 per_device_train_batch_size=1,
                 optimizer="adamw",
