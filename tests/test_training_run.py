@@ -410,11 +410,13 @@ def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> Non
         )
     config = _resolve("--preset", "cityscapes", "--dataset_name", str(city_root))
     assert config.augmentation.crop_size == [512, 1024] and config.evaluation.eval_mode == "slide"
+    assert config.augmentation.base_size == 1024  # the frames' own short side (2048x1024)
     splits = load_dataset_splits(config.data, seed=config.runtime.seed)
     datasets, id2label = train_script.build_datasets(config, splits), splits.id2label
     train_dataset, eval_dataset = datasets["train"], datasets["validation"]
     assert len(id2label) == 19 and id2label[13] == "car"
     assert set(eval_dataset[0]["labels"].unique().tolist()) == {0, 255}
+    assert tuple(eval_dataset[0]["pixel_values"].shape) == (3, 1024, 2048)
     assert train_dataset[(0, 1)]["pixel_values"].shape == (3, 512, 1024)
 
     import datasets
@@ -529,7 +531,7 @@ def test_presets_fill_only_what_no_flag_gave_and_help_prints_the_values_used(cap
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: 6e-05; with --optimizer sgd: 0.01; preset synthetic: 0.001)" in help_text
     assert "(default: 10; preset synthetic: 4)" in help_text  # --num_prototypes_per_class, from ProtoSegConfig
-    assert "(default: the crop's short side)" in help_text
+    assert "(default: the crop's short side; preset cityscapes: 1024)" in help_text  # --base_size
 
 
 def test_method_paper_sets_the_papers_method_flags_that_were_not_given(capsys: pytest.CaptureFixture) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import logging
 import os
 import re
 import types
@@ -25,8 +26,11 @@ from typing import Any, Literal, Mapping, Optional, Union
 from transformers import HfArgumentParser
 
 from modeling_protoseg import ProtoSegConfig
+from training.dataset_layouts import detect_layout
 from training.evaluation import EVAL_MODES, MULTISCALE_FACTORS
 from training.presets import DATASET_PRESETS, ENCODER_CONFIGS, DatasetPreset, get_dataset_preset
+
+logger = logging.getLogger("protoseg.train")
 
 
 @dataclass
@@ -36,9 +40,17 @@ class DataArguments:
     preset: Optional[str] = field(default=None, metadata={"help": f"dataset preset: {', '.join(DATASET_PRESETS)}"})
     dataset_name: Optional[str] = field(
         default=None,
-        metadata={"help": "Hub dataset id or local folder (Parquet, imagefolder, save_to_disk, Cityscapes)"},
+        metadata={"help": "Hub dataset id or local folder (Parquet, imagefolder, save_to_disk, or the manual download "
+                  "of ADE20K (ADEChallengeData2016/) or Cityscapes (leftImg8bit/ + gtFine/), whose preset it selects)"},
     )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "dataset configuration name"})
+    dataset_config_name: Optional[str] = field(
+        default=None, metadata={"help": "dataset configuration name (load_dataset's `name`)"}
+    )
+    dataset_data_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "folder of the dataset repository (or local folder) to read, load_dataset's `data_dir`: "
+                  "e.g. one configuration of a script dataset's Parquet conversion"},
+    )  # fmt: skip
     dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision (branch, tag, commit)"})
     train_split: str = field(default="train", metadata={"help": "training split"})
     validation_split: str = field(default="validation", metadata={"help": "split evaluated during and after training"})
@@ -381,8 +393,8 @@ DERIVED_DEFAULTS: dict[str, str] = {
     "mixed_precision": "what accelerate launch or its config file set, else no",
     "output_dir": "outputs/<head>-<preset or dataset folder>[-pixel-contrast]",
 }
-_DATASET_FIELDS = ("dataset_name", "dataset_config_name", "dataset_revision", "train_split", "validation_split",
-                   "image_column", "label_column", "reduce_labels")  # fmt: skip
+_DATASET_FIELDS = ("dataset_name", "dataset_config_name", "dataset_data_dir", "dataset_revision", "train_split",
+                   "validation_split", "image_column", "label_column", "reduce_labels")  # fmt: skip
 
 
 def field_defaults() -> dict[str, Any]:
@@ -409,14 +421,39 @@ def encoder_decoder_width(encoder: str) -> int | None:
 
 def _preset_layer(flags: Mapping[str, Any], preset: DatasetPreset) -> dict[str, Any]:
     """The preset's values that apply: not its optimizer's numbers under another --optimizer, not its Hub
-    configuration/revision for another --dataset_name."""
+    configuration/revision for another --dataset_name; its data folder only where that dataset has it (a local
+    copy of the Hub repository does, e.g. ADE20K's scene_parsing/)."""
     values = preset_values(preset)
     other_optimizer = "optimizer" in flags and flags["optimizer"] != values.get("optimizer", flags["optimizer"])
     other_dataset = "dataset_name" in flags and flags["dataset_name"] != preset.dataset_name
-    skipped = (set(SGD_DEFAULTS) if other_optimizer else set()) | (
-        {"dataset_config_name", "dataset_revision"} if other_dataset else set()
-    )
+    skipped = set(SGD_DEFAULTS) if other_optimizer else set()
+    if other_dataset:
+        skipped |= {"dataset_config_name", "dataset_revision"}
+        data_dir = preset.dataset_data_dir
+        if not (data_dir and os.path.isdir(os.path.join(str(flags["dataset_name"]), data_dir))):
+            skipped.add("dataset_data_dir")
     return {name: value for name, value in values.items() if name not in skipped}
+
+
+def _preset_name(flags: Mapping[str, Any]) -> str | None:
+    """The preset a run uses: --preset; else the one a --dataset_name folder's manual-download layout names
+    (ADEChallengeData2016/ -> ade20k, leftImg8bit/ + gtFine/ -> cityscapes); else synthetic without a
+    --dataset_name. A --preset that contradicts the folder's layout is a ValueError."""
+    layout = detect_layout(flags.get("dataset_name"))
+    given = flags.get("preset")
+    if given and layout and get_dataset_preset(given).name != layout:
+        raise ValueError(
+            f"--dataset_name {flags['dataset_name']} is a {layout} download (its folder layout), but --preset is "
+            f"{given!r}: pass --preset {layout} or leave it out"
+        )
+    if given:
+        return given
+    if layout:
+        logger.info(
+            "--dataset_name %s is laid out as the %s download: --preset %s", flags["dataset_name"], layout, layout
+        )
+        return layout
+    return None if flags.get("dataset_name") else "synthetic"
 
 
 def _finish_values(values: dict[str, Any], preset: DatasetPreset | None) -> None:
@@ -438,21 +475,23 @@ def _finish_values(values: dict[str, Any], preset: DatasetPreset | None) -> None
     if values["push_to_hub"] and not values["hub_model_id"]:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/protoseg-mit-b0-ade20k)")
     if values["dataset_name"] is None and (preset is None or preset.source != "synthetic"):
-        raise ValueError(f"--preset {values['preset']} needs --dataset_name (the dataset's local folder)")
+        what = "the folder holding leftImg8bit/ and gtFine/" if values["preset"] == "cityscapes" else "its folder"
+        raise ValueError(f"--preset {values['preset']} needs --dataset_name ({what})")
 
 
 def resolve_config(flags: Mapping[str, Any] | None = None, /, **keyword_flags: Any) -> TrainingConfig:
     """Every setting of a run from the flags given (by flag name, e.g. `resolve_config(max_steps=10)`).
 
     Layers, each overriding the one before: declared defaults < SGD's defaults with `optimizer="sgd"` < the
-    named encoder's decoder width < the dataset preset (synthetic when neither preset nor dataset_name is
-    given) < the paper's method values with `method="paper"` < the given flags. Raises a ValueError for unknown names or inconsistent settings.
+    named encoder's decoder width < the dataset preset (the one a dataset_name folder's download layout names
+    when no preset is given, synthetic when neither is) < the paper's method values with `method="paper"` < the
+    given flags. Raises a ValueError for unknown names or inconsistent settings.
     """
     flags = {**(flags or {}), **keyword_flags}
     unknown = sorted(set(flags) - set(FIELD_GROUPS))
     if unknown:
         raise ValueError(f"unknown settings {unknown}; valid: {', '.join(FIELD_GROUPS)}")
-    preset_name = flags.get("preset") or (None if flags.get("dataset_name") else "synthetic")
+    preset_name = _preset_name(flags)
     preset = get_dataset_preset(preset_name) if preset_name else None
     preset_layer = _preset_layer(flags, preset) if preset is not None else {}
     if preset is not None:

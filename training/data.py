@@ -25,6 +25,7 @@ from modeling_protoseg.image_loading import open_image as _open_image
 from modeling_protoseg.image_loading import to_rgb_array
 
 from .augmentation import seed_transform
+from .dataset_layouts import ade20k_file_pairs, cityscapes_file_pairs  # noqa: F401  (re-exported)
 from .synthetic import SyntheticScenes
 
 # ----------------------------------------------------------------------------------------------
@@ -153,6 +154,11 @@ class HubDatasetSource:
                 dataset = dataset.cast_column(column, datasets.Image(decode=False))
         self.dataset = dataset.select_columns([image_column, label_column])
         self.image_column, self.label_column, self.split_name = image_column, label_column, split_name
+        if len(self.dataset) and self.dataset[0][label_column] is None:
+            raise ValueError(
+                f"split {split_name!r} has no label maps (its first sample's {label_column!r} is empty): an "
+                "unlabelled split, such as SceneParse150's test split, cannot be trained or evaluated on"
+            )
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -162,6 +168,11 @@ class HubDatasetSource:
         image = row[self.image_column]
         path = image.get("path") if isinstance(image, dict) else None
         name = f"{self.split_name} sample {index}" + (f" ({path})" if path else "")
+        if row[self.label_column] is None:
+            raise ValueError(
+                f"{name} has no label map (column {self.label_column!r} is empty): an unlabelled split, such as "
+                "SceneParse150's test split, cannot be trained or evaluated on"
+            )
         return image, row[self.label_column], name
 
 
@@ -193,48 +204,85 @@ class SyntheticSource:
         return image, label, f"synthetic {self.split_name} sample {index}"
 
 
-def cityscapes_file_pairs(root: str | os.PathLike, split: str) -> list[tuple[Path, Path]]:
-    """(leftImg8bit image, gtFine labelIds) pairs of a Cityscapes split, sorted by file name.
-
-    Expects the standard layout: root/leftImg8bit/<split>/<city>/<frame>_leftImg8bit.png and
-    root/gtFine/<split>/<city>/<frame>_gtFine_labelIds.png.
-    """
-    root = Path(root)
-    image_dir = root / "leftImg8bit" / split
-    if not image_dir.is_dir():
-        available = sorted(p.name for p in (root / "leftImg8bit").glob("*") if p.is_dir())
-        raise ValueError(
-            f"Cityscapes: no folder {image_dir}; expected <root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png "
-            f"(splits found: {', '.join(available) or 'none'})"
-        )
-    pairs = []
-    for image_path in sorted(image_dir.glob("*/*_leftImg8bit.png")):
-        frame = image_path.name[: -len("_leftImg8bit.png")]
-        label_path = root / "gtFine" / split / image_path.parent.name / f"{frame}_gtFine_labelIds.png"
-        if not label_path.is_file():
-            raise ValueError(f"Cityscapes: image {image_path} has no label file {label_path}")
-        pairs.append((image_path, label_path))
-    if not pairs:
-        raise ValueError(f"Cityscapes: no *_leftImg8bit.png images under {image_dir}/<city>/")
-    return pairs
-
-
 # ----------------------------------------------------------------------------------------------
 # Loading splits and class names
 
 
-def load_hub_dataset(name_or_path: str, *, config_name: str | None = None, revision: str | None = None) -> Any:
+def _dataset_folders(folder: str) -> list[str]:
+    """Sub-folders of a local dataset folder that hold split folders or files of their own (e.g. one per
+    configuration of a Parquet conversion: scene_parsing/, instance_segmentation/)."""
+    split_words = ("train", "training", "validation", "valid", "val", "dev", "test")
+    found = []
+    for child in sorted(Path(folder).iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            names = {entry.name.split(".")[0].split("-")[0].lower() for entry in child.iterdir()}
+            if names & set(split_words):
+                found.append(child.name)
+    return found
+
+
+def _error_chain(error: BaseException) -> str:
+    """The messages of `error` and the exceptions it was raised from."""
+    messages, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return " <- ".join(messages)
+
+
+def load_hub_dataset(
+    name_or_path: str,
+    *,
+    config_name: str | None = None,
+    data_dir: str | None = None,
+    revision: str | None = None,
+) -> Any:
     """A `datasets.DatasetDict` from a Hub id, a local folder `load_dataset` reads (Parquet shards,
-    imagefolder with metadata) or a folder written by `save_to_disk`."""
+    imagefolder with metadata) or a folder written by `save_to_disk`.
+
+    `config_name`, `data_dir` and `revision` are `load_dataset`'s `name`, `data_dir` and `revision` (the revision
+    applies to Hub ids only). A local folder and a Hub repository with the same files load the same way.
+    A ValueError says what went wrong in the dataset's terms: a configuration the files do not define, several
+    configurations' files mixed into one split, a repository that holds only a loading script.
+    """
     import datasets
 
     if os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, "dataset_dict.json")):
         return datasets.load_from_disk(name_or_path)
     if os.path.isfile(name_or_path) and name_or_path.endswith(".parquet"):
         return datasets.load_dataset("parquet", data_files={"train": name_or_path})
-    if os.path.isdir(name_or_path):
-        return datasets.load_dataset(name_or_path, config_name)
-    return datasets.load_dataset(name_or_path, config_name, revision=revision)
+    is_local = os.path.isdir(name_or_path)
+    where = f"the folder {name_or_path}" if is_local else f"the Hub dataset {name_or_path}" + (
+        f" (revision {revision})" if revision else ""
+    )
+    folders = _dataset_folders(name_or_path) if is_local else []
+    folder_hint = f" (its dataset folders: {', '.join(folders)})" if folders else ""
+    try:
+        if is_local:
+            return datasets.load_dataset(name_or_path, config_name, data_dir=data_dir)
+        return datasets.load_dataset(name_or_path, config_name, data_dir=data_dir, revision=revision)
+    except (ValueError, RuntimeError, datasets.exceptions.DatasetGenerationError) as error:
+        chain = _error_chain(error)
+        if "BuilderConfig" in chain and config_name:
+            raise ValueError(
+                f"{where} has no configuration {config_name!r} ({error}). A dataset that was a loading script is "
+                "served as Parquet files with one folder per old configuration and a single 'default' "
+                f"configuration: pass the folder as --dataset_data_dir{folder_hint} instead of --dataset_config_name"
+            ) from error
+        if "column names don't match" in chain:
+            raise ValueError(
+                f"{where}: the data files of one split do not share their columns, so files of several datasets "
+                f"or configurations were mixed{folder_hint}: choose one with --dataset_data_dir"
+                + (f" (now {data_dir!r})" if data_dir else "")
+            ) from error
+        if "Dataset scripts are no longer supported" in chain:
+            raise ValueError(
+                f"{where} holds only a loading script, which datasets >= 4 no longer runs. Its automatic Parquet "
+                "conversion loads with --dataset_revision refs/convert/parquet and --dataset_data_dir <the old "
+                f"configuration's name> ({error})"
+            ) from error
+        raise
 
 
 def pick_split(available: Sequence[str], requested: str, *, fallbacks: Sequence[str] = ()) -> str:

@@ -6,7 +6,8 @@
 The model loads with `AutoModelForSemanticSegmentation.from_pretrained` (ProtoSeg registered by
 `import modeling_protoseg`), images are resized to the folder's image processor size and normalised as the
 model's encoder expects (`training.preprocessing`), predictions are scored at the labels' own resolution.
-Defaults for the mode and crop come from the folder's training_summary.json when it has one.
+The evaluation mode, windows, stride, scales and flip default to the run's own (the folder's
+evaluation_config.json, written by training); each option given here replaces one of them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from training.augmentation import build_eval_transform
 from training.config import DataArguments, parse_flags, resolve_config
 from training.data import SegmentationDataset, collate_eval
-from training.evaluation import EVAL_MODES, MULTISCALE_FACTORS, evaluate
+from training.evaluation import EVAL_MODES, EVALUATION_CONFIG_FILE, MULTISCALE_FACTORS, EvaluationSetup, evaluate
 from training.export import prototype_health_json, results_json
 from training.preprocessing import input_normalization
 from training.sources import load_dataset_splits
@@ -34,15 +35,17 @@ logger = logging.getLogger("protoseg.evaluate")
 
 @dataclasses.dataclass
 class EvaluationSettings:
-    """How to evaluate: the split, the mode and its sizes; None means "as the folder was trained/evaluated"."""
+    """How to evaluate: the split, the mode and its sizes; None means "as the folder's run evaluated" (its
+    `evaluation_config.json`; for older folders the mode of its eval_results.json and the crop of its
+    training_summary.json), else whole-image."""
 
     split: str = "test"
-    eval_mode: Optional[str] = None  # default: training_summary.json's eval_mode, else "whole"
-    base_size: Optional[int] = None  # default: the folder's image processor height
-    crop_size: Optional[Sequence[int]] = None  # slide windows; default: training_summary.json's crop_size
-    eval_stride: Optional[Sequence[int]] = None  # default: 2/3 of the crop
-    eval_scales: Sequence[float] = MULTISCALE_FACTORS
-    eval_flip: bool = True
+    eval_mode: Optional[str] = None
+    base_size: Optional[int] = None  # default: the folder's image processor's short side
+    crop_size: Optional[Sequence[int]] = None  # slide windows
+    eval_stride: Optional[Sequence[int]] = None  # default: the run's, or 2/3 of a window given here
+    eval_scales: Optional[Sequence[float]] = None
+    eval_flip: Optional[bool] = None
     batch_size: int = 1
     device: Optional[str] = None  # default: cuda when available
 
@@ -61,6 +64,36 @@ def _base_size(folder: Path) -> int | None:
     if base_size is None:
         raise ValueError(f"{folder} has no preprocessor_config.json with a size: pass --base_size")
     return int(base_size)
+
+
+def saved_evaluation_setup(folder: Path, base_size: int | None) -> tuple[EvaluationSetup, str]:
+    """How the run that wrote `folder` evaluated, and which file says so: its `evaluation_config.json`; for a
+    folder written before that file existed, the mode of its eval_results.json and the crop of its
+    training_summary.json (stride 2/3 of the crop); else whole-image with square windows of the base size."""
+    saved = EvaluationSetup.read(folder)
+    if saved is not None:
+        return saved, str(folder / EVALUATION_CONFIG_FILE)
+    eval_mode = _read_json(folder / "eval_results.json").get("eval_mode")
+    crop_size = _read_json(folder / "training_summary.json").get("crop_size")
+    if eval_mode in EVAL_MODES:
+        source = f"{folder / 'eval_results.json'}" + (f" and {folder / 'training_summary.json'}" if crop_size else "")
+    else:
+        eval_mode, source = "whole", "the default (the folder records no evaluation mode)"
+    fallback_crop = [base_size or 512] * 2
+    return EvaluationSetup.from_settings(eval_mode=eval_mode, crop_size=crop_size or fallback_crop), source
+
+
+def resolve_evaluation_setup(saved: EvaluationSetup, settings: EvaluationSettings) -> EvaluationSetup:
+    """`saved` with what `settings` gives instead; a new window size without a stride gets 2/3 of it."""
+    crop_size = tuple(settings.crop_size) if settings.crop_size else saved.crop_size
+    stride = settings.eval_stride or (saved.eval_stride if not settings.crop_size else None)
+    return EvaluationSetup.from_settings(
+        eval_mode=settings.eval_mode or saved.eval_mode,
+        crop_size=crop_size,
+        eval_stride=stride,
+        eval_scales=settings.eval_scales if settings.eval_scales is not None else saved.eval_scales,
+        eval_flip=settings.eval_flip if settings.eval_flip is not None else saved.eval_flip,
+    )
 
 
 def _looks_like_a_path(name: str) -> bool:
@@ -110,14 +143,13 @@ def evaluate_folder(
     import modeling_protoseg  # noqa: F401  (registers "protoseg" with the Auto classes)
 
     folder, settings = check_model_folder(folder), settings or EvaluationSettings()
-    summary = _read_json(folder / "training_summary.json")
-    eval_mode = settings.eval_mode or summary.get("eval_mode") or "whole"
     base_size = settings.base_size or _base_size(folder)
-    crop_size = tuple(settings.crop_size or summary.get("crop_size") or (base_size, base_size))
-    crop_size = crop_size * 2 if len(crop_size) == 1 else crop_size
-    stride = (
-        tuple(settings.eval_stride) * (2 if len(settings.eval_stride) == 1 else 1) if settings.eval_stride else None
-    )
+    saved, saved_source = saved_evaluation_setup(folder, base_size)
+    setup = resolve_evaluation_setup(saved, settings)
+    logger.info(
+        "evaluation: %s, base size %s, windows %s, stride %s (the run's setup from %s%s)", setup.eval_mode, base_size,
+        setup.crop_size, setup.eval_stride, saved_source, "; changed by the options given" if setup != saved else "",
+    )  # fmt: skip
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = AutoModelForSemanticSegmentation.from_pretrained(folder).to(device).eval()
     id2label = {int(index): name for index, name in model.config.id2label.items()}
@@ -138,13 +170,13 @@ def evaluate_folder(
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, collate_fn=collate_eval)
     metrics = evaluate(
-        model, loader, num_labels=len(id2label), ignore_index=data.ignore_index, mode=eval_mode,
-        crop_size=crop_size, stride=stride, scales=settings.eval_scales, flip=settings.eval_flip, device=device,
-        show_progress=True,
+        model, loader, num_labels=len(id2label), ignore_index=data.ignore_index, mode=setup.eval_mode,
+        crop_size=setup.crop_size, stride=setup.eval_stride, scales=setup.eval_scales, flip=setup.eval_flip,
+        device=device, show_progress=True,
     )  # fmt: skip
     split_name = getattr(source, "split_name", settings.split)
     return results_json(
-        metrics, id2label, eval_mode=eval_mode, split=split_name, dataset=splits.description,
+        metrics, id2label, eval_mode=setup.eval_mode, split=split_name, dataset=splits.description,
         prototype_health=prototype_health_json(model),
     )  # fmt: skip
 
@@ -153,18 +185,28 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.evaluate",
         description="Evaluate a saved model folder on a dataset split. Dataset options as training/train.py's.",
-        epilog="Dataset options: --preset, --dataset_name, --dataset_config_name, --dataset_revision, "
-        "--image_column, --label_column, --reduce_labels, --id2label_file, --num_labels, --ignore_index, "
-        "--max_eval_samples, --validation_split, --synthetic_* and --seed (synthetic scenes).",
+        epilog="Dataset options: --preset, --dataset_name, --dataset_config_name, --dataset_data_dir, "
+        "--dataset_revision, --image_column, --label_column, --reduce_labels, --id2label_file, --num_labels, "
+        "--ignore_index, --max_eval_samples, --validation_split, --synthetic_* and --seed (synthetic scenes).",
     )
     parser.add_argument("folder", help="a saved model folder (save_pretrained + preprocessor_config.json)")
     parser.add_argument("--split", default="test", help="the split to evaluate (default: test)")
-    parser.add_argument("--eval_mode", choices=EVAL_MODES, help="default: the training run's, else whole")
+    parser.add_argument(
+        "--eval_mode", choices=EVAL_MODES, help="default: the run's (its evaluation_config.json), else whole"
+    )
     parser.add_argument("--base_size", type=int, help="short side of the images (default: the folder's processor)")
-    parser.add_argument("--crop_size", type=int, nargs="+", help="slide: window (default: the training crop)")
-    parser.add_argument("--eval_stride", type=int, nargs="+", help="slide: stride (default: 2/3 of the window)")
-    parser.add_argument("--eval_scales", type=float, nargs="+", default=list(MULTISCALE_FACTORS))
-    parser.add_argument("--no_eval_flip", action="store_true", help="multiscale: no horizontal flip")
+    parser.add_argument("--crop_size", type=int, nargs="+", help="slide: window (default: the run's)")
+    parser.add_argument(
+        "--eval_stride", type=int, nargs="+", help="slide: stride (default: the run's; 2/3 of a --crop_size given)"
+    )
+    parser.add_argument(
+        "--eval_scales", type=float, nargs="+",
+        help=f"multiscale: factors (default: the run's, else {' '.join(map(str, MULTISCALE_FACTORS))})",
+    )
+    parser.add_argument("--eval_flip", dest="eval_flip", action="store_const", const=True, help="multiscale: flip too")
+    parser.add_argument(
+        "--no_eval_flip", dest="eval_flip", action="store_const", const=False, help="multiscale: no horizontal flip"
+    )
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument("--output", help="write the JSON here (default: print it)")
@@ -186,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = EvaluationSettings(
         split=arguments.split, eval_mode=arguments.eval_mode, base_size=arguments.base_size,
         crop_size=arguments.crop_size, eval_stride=arguments.eval_stride, eval_scales=arguments.eval_scales,
-        eval_flip=not arguments.no_eval_flip, batch_size=arguments.batch_size, device=arguments.device,
+        eval_flip=arguments.eval_flip, batch_size=arguments.batch_size, device=arguments.device,
     )  # fmt: skip
     results = evaluate_folder(arguments.folder, config.data, settings, seed=config.runtime.seed)
     text = json.dumps(results, indent=2)

@@ -7,6 +7,11 @@ upsampled back to the label's original size, where the confusion matrix is accum
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -18,6 +23,95 @@ from .metrics import ConfusionMatrix
 
 EVAL_MODES = ("whole", "slide", "multiscale")
 MULTISCALE_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # of the base size: mmseg's and the paper's MS test
+EVALUATION_CONFIG_FILE = "evaluation_config.json"
+
+
+def default_stride(crop_size: Sequence[int]) -> tuple[int, int]:
+    """The sliding-window stride when none is given: 2/3 of the window (mmseg's Cityscapes setting)."""
+    return max(1, crop_size[0] * 2 // 3), max(1, crop_size[1] * 2 // 3)
+
+
+@dataclass(frozen=True)
+class EvaluationSetup:
+    """How a run evaluates its model, saved beside it (`evaluation_config.json`) so that
+    `python -m training.evaluate` scores the folder the same way unless told otherwise. The base size (the
+    short side images are resized to) is the saved image processor's; it is not repeated here.
+
+    Arguments:
+        eval_mode: "whole", "slide" or "multiscale".
+        crop_size: (height, width) of the sliding windows.
+        eval_stride: (height, width) step between windows.
+        eval_scales: multiscale factors of the base size.
+        eval_flip: multiscale: also average the mirrored image.
+    """
+
+    eval_mode: str
+    crop_size: tuple[int, int]
+    eval_stride: tuple[int, int]
+    eval_scales: tuple[float, ...] = MULTISCALE_FACTORS
+    eval_flip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode {self.eval_mode!r} is not one of {', '.join(EVAL_MODES)}")
+        for name in ("crop_size", "eval_stride"):
+            value = getattr(self, name)
+            if len(value) != 2 or not all(isinstance(item, int) and item >= 1 for item in value):
+                raise ValueError(f"{name} must be two positive integers (height, width), got {value!r}")
+        if not isinstance(self.eval_flip, bool):
+            raise ValueError(f"eval_flip must be true or false, got {self.eval_flip!r}")
+        if not self.eval_scales or not all(isinstance(scale, (int, float)) and scale > 0 for scale in self.eval_scales):
+            raise ValueError(f"eval_scales must be positive numbers, got {self.eval_scales!r}")
+
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        eval_mode: str,
+        crop_size: Sequence[int],
+        eval_stride: Sequence[int] | None = None,
+        eval_scales: Sequence[float] = MULTISCALE_FACTORS,
+        eval_flip: bool = True,
+    ) -> EvaluationSetup:
+        """The setup of a run's settings: a one-number crop or stride is square; no stride is `default_stride`."""
+        crop = tuple(int(item) for item in crop_size) * (2 if len(crop_size) == 1 else 1)
+        stride = tuple(int(item) for item in eval_stride) * (2 if len(eval_stride) == 1 else 1) if eval_stride else None
+        return cls(
+            eval_mode=eval_mode, crop_size=crop, eval_stride=stride or default_stride(crop),
+            eval_scales=tuple(float(scale) for scale in eval_scales), eval_flip=eval_flip,
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "eval_mode": self.eval_mode,
+            "crop_size": list(self.crop_size),
+            "eval_stride": list(self.eval_stride),
+            "eval_scales": list(self.eval_scales),
+            "eval_flip": self.eval_flip,
+        }
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write `evaluation_config.json` into `folder`."""
+        path = Path(folder) / EVALUATION_CONFIG_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> EvaluationSetup | None:
+        """The setup saved in `folder`, or None when it has none; a ValueError names the file and the bad value."""
+        path = Path(folder) / EVALUATION_CONFIG_FILE
+        if not path.is_file():
+            return None
+        try:
+            values = json.loads(path.read_text())
+            if not isinstance(values, dict):
+                raise ValueError(f"expected a JSON object, got {type(values).__name__}")
+            unknown = sorted(set(values) - {item.name for item in dataclasses.fields(cls)})
+            if unknown:
+                raise ValueError(f"unknown keys {unknown}")
+            return cls.from_settings(**values)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: {error}") from error
 
 
 def _model_logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -136,7 +230,7 @@ def predict_segmentation(
     elif mode == "slide":
         if crop_size is None:
             raise ValueError("sliding-window evaluation needs a crop_size")
-        stride = stride or (max(1, crop_size[0] * 2 // 3), max(1, crop_size[1] * 2 // 3))
+        stride = stride or default_stride(crop_size)
         logits = predict_logits_sliding(model, pixel_values, output_size, crop_size=crop_size, stride=stride)
     elif mode == "multiscale":
         logits = predict_probabilities_multiscale(model, pixel_values, output_size, scales=scales, flip=flip)

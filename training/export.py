@@ -3,6 +3,7 @@
 <output_dir>/
   model.safetensors, config.json (+ modeling code)   save_pretrained
   preprocessor_config.json                           the image processor evaluation used
+  evaluation_config.json                             how the run evaluated (mode, windows): `EvaluationSetup`
   eval_results.json [test_results.json]              `results_json`
   train_results.json                                 runtime, throughput, divergence across processes
   README.md, training_summary.json                   `model_cards.write_model_card`
@@ -28,6 +29,7 @@ from transformers import SegformerImageProcessorPil
 from model_cards.redaction import publishable_command, publishable_path
 from modeling_protoseg.transformers_requirement import MINIMUM_TRANSFORMERS_VERSION
 from training.config import TrainingConfig
+from training.evaluation import EvaluationSetup
 
 
 def results_json(
@@ -219,21 +221,34 @@ segmenter = pipeline("image-segmentation", model="{summary["model_name"]}", trus
 
 
 def save_trained_model(
-    model: nn.Module, *, output_dir: str | os.PathLike, image_processor: SegformerImageProcessorPil
+    model: nn.Module,
+    *,
+    output_dir: str | os.PathLike,
+    image_processor: SegformerImageProcessorPil,
+    evaluation_setup: EvaluationSetup | None = None,
 ) -> Path:
-    """Write the trained model and its image processor into `output_dir` before the final evaluation, so a fault
-    there (or in the card, the results or the upload) never loses the weights; `export_final_model` later
-    replaces them with the same files plus results and card. Staged and moved file by file, as that does."""
+    """Write the trained model and its image processor (and how the run evaluates it) into `output_dir` before
+    the final evaluation, so a fault there (or in the card, the results or the upload) never loses the weights;
+    `export_final_model` later replaces them with the same files plus results and card. Staged and moved file by
+    file, as that does."""
     output_dir = Path(output_dir)
-    return _move_into(_staged_model(model, image_processor, output_dir / ".tmp-trained"), output_dir)
+    staging = _staged_model(model, image_processor, output_dir / ".tmp-trained", evaluation_setup)
+    return _move_into(staging, output_dir)
 
 
-def _staged_model(model: nn.Module, image_processor: SegformerImageProcessorPil, staging: Path) -> Path:
-    """A fresh staging folder holding the saved model and image processor."""
+def _staged_model(
+    model: nn.Module,
+    image_processor: SegformerImageProcessorPil,
+    staging: Path,
+    evaluation_setup: EvaluationSetup | None = None,
+) -> Path:
+    """A fresh staging folder holding the saved model, image processor and `evaluation_config.json`."""
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     model.save_pretrained(staging)
     image_processor.save_pretrained(staging)
+    if evaluation_setup is not None:
+        evaluation_setup.save(staging)
     return staging
 
 
@@ -256,13 +271,15 @@ def export_final_model(
     results: dict[str, dict[str, Any]],
     summary: dict[str, Any],
     hub_model_id: str | None = None,
+    evaluation_setup: EvaluationSetup | None = None,
 ) -> Path:
-    """Write model + image processor + `results` (file name -> JSON) + model card into `output_dir`.
+    """Write model + image processor + `results` (file name -> JSON) + model card (+ `evaluation_config.json`,
+    how the run evaluated, for `python -m training.evaluate`) into `output_dir`.
 
     Everything is written to a temporary folder first and then moved file by file, so a crash never
     leaves a half-written `model.safetensors` under its final name."""
     output_dir = Path(output_dir)
-    staging = _staged_model(model, image_processor, output_dir / ".tmp-final")
+    staging = _staged_model(model, image_processor, output_dir / ".tmp-final", evaluation_setup)
     for file_name, values in results.items():
         (staging / file_name).write_text(json.dumps(values, indent=2))
     try:

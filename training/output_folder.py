@@ -20,7 +20,8 @@ FINISHED_RUN_FILES = ("config.json", "model.safetensors", "eval_results.json")
 # What a run writes at the top of its folder (besides the model code), deleted by --overwrite_output_dir.
 RUN_FILES = (
     "config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json", "README.md",
-    "eval_results.json", "test_results.json", "train_results.json", "training_summary.json", "eval_history.jsonl",
+    "evaluation_config.json", "eval_results.json", "test_results.json", "train_results.json", "training_summary.json",
+    "eval_history.jsonl",
 )  # fmt: skip
 RUN_FOLDERS = ("checkpoints", "runs", ".tmp-trained", ".tmp-final")
 

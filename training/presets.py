@@ -66,13 +66,17 @@ CAMVID_CLASS_NAMES: tuple[str, ...] = (
 @dataclass(frozen=True)
 class DatasetPreset:
     """Defaults for one dataset. `source` is "hub" (anything `datasets.load_dataset` reads),
-    "cityscapes" (a local leftImg8bit/gtFine folder) or "synthetic" (generated, see `synthetic.py`)."""
+    "cityscapes" (a local leftImg8bit/gtFine folder) or "synthetic" (generated, see `synthetic.py`); a local
+    folder in a dataset's manual-download layout (`dataset_layouts.py`) is read as such whatever the source.
+    `dataset_config_name`, `dataset_data_dir` and `dataset_revision` are passed to `datasets.load_dataset` as
+    `name`, `data_dir` and `revision`."""
 
     name: str
     source: str
     description: str
     dataset_name: str | None = None
     dataset_config_name: str | None = None
+    dataset_data_dir: str | None = None
     dataset_revision: str | None = None
     train_split: str = "train"
     validation_split: str = "validation"
@@ -115,9 +119,12 @@ DATASET_PRESETS: dict[str, DatasetPreset] = {
             name="ade20k",
             source="hub",
             description="ADE20K / SceneParse150 from the Hub (150 classes, label 0 'other' -> ignore), crop 512",
-            # The Hub's Parquet conversion of the script dataset (datasets >= 4 no longer runs scripts).
+            # The repository's main branch holds only a loading script, which datasets >= 4 no longer runs. Its
+            # Parquet conversion (branch refs/convert/parquet) holds one folder per script config,
+            # <config>/<split>/NNNN.parquet, and no README: datasets sees a single "default" config over every
+            # folder, so the scene-parsing part is chosen by data_dir, not by a config name.
             dataset_name="zhoubolei/scene_parse_150",
-            dataset_config_name="scene_parsing",
+            dataset_data_dir="scene_parsing",
             dataset_revision="refs/convert/parquet",
             label_column="annotation",
             reduce_labels=True,
@@ -136,12 +143,13 @@ DATASET_PRESETS: dict[str, DatasetPreset] = {
             name="cityscapes",
             source="cityscapes",
             description="Cityscapes from a local folder with leftImg8bit/ and gtFine/ (labelIds -> 19 train ids), "
-            "crop 512x1024, sliding-window evaluation",
+            "full resolution (short side 1024: 2048x1024 frames), crop 512x1024, sliding-window evaluation",
             dataset_name=None,  # must be given: --dataset_name /path/to/cityscapes
             validation_split="val",
             class_names=CITYSCAPES_CLASS_NAMES,
             overrides=dict(
                 crop_size=[512, 1024],
+                base_size=1024,  # the frames' own short side: training rescales 0.5-2x of it, evaluation keeps it
                 max_steps=160_000,
                 per_device_train_batch_size=1,
                 optimizer="adamw",

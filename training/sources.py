@@ -20,13 +20,26 @@ from training.data import (
     SampleSource,
     SyntheticSource,
     check_not_binary_255_masks,
-    cityscapes_file_pairs,
     find_class_names,
     load_hub_dataset,
     pick_split,
     to_label_array,
 )
-from training.presets import CITYSCAPES_LABEL_ID_TO_TRAIN_ID, DatasetPreset, get_dataset_preset
+from training.dataset_layouts import (
+    ADE20K_LAYOUT,
+    CITYSCAPES_LAYOUT,
+    ade20k_file_pairs,
+    cityscapes_file_pairs,
+    detect_layout,
+    not_a_cityscapes_folder_message,
+)
+from training.presets import (
+    ADE20K_CLASS_NAMES,
+    CITYSCAPES_CLASS_NAMES,
+    CITYSCAPES_LABEL_ID_TO_TRAIN_ID,
+    DatasetPreset,
+    get_dataset_preset,
+)
 from training.synthetic import SYNTHETIC_CLASS_NAMES, SyntheticScenes, synthetic_splits
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +103,22 @@ class SelectedSamples:
 
 
 def preset_source(preset: DatasetPreset | None) -> str:
-    """Where the data comes from: "synthetic", "cityscapes" or "hub" (anything `load_dataset` reads)."""
+    """Where a preset's data comes from: "synthetic", "cityscapes" or "hub" (anything `load_dataset` reads)."""
     return preset.source if preset is not None else "hub"
+
+
+def data_source_kind(data: DataArguments, preset: DatasetPreset | None) -> str:
+    """Which reader a run uses: "synthetic"; "ade20k" or "cityscapes" for a local folder in that dataset's
+    manual-download layout; else "hub" (`datasets.load_dataset`). The Cityscapes preset with anything but its
+    download folder is a ValueError saying what it expects."""
+    if preset_source(preset) == "synthetic":
+        return "synthetic"
+    layout = detect_layout(_dataset_path(data.dataset_name, preset)) if data.dataset_name else None
+    if layout is not None:
+        return layout
+    if preset_source(preset) == "cityscapes":
+        raise ValueError(not_a_cityscapes_folder_message(str(data.dataset_name)))
+    return "hub"
 
 
 def _dataset_path(dataset_name: str, preset: DatasetPreset | None) -> str:
@@ -126,23 +153,34 @@ def _synthetic_splits(data: DataArguments, seed: int) -> DatasetSplits:
     )
 
 
-def _cityscapes_splits(data: DataArguments, preset: DatasetPreset) -> DatasetSplits:
+def _download_folder_splits(data: DataArguments, layout: str) -> DatasetSplits:
+    """The splits of a manual download (`dataset_layouts`): ADE20K's ADEChallengeData2016/ (labels 0 = "other",
+    1..150; `--reduce_labels`, set by the preset, maps them to ignore and 0..149) or Cityscapes' leftImg8bit/ +
+    gtFine/ (labelIds -> the 19 train ids, every other id ignored)."""
+    if layout == ADE20K_LAYOUT:
+        file_pairs, class_names = ade20k_file_pairs, ADE20K_CLASS_NAMES
+        label_mapping = LabelMapping(ignore_index=data.ignore_index, reduce_labels=bool(data.reduce_labels))
+    else:
+        file_pairs, class_names = cityscapes_file_pairs, CITYSCAPES_CLASS_NAMES
+        label_mapping = LabelMapping(ignore_index=data.ignore_index, id_to_train_id=CITYSCAPES_LABEL_ID_TO_TRAIN_ID)
+    folder = _dataset_path(data.dataset_name, None)
+
     def split(name: str, split_name: str) -> FilePairSource:
-        return FilePairSource(cityscapes_file_pairs(data.dataset_name, name), split_name=split_name)
+        return FilePairSource(file_pairs(folder, name), split_name=split_name)
 
     id2label, id2label_source = find_class_names(
         id2label_file=data.id2label_file,
         dataset_name=None,
-        class_names=preset.class_names,
+        class_names=class_names,
         num_labels=None,
-        preset_name=data.preset,
+        preset_name=layout,
     )
     return DatasetSplits(
         train=split(data.train_split, "train"),
         validation=split(data.validation_split, data.validation_split),
         test=split(data.test_split, data.test_split) if data.test_split else None,
         id2label=id2label,
-        label_mapping=LabelMapping(ignore_index=data.ignore_index, id_to_train_id=CITYSCAPES_LABEL_ID_TO_TRAIN_ID),
+        label_mapping=label_mapping,
         description=data.dataset_name,
         id2label_source=id2label_source,
     )
@@ -172,7 +210,10 @@ def _split_off_validation(splits: Any, data: DataArguments, *, seed: int) -> dic
 
 def _hub_splits(data: DataArguments, preset: DatasetPreset | None, *, seed: int) -> DatasetSplits:
     dataset_name = _dataset_path(data.dataset_name, preset)
-    splits = load_hub_dataset(dataset_name, config_name=data.dataset_config_name, revision=data.dataset_revision)
+    splits = load_hub_dataset(
+        dataset_name, config_name=data.dataset_config_name, data_dir=data.dataset_data_dir,
+        revision=data.dataset_revision,
+    )  # fmt: skip
     splits = _split_off_validation(splits, data, seed=seed)
 
     def source(split_name: str) -> HubDatasetSource:
@@ -227,14 +268,15 @@ def _check_first_labels(splits: DatasetSplits, ignore_index: int, count: int = 8
 
 def load_dataset_splits(data: DataArguments, *, seed: int) -> DatasetSplits:
     """The training and evaluation (and `test_split`) sources and class names that `data` names (synthetic,
-    Cityscapes folder, or anything `datasets.load_dataset` reads), cut to `max_train_samples`/`max_eval_samples`.
+    an ADE20K or Cityscapes download folder, or anything `datasets.load_dataset` reads), cut to
+    `max_train_samples`/`max_eval_samples`.
     `seed` draws the synthetic scenes."""
     preset = get_dataset_preset(data.preset) if data.preset else None
-    source_kind = preset_source(preset)
+    source_kind = data_source_kind(data, preset)
     if source_kind == "synthetic":
         splits = _synthetic_splits(data, seed)
-    elif source_kind == "cityscapes":
-        splits = _cityscapes_splits(data, preset)
+    elif source_kind in (ADE20K_LAYOUT, CITYSCAPES_LAYOUT):
+        splits = _download_folder_splits(data, source_kind)
     else:
         splits = _hub_splits(data, preset, seed=seed)
         _check_first_labels(splits, data.ignore_index)

@@ -46,7 +46,7 @@ from training.distributed import (
     single_process_warning,
     synchronize_buffers,
 )
-from training.evaluation import evaluate
+from training.evaluation import EvaluationSetup, evaluate
 from training.export import (
     export_final_model,
     prototype_health_json,
@@ -397,6 +397,15 @@ def _tracker_config(config: TrainingConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- finish
 
 
+def evaluation_setup(config: TrainingConfig) -> EvaluationSetup:
+    """How this run evaluates (mode, windows, scales), saved with the model for `python -m training.evaluate`."""
+    evaluation = config.evaluation
+    return EvaluationSetup.from_settings(
+        eval_mode=evaluation.eval_mode, crop_size=config.augmentation.crop_size, eval_stride=evaluation.eval_stride,
+        eval_scales=evaluation.eval_scales, eval_flip=evaluation.eval_flip,
+    )  # fmt: skip
+
+
 def _image_processor(config: TrainingConfig, model: nn.Module):
     """The processor saved with the model: it resizes and normalises as evaluation does."""
     return build_image_processor(
@@ -447,7 +456,7 @@ def export(
     )
     folder = export_final_model(
         model, output_dir=config.output.output_dir, image_processor=_image_processor(config, model), results=results,
-        summary=summary, hub_model_id=config.output.hub_model_id,
+        summary=summary, hub_model_id=config.output.hub_model_id, evaluation_setup=evaluation_setup(config),
     )  # fmt: skip
     logger.info("saved the final model to %s", folder)
     if config.output.push_to_hub:
@@ -471,7 +480,10 @@ def finish(
     """Final evaluation (once: each process a shard, results reduced), export and upload."""
     divergence = divergence_across_processes(model, accelerator)  # before any buffer sync
     if accelerator.is_main_process:  # a fault in the final evaluation or export must not lose the trained model
-        save_trained_model(model, output_dir=config.output.output_dir, image_processor=_image_processor(config, model))
+        save_trained_model(
+            model, output_dir=config.output.output_dir, image_processor=_image_processor(config, model),
+            evaluation_setup=evaluation_setup(config),
+        )  # fmt: skip
         logger.info("saved the trained weights to %s (results and card follow the final evaluation)", config.output.output_dir)
     accelerator.wait_for_everyone()
     id2label = data.splits.id2label
