@@ -51,7 +51,7 @@ def read_eval_results(folder: str | os.PathLike[str]) -> EvalResults:
 
 
 def as_training_summary(training_summary: SummaryInput) -> TrainingSummary | None:
-    """A TrainingSummary from a record, a dict in today's (or an older) layout, or None."""
+    """A TrainingSummary from a record, a dict in today's layout (`TrainingSummary.from_dict`), or None."""
     if training_summary is None or isinstance(training_summary, TrainingSummary):
         return training_summary
     return TrainingSummary.from_dict(dict(training_summary))
@@ -113,7 +113,7 @@ def write_model_card(
 
     Arguments:
         folder: checkpoint folder with `config.json` and `eval_results.json` (required).
-        training_summary: a TrainingSummary (or its dict form, today's or older key names). When
+        training_summary: a TrainingSummary (or its dict form, with today's key names). When
             given, it is also saved (tokens removed) as `training_summary.json` so the card can be
             re-rendered later; when None, that file is read.
         repo_id: Hub repository id used in the code snippets (defaults to the model's name).

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from checkpoint_folder import CLASS_NAMES, EVAL_RESULTS, TRAINING_SUMMARY, build_model, save_checkpoint_folder
+from checkpoint_folder import (
+    CLASS_NAMES,
+    EVAL_RESULTS,
+    PACKAGE_0_1_TRAINING_SUMMARY,
+    TRAINING_SUMMARY,
+    build_model,
+    save_checkpoint_folder,
+)
 from model_cards import (
     EvalResults,
     ModelCardInputError,
@@ -174,7 +181,7 @@ def test_malformed_eval_results_are_rejected(checkpoint: Path, changes: dict, me
 
 def test_local_dataset_path_is_reduced_to_its_name(checkpoint: Path) -> None:
     _write_eval_results(checkpoint, dataset_name="../shared/datasets/camvid/")
-    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset_name": "/data/camvid"}, repo_id="someone/protoseg")
+    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset": "/data/camvid"}, repo_id="someone/protoseg")
     assert card.data.datasets == ["camvid"]
     assert card.data.eval_results[0].dataset_type == "camvid"
     assert "shared/datasets" not in card.text and "/data/camvid" not in card.text
@@ -186,7 +193,7 @@ def test_newlines_and_html_in_a_dataset_name_stay_inside_the_title_as_text(check
     """A dataset name with newlines used to put raw lines (metadata, a heading, an <img onerror>) into the card."""
     injected = "camvid\nlicense: mit\n# Injected heading\r\n<img src=x onerror=alert(1)>\u2028`code`"
     _write_eval_results(checkpoint, dataset_name=injected)
-    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset_name": injected}, repo_id="someone/protoseg")
+    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset": injected}, repo_id="someone/protoseg")
     body_lines = card.text.splitlines()
     assert not [line for line in body_lines if line.startswith(("license:", "# Injected", "<img"))]
     assert "<img" not in card.text and "onerror=alert(1)&gt;" in card.text
@@ -196,7 +203,7 @@ def test_newlines_and_html_in_a_dataset_name_stay_inside_the_title_as_text(check
     assert "Injected heading" not in str(card.data.to_dict().get("license"))
 
 
-# The names training/train.py uses for its eval_results.json and summary (aliases of the canonical keys).
+# eval_results.json and training_summary.json as training/train.py writes them today.
 TRAIN_SCRIPT_EVAL_RESULTS = {
     "mean_iou": EVAL_RESULTS["mean_iou"],
     "mean_accuracy": 0.6034,
@@ -214,24 +221,31 @@ TRAIN_SCRIPT_SUMMARY = {
     "encoder": "nvidia/mit-b0",
     "dataset": "../shared/datasets/camvid",
     "preset": "camvid",
-    "eval_split": "test",
-    "eval_mode": "slide",
-    "num_labels": 3,
     "max_steps": 1000,
     "optimizer": "adamw",
     "learning_rate": 6e-05,
     "global_batch_size": 16,
     "crop_size": [360, 480],
-    "num_prototypes_per_class": 4,
+    "protoseg": {"num_prototypes_per_class": 4},
     "mixed_precision": "no",
     "num_processes": 2,
     "hardware": "2 x cpu (x86_64, 2 CPU cores)",
     "train_runtime_seconds": 812.4,
     "command": "training/train.py --preset camvid --push_to_hub --hub_model_id me/x --hub_token hf_abcdefghijklmnop",
 }
+# The summary dict training/train.py handed to package 0.1's card, which saved it as it was: the keys a 0.1
+# training_summary.json holds (evaluation split/mode and class count beside the run's facts, flat ProtoSeg knobs).
+PACKAGE_0_1_TRAIN_SCRIPT_SUMMARY = {
+    **{key: value for key, value in TRAIN_SCRIPT_SUMMARY.items() if key not in ("encoder", "protoseg")},
+    "encoder_name": "nvidia/mit-b0",
+    "eval_split": "test",
+    "eval_mode": "slide",
+    "num_labels": 3,
+    "num_prototypes_per_class": 4,
+}
 
 
-def test_training_script_key_names_are_understood(checkpoint: Path) -> None:
+def test_a_card_from_the_files_training_writes(checkpoint: Path) -> None:
     (checkpoint / "eval_results.json").write_text(json.dumps(TRAIN_SCRIPT_EVAL_RESULTS), encoding="utf-8")
     card = ModelCard.load(write_model_card(checkpoint, TRAIN_SCRIPT_SUMMARY))
     text = card.text
@@ -310,7 +324,7 @@ def _write_linear_head_folder(folder: Path) -> Path:
 def test_any_other_model_type_gets_a_generic_card_from_head_and_encoder(tmp_path: Path) -> None:
     folder = _write_linear_head_folder(tmp_path / "linear-swin")
     summary = {**TRAIN_SCRIPT_SUMMARY, "head": "linear", "encoder": "swin-tiny", "encoder_pretrained": False}
-    del summary["num_prototypes_per_class"]
+    del summary["protoseg"]
     card = ModelCard.load(write_model_card(folder, summary))
     text = card.text
     assert "# Linear head with Swin Transformer on camvid" in text
@@ -371,28 +385,54 @@ def test_records_read_the_files_training_writes_today(checkpoint: Path) -> None:
     (checkpoint / "training_summary.json").write_text(json.dumps(TRAIN_SCRIPT_SUMMARY), encoding="utf-8")
 
     results = EvalResults.read(checkpoint)
+    assert results == EvalResults.from_dict(TRAIN_SCRIPT_EVAL_RESULTS)
     assert results.eval_split == "test" and results.num_samples == 233 and results.dataset == "../shared/datasets/camvid"
     assert results.per_category_iou == {"sky": 0.8123, "road": 0.4321, "car": None}
     summary = TrainingSummary.read(checkpoint)
+    assert summary == TrainingSummary.from_dict(TRAIN_SCRIPT_SUMMARY)
     assert summary.encoder == "nvidia/mit-b0" and summary.max_steps == 1000 and summary.crop_size == [360, 480]
-    assert summary.protoseg == ProtoSegSettings(num_prototypes_per_class=4)  # flat knobs, nested
+    assert summary.protoseg == ProtoSegSettings(num_prototypes_per_class=4)
     assert summary.extra == {} and "<redacted>" in summary.command
     assert card_main([str(checkpoint)]) == 0  # the folder renders (and so publishes) as it is
     assert "| Training steps | 1000 |" in (checkpoint / "README.md").read_text(encoding="utf-8")
 
 
-def test_older_key_names_are_read_through_the_legacy_map(checkpoint: Path) -> None:
-    # checkpoint_folder writes `split`, `dataset_name`, and per-class lists in class-id order
+def test_package_0_1_files_still_load_and_render(checkpoint: Path) -> None:
+    """Folders written by package 0.1 hold older key names; they are read through legacy_keys, and only as files."""
+    # checkpoint_folder writes eval_results.json as 0.1 did: `split`, `dataset_name`, per-class lists in class-id order
     with pytest.raises(RecordFormatError, match="'per_category_iou' is a list in class-id order"):
         EvalResults.read(checkpoint)
     results = EvalResults.read(checkpoint, class_names=list(CLASS_NAMES))
     assert results.eval_split == "validation" and results.dataset == "camvid"
     assert list(results.per_category_iou) == list(CLASS_NAMES)
-    summary = TrainingSummary.from_dict(TRAINING_SUMMARY)
-    assert (summary.dataset, summary.encoder, summary.max_steps, summary.global_batch_size) == ("camvid", "nvidia/mit-b0", 200, 8)
-    assert summary.train_runtime_seconds == 3725.0
+
+    for old_summary, current in ((PACKAGE_0_1_TRAINING_SUMMARY, TRAINING_SUMMARY),
+                                 (PACKAGE_0_1_TRAIN_SCRIPT_SUMMARY, TRAIN_SCRIPT_SUMMARY)):  # fmt: skip
+        (checkpoint / "training_summary.json").write_text(json.dumps(old_summary), encoding="utf-8")
+        assert TrainingSummary.read(checkpoint) == TrainingSummary.from_dict(current)
+    (checkpoint / "training_summary.json").write_text(json.dumps(PACKAGE_0_1_TRAINING_SUMMARY), encoding="utf-8")
+    assert card_main([str(checkpoint)]) == 0  # the 0.1 folder renders (and so publishes) as it is
+    text = (checkpoint / "README.md").read_text(encoding="utf-8")
+    assert "| Training steps | 200 |" in text and "| Wall time | 1 h 02 min |" in text
+    assert "| Encoder weights before training | pretrained `nvidia/mit-b0` |" in text
     with pytest.raises(RecordFormatError, match="'encoder_name' .* and 'encoder' disagree"):
-        TrainingSummary.from_dict({"encoder": "a/b", "encoder_name": "c/d"})
+        TrainingSummary.from_json(json.dumps({"encoder": "a/b", "encoder_name": "c/d"}))
+
+
+@pytest.mark.parametrize(
+    ("record", "data", "message"),
+    [
+        (TrainingSummary, {"encoder_name": "a/b"}, "'encoder_name' is the package 0.1 name of 'encoder'; use 'encoder'"),
+        (TrainingSummary, {"num_train_steps": 3}, "'num_train_steps' is the package 0.1 name of 'max_steps'"),
+        (TrainingSummary, {"ppd_loss_weight": 0.01}, "the ProtoSeg knobs ['ppd_loss_weight'] go in the nested 'protoseg'"),
+        (TrainingSummary, {"eval_split": "test"}, "['eval_split'] are not training summary fields"),
+        (EvalResults, {**TRAIN_SCRIPT_EVAL_RESULTS, "split": "test"}, "'split' is the package 0.1 name of 'eval_split'"),
+        (EvalResults, {**TRAIN_SCRIPT_EVAL_RESULTS, "per_category_iou": [0.5, 0.5, 0.5]}, "got a list in class-id order"),
+    ],
+)
+def test_records_built_in_code_refuse_the_older_names(record: type, data: dict, message: str) -> None:
+    with pytest.raises(RecordFormatError, match=re.escape(message)):
+        record.from_dict(data)
 
 
 @pytest.mark.parametrize(
