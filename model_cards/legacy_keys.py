@@ -1,7 +1,7 @@
 """The one place where files written by package 0.1 (before the typed records of model_cards.records) are read.
 
 Checkpoint folders of package 0.1 still render and publish. Only *files* are read in the older layout
-(`EvalResults.read` / `from_json`, `TrainingSummary.read` / `from_json`): a dict
+(`EvalResults.read` / `from_json`, `TrainingSummary.read` / `from_json`, config.json by `checkpoint`): a dict
 handed to a record in code must use today's names, and an older name there is an error that names the current one.
 
 eval_results.json
@@ -18,6 +18,11 @@ training_summary.json
     `protoseg` record;
   - dropped, because another file holds them: `eval_split`, `eval_mode` (eval_results.json) and
     `num_labels` (config.json).
+
+config.json (of a ProtoSeg model; read for the card's description and departures from the paper)
+  - no `class_score_norm`: `"layer_norm"` (0.1 had only the official LayerNorm, as `ProtoSegConfig.from_dict` loads it);
+  - no `prototype_init`: `"random"` (0.1 moved the prototypes from their random start, as the paper);
+  - `update_prototypes_with_correct_only` true / false -> `prototype_update_pixels` `"correct"` / `"all"`.
 
 When an old key and its current name are both present they must agree, or the error names both.
 """
@@ -137,3 +142,13 @@ def reject_older_training_summary_names(data: dict[str, Any], source: str) -> No
             "eval_results.json, the classes in config.json)."
         )
 
+
+def upgrade_protoseg_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A ProtoSeg config.json with the method knobs package 0.1 did not write filled in as 0.1 trained (see above)."""
+    upgraded = dict(config)
+    upgraded.setdefault("class_score_norm", "layer_norm")
+    upgraded.setdefault("prototype_init", "random")
+    correct_only = upgraded.pop("update_prototypes_with_correct_only", None)
+    if isinstance(correct_only, bool):
+        upgraded.setdefault("prototype_update_pixels", "correct" if correct_only else "all")
+    return upgraded

@@ -30,6 +30,7 @@ from .legacy_keys import (
 from .redaction import SECRET_KEYS, publishable_path, redact_command, redact_secrets
 from .validation import (
     RecordFormatError,
+    check_license_choice,
     check_record_fields,
     require_count,
     require_fraction,
@@ -272,14 +273,15 @@ class TrainingSummary(JsonRecord):
     hardware: str | None = field(default=None, metadata=_label("Hardware"))
     train_runtime_seconds: float | None = field(default=None, metadata=_label("Wall time", format="duration"))
     command: str | None = None  # the command line, shown as a reproduction block
-    license: str | None = None  # Hub licence id; the card defaults to "other"
-    license_name: str | None = None
-    license_link: str | None = None
+    license: str | None = None  # Hub licence id chosen with --license (None: none chosen; see licenses.py)
+    license_name: str | None = None  # with license "other": the licence's id
+    license_link: str | None = None  # with license "other": LICENSE in the repository, or a URL
     tags: list[str] | None = None  # extra Hub tags
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_record_fields(self, self.SOURCE)
+        check_license_choice(self.license, self.license_name, self.license_link, source=f"{self.SOURCE}: ")
         self.command = redact_command(self.command)
         for name in ("dataset", "dataset_id", "encoder"):
             setattr(self, name, publishable_path(getattr(self, name)))

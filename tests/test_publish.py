@@ -35,6 +35,8 @@ from isolated_python import run_python_without_repository
 from model_cards import IncompleteCheckpointError, PublishError, publish_folder, write_model_card
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+# trained on a Hub dataset, so the card's model-index holds the measured numbers
+HUB_DATASET_SUMMARY = {**TRAINING_SUMMARY, "dataset": "someone/camvid", "dataset_id": "someone/camvid"}
 TOKEN = "hf_stand_in_write_token"
 USER = "stand-in-user"
 
@@ -45,7 +47,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("publish")
     model = build_model()
     folder = save_checkpoint_folder(root / "protoseg-tiny-camvid", model)
-    write_model_card(folder, TRAINING_SUMMARY)
+    write_model_card(folder, HUB_DATASET_SUMMARY)
     leftovers = add_training_leftovers(folder)
 
     pixel_values = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(7))
