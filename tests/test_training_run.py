@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -434,6 +435,26 @@ def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> Non
     assert len(id2label) == 150 and id2label[149] == "flag"
     labels = eval_dataset[0]["labels"]
     assert set(labels[:8].unique().tolist()) == {255} and set(labels[8:].unique().tolist()) == {149}
+
+
+def test_license_flags_are_checked_before_training_and_recorded_in_the_summary() -> None:
+    config = _resolve("--license", "other", "--license_name", "my-license-1.0", "--license_link", "LICENSE")
+    summary = training_summary(
+        config, dataset="synthetic", dataset_id=None, num_train_images=24, encoder_pretrained=False,
+        global_batch_size=4, num_processes=1, hardware="1 x cpu", train_runtime_seconds=1.0,
+    )  # fmt: skip
+    assert (summary.license, summary.license_name, summary.license_link) == ("other", "my-license-1.0", "LICENSE")
+    assert training_summary(
+        _resolve("--license", "apache-2.0"), dataset=None, dataset_id=None, num_train_images=1,
+        encoder_pretrained=False, global_batch_size=1, num_processes=1, hardware="cpu", train_runtime_seconds=1.0,
+    ).license == "apache-2.0"  # fmt: skip
+    for flags, message in (
+        (["--license", "Apache-2.0"], "--license must be a Hub licence id in lower case"),
+        (["--license", "other"], "--license other needs --license_name (an id such as my-license-1.0) and"),
+        (["--license_link", "LICENSE"], "--license_name / --license_link go with --license other, got no --license"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _resolve(*flags)
 
 
 def test_export_writes_the_typed_records_and_the_model_card(tmp_path: Path) -> None:

@@ -142,6 +142,9 @@ def training_summary(
         hardware=hardware,
         train_runtime_seconds=train_runtime_seconds,
         command=publishable_command(sys.argv, working_directory=os.getcwd()),  # no token, no local path
+        license=config.output.license,
+        license_name=config.output.license_name,
+        license_link=config.output.license_link,
     )
 
 
