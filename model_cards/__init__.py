@@ -4,8 +4,9 @@
   the typed records training writes (`eval_results.json`) and hands to the card (`training_summary.json`).
 - `write_model_card(folder, training_summary=None, repo_id=None)`: render README.md from config.json and
   eval_results.json (real measured numbers only), for any model type.
-- `publish_folder(folder, repo_id, token=None, private=False)`: upload the complete folder
-  (weights with prototypes, config with auto_map, modeling code, image processor, card) in one commit.
+- `publish_folder(folder, repo_id, token=None, private=False, license=None)`: upload the complete folder
+  (weights with prototypes, config with auto_map, modeling code, image processor, card) in one commit; a
+  `LicenseChoice` is recorded in the summary and the card first.
 
 CLIs: `python -m model_cards.card FOLDER`, `python -m model_cards.publish FOLDER --repo-id ID`.
 This package imports neither torch nor the model package. Names are loaded on first use, so that
@@ -28,6 +29,7 @@ _EXPORTS = {
     "render_model_card": "card",
     "write_model_card": "card",
     "IncompleteCheckpointError": "publish",
+    "LicenseChoice": "publish",
     "PublishError": "publish",
     "files_to_publish": "publish",
     "find_missing_files": "publish",
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from .card import read_eval_results, render_model_card, write_model_card
     from .publish import (
         IncompleteCheckpointError,
+        LicenseChoice,
         PublishError,
         files_to_publish,
         find_missing_files,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .checkpoint import CheckpointFacts
+from .licenses import BaseWeightsLicense, base_weights_license
+from .naming import DatasetNames, dataset_names
 from .records import EvalResults, TrainingSummary
 from .validation import ModelCardInputError
 
@@ -36,6 +38,16 @@ class CardInputs:
         if self.summary.head:
             return self.summary.head
         return "protoseg" if self.facts.has_prototypes else "linear" if self.kind == "segformer" else self.facts.model_type
+
+    @property
+    def data(self) -> DatasetNames:
+        """The training and evaluation data, named for what it is."""
+        return dataset_names(self.results, self.summary)
+
+    @property
+    def base_license(self) -> BaseWeightsLicense | None:
+        """What is known of the licence of the encoder weights the model was trained from."""
+        return base_weights_license(self.summary, self.facts)
 
     @property
     def per_class_iou(self) -> list[float | None]:

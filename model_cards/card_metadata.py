@@ -1,13 +1,16 @@
-"""The card's YAML metadata: Hub tags, licence, datasets, base model and the model-index with the measured numbers."""
+"""The card's YAML metadata: Hub tags, licence, datasets, base model and the model-index with the measured numbers.
+
+Only a Hub dataset (one training read from the Hub) is named in `datasets` and the model-index; local data and
+the built-in synthetic scenes are named in the card's text only, and their numbers too.
+"""
 
 from __future__ import annotations
 
 from huggingface_hub import EvalResult, ModelCardData
 
 from .card_inputs import CardInputs
+from .licenses import metadata_license
 from .naming import encoder_origin
-
-DEFAULT_LICENSE = "other"
 TAGS_BY_KIND = {
     "protoseg": ["image-segmentation", "semantic-segmentation", "protoseg", "prototype-learning", "vision"],
     "segformer": ["image-segmentation", "semantic-segmentation", "protoseg-baseline", "vision"],
@@ -25,15 +28,16 @@ def _tags(inputs: CardInputs) -> list[str]:
     return tags + [tag for index, tag in enumerate(extra) if tag not in tags and tag not in extra[:index]]
 
 
-def _model_index(inputs: CardInputs, dataset_id: str | None, dataset_name: str | None) -> list[EvalResult] | None:
-    """mIoU (and pixel accuracy) on the named dataset and split; None when the dataset is unnamed."""
-    if not dataset_id:
+def _model_index(inputs: CardInputs) -> list[EvalResult] | None:
+    """mIoU (and pixel accuracy) on the Hub dataset and split; None unless the data is a Hub dataset."""
+    data = inputs.data
+    if not data.hub_id:
         return None
     common = dict(
         task_type="image-segmentation",
         task_name="Semantic Segmentation",
-        dataset_type=dataset_id,
-        dataset_name=dataset_name or dataset_id,
+        dataset_type=data.hub_id,
+        dataset_name=data.name or data.hub_id,
         dataset_split=inputs.results.eval_split,
     )
     entries = [EvalResult(metric_type="mean_iou", metric_name="mIoU", metric_value=inputs.results.mean_iou, **common)]
@@ -46,32 +50,20 @@ def _model_index(inputs: CardInputs, dataset_id: str | None, dataset_name: str |
     return entries
 
 
-def card_data(inputs: CardInputs, dataset_id: str | None, dataset_name: str | None) -> ModelCardData:
+def card_data(inputs: CardInputs) -> ModelCardData:
     """The metadata block of the card."""
-    summary = inputs.summary
-    base_model, _ = encoder_origin(summary)
+    base_model, _ = encoder_origin(inputs.summary)
+    license_id, license_name, license_link = metadata_license(inputs.summary, inputs.base_license)
     return ModelCardData(
         model_name=inputs.model_id.split("/")[-1],
         library_name="transformers",
         pipeline_tag="image-segmentation",
-        license=summary.license or DEFAULT_LICENSE,
-        license_name=summary.license_name,
-        license_link=summary.license_link,
+        license=license_id,
+        license_name=license_name,
+        license_link=license_link,
         tags=_tags(inputs),
-        datasets=[dataset_id] if dataset_id else None,
+        datasets=[inputs.data.hub_id] if inputs.data.hub_id else None,
         base_model=base_model,
         metrics=["mean_iou"],
-        eval_results=_model_index(inputs, dataset_id, dataset_name),
+        eval_results=_model_index(inputs),
     )
-
-
-def license_note(data: ModelCardData) -> str:
-    """Body text for the licence; explains the default `other` when no licence was named."""
-    if data.license == DEFAULT_LICENSE and not data.license_name:
-        return (
-            "No licence was chosen for these weights when they were published (`license: other`). They "
-            "derive from the encoder's initial weights and from the training data, so the terms of both "
-            "apply: check them before any use, in particular commercial use."
-        )
-    name = data.license_name or data.license
-    return f"`{name}`: {data.license_link}" if data.license_link else f"`{name}`."

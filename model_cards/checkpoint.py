@@ -11,10 +11,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .legacy_keys import upgrade_protoseg_config
 from .validation import ModelCardInputError
 
 # Model types whose decoder predicts logits at a quarter of the input resolution.
 QUARTER_RESOLUTION_MODEL_TYPES = ("protoseg", "segformer")
+
+# ProtoSeg config.json entries the card describes (the method, how a pixel's class is decided, departures).
+PROTOSEG_METHOD_KEYS = (
+    "embedding_dim",
+    "num_prototypes_per_class",
+    "prototype_momentum",
+    "sinkhorn_iterations",
+    "sinkhorn_epsilon",
+    "ppc_temperature",
+    "ppc_loss_weight",
+    "ppd_loss_weight",
+    "prototype_update_pixels",
+    "prototype_init",
+    "class_score_norm",
+    "class_score_scale",
+)
 
 # SegFormer Mix-Transformer sizes: (hidden_sizes, depths) -> name used by the original checkpoints.
 MIT_VARIANTS: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {
@@ -44,6 +61,10 @@ class CheckpointFacts:
     other_weight_values: int | None  # None when the folder has no readable weights
     # The oldest transformers the saved model code runs on (its transformers_requirement.py), if it says
     minimum_transformers_version: str | None = None
+    # ProtoSeg: the PROTOSEG_METHOD_KEYS of config.json (0.1's filled in by legacy_keys); None for other models
+    method: dict[str, Any] | None = None
+    # the weights hold a BatchNorm in the projection head (`projection_head.batch_norm.*`)
+    projection_batch_norm: bool = False
 
     @property
     def has_prototypes(self) -> bool:
@@ -174,4 +195,12 @@ def read_checkpoint_facts(folder: str | os.PathLike[str]) -> CheckpointFacts:
             sum(math.prod(shape) for name, shape in shapes.items() if name not in prototype_shapes) if shapes else None
         ),
         minimum_transformers_version=minimum_transformers_version(folder) if config.get("auto_map") else None,
+        method=_protoseg_method(config) if model_type == "protoseg" else None,
+        projection_batch_norm=any(name.startswith("projection_head.batch_norm.") for name in shapes),
     )
+
+
+def _protoseg_method(config: dict[str, Any]) -> dict[str, Any]:
+    """The method entries of a ProtoSeg config.json, as the checkpoint was trained (package 0.1 configs upgraded)."""
+    upgraded = upgrade_protoseg_config(config)
+    return {key: upgraded[key] for key in PROTOSEG_METHOD_KEYS if key in upgraded}

@@ -1,13 +1,15 @@
-"""The one place where older key names of eval_results.json / training_summary.json are mapped to the current ones.
+"""The one place where files written by package 0.1 (before the typed records of model_cards.records) are read.
 
-Checkpoint folders written before the typed records (model_cards.records) still render and publish:
+Checkpoint folders of package 0.1 still render and publish. Only *files* are read in the older layout
+(`EvalResults.read` / `from_json`, `TrainingSummary.read` / `from_json`, config.json by `checkpoint`): a dict
+handed to a record in code must use today's names, and an older name there is an error that names the current one.
 
 eval_results.json
   - `split` -> `eval_split`, `dataset_name` -> `dataset`, `num_images` -> `num_samples`;
   - `per_category_iou` / `per_category_accuracy` as a list in class-id order -> a mapping by class
     name (the names come from config.json's id2label).
 
-training_summary.json (and the summary dict training/train.py passed before it built a TrainingSummary)
+training_summary.json
   - `encoder_name` -> `encoder`, `dataset_name` -> `dataset`, `num_train_steps` / `steps` -> `max_steps`,
     `batch_size` -> `global_batch_size`, `lr` -> `learning_rate`, `device` -> `hardware`,
     `wall_time_seconds` / `wall_time` -> `train_runtime_seconds`;
@@ -16,6 +18,11 @@ training_summary.json (and the summary dict training/train.py passed before it b
     `protoseg` record;
   - dropped, because another file holds them: `eval_split`, `eval_mode` (eval_results.json) and
     `num_labels` (config.json).
+
+config.json (of a ProtoSeg model; read for the card's description and departures from the paper)
+  - no `class_score_norm`: `"layer_norm"` (0.1 had only the official LayerNorm, as `ProtoSegConfig.from_dict` loads it);
+  - no `prototype_init`: `"random"` (0.1 moved the prototypes from their random start, as the paper);
+  - `update_prototypes_with_correct_only` true / false -> `prototype_update_pixels` `"correct"` / `"all"`.
 
 When an old key and its current name are both present they must agree, or the error names both.
 """
@@ -98,4 +105,50 @@ def upgrade_training_summary(data: dict[str, Any], source: str) -> dict[str, Any
         if not isinstance(nested, dict):
             raise RecordFormatError(f"{source}: ProtoSeg knobs {sorted(flat_knobs)} given both flat and in 'protoseg'.")
         upgraded["protoseg"] = {**flat_knobs, **nested}
+    return upgraded
+
+
+def reject_older_eval_results_names(data: dict[str, Any], source: str) -> None:
+    """An eval_results dict built in code must use today's layout: an older name or a per-class list is an error."""
+    for old, current in EVAL_RESULTS_RENAMED.items():
+        if old in data:
+            raise RecordFormatError(
+                f"{source}: '{old}' is the package 0.1 name of '{current}'; use '{current}' (only files are read "
+                "in the 0.1 layout, by EvalResults.read / from_json)."
+            )
+    for key in PER_CATEGORY_KEYS:
+        if isinstance(data.get(key), (list, tuple)):
+            raise RecordFormatError(
+                f"{source}: '{key}' must map class names to values, got a list in class-id order (the package 0.1 "
+                "layout, read only from files by EvalResults.read(folder), which names the classes from config.json)."
+            )
+
+
+def reject_older_training_summary_names(data: dict[str, Any], source: str) -> None:
+    """A training summary dict built in code must use today's layout: an older name is an error naming the current one."""
+    for old, current in TRAINING_SUMMARY_RENAMED.items():
+        if old in data:
+            raise RecordFormatError(
+                f"{source}: '{old}' is the package 0.1 name of '{current}'; use '{current}' (only files are read "
+                "in the 0.1 layout, by TrainingSummary.read / from_json)."
+            )
+    flat = sorted(key for key in PROTOSEG_FLAT_KEYS if key in data)
+    if flat:
+        raise RecordFormatError(f"{source}: the ProtoSeg knobs {flat} go in the nested 'protoseg' record, not at the top level.")
+    elsewhere = sorted(key for key in TRAINING_SUMMARY_DROPPED if key in data)
+    if elsewhere:
+        raise RecordFormatError(
+            f"{source}: {elsewhere} are not training summary fields (the evaluation split and mode are in "
+            "eval_results.json, the classes in config.json)."
+        )
+
+
+def upgrade_protoseg_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A ProtoSeg config.json with the method knobs package 0.1 did not write filled in as 0.1 trained (see above)."""
+    upgraded = dict(config)
+    upgraded.setdefault("class_score_norm", "layer_norm")
+    upgraded.setdefault("prototype_init", "random")
+    correct_only = upgraded.pop("update_prototypes_with_correct_only", None)
+    if isinstance(correct_only, bool):
+        upgraded.setdefault("prototype_update_pixels", "correct" if correct_only else "all")
     return upgraded

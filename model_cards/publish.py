@@ -15,12 +15,16 @@ Order of work, so that nothing is ever reported as published when it is not:
      failure anywhere leaves the repository without our files and raises `PublishError`. Running the
      same publish again is safe: files already on the Hub unchanged are skipped.
 
-Usage: `python -m model_cards.publish FOLDER --repo-id USER/NAME [--token TOKEN] [--private]`.
+A licence chosen here (`--license`, with `other` also `--license-name` / `--license-link`) is recorded in the
+folder's training_summary.json and written into the card's metadata before anything is sent.
+
+Usage: `python -m model_cards.publish FOLDER --repo-id USER/NAME [--token TOKEN] [--private] [--license ID]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 import os
@@ -33,8 +37,8 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from .card import CARD_FILE, is_generated_card, write_model_card
 from .checkpoint import read_safetensors_shapes
-from .records import EVAL_RESULTS_FILE
-from .validation import ModelCardInputError
+from .records import EVAL_RESULTS_FILE, TrainingSummary
+from .validation import ModelCardInputError, check_license_choice
 
 DEFAULT_COMMIT_MESSAGE = "Upload ProtoSeg model (weights with prototypes, remote code, processor, card)"
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModelForSemanticSegmentation")
@@ -186,11 +190,26 @@ def find_missing_files(folder: str | os.PathLike[str]) -> list[str]:
     return missing
 
 
-def prepare_folder_for_publishing(folder: str | os.PathLike[str], repo_id: str) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class LicenseChoice:
+    """A licence for the published weights: a Hub licence id; with "other", its id and link (`check_license_choice`)."""
+
+    license: str
+    license_name: str | None = None
+    license_link: str | None = None
+
+    def __post_init__(self) -> None:
+        check_license_choice(self.license, self.license_name, self.license_link, source="publish: ")
+
+
+def prepare_folder_for_publishing(
+    folder: str | os.PathLike[str], repo_id: str, license: LicenseChoice | None = None
+) -> list[str]:
     """Check completeness and (re-)render our card for `repo_id`; return the files to upload. No network.
 
     A card rendered by `model_cards` (or no card at all) is rendered again so its snippets name
-    `repo_id`; a hand-written README.md is kept as it is. Raises IncompleteCheckpointError.
+    `repo_id`; a hand-written README.md is kept as it is. A `license` is recorded in training_summary.json and
+    the card (a hand-written card cannot take it: an error says so). Raises IncompleteCheckpointError.
     """
     folder = Path(folder)
     missing = find_missing_files(folder)
@@ -200,9 +219,18 @@ def prepare_folder_for_publishing(folder: str | os.PathLike[str], repo_id: str) 
             + "\n".join(f"  - {item}" for item in missing)
         )
     card_path = folder / CARD_FILE
-    if not card_path.is_file() or is_generated_card(card_path):
+    is_ours = not card_path.is_file() or is_generated_card(card_path)
+    if license is not None and not is_ours:
+        raise PublishError(
+            f"{card_path} was not rendered by model_cards, so --license cannot be written into it; nothing was "
+            "published. Set `license` in its metadata yourself, or delete it to have the card rendered."
+        )
+    if is_ours:
         try:
-            write_model_card(folder, repo_id=repo_id)
+            summary = TrainingSummary.read(folder)
+            if license is not None:
+                summary = dataclasses.replace(summary or TrainingSummary(), **dataclasses.asdict(license))
+            write_model_card(folder, summary, repo_id=repo_id)
         except (FileNotFoundError, ModelCardInputError) as error:
             raise IncompleteCheckpointError(
                 f"Cannot render the model card of {folder}; nothing was published: {error}"
@@ -275,6 +303,7 @@ def publish_folder(
     private: bool = False,
     commit_message: str = DEFAULT_COMMIT_MESSAGE,
     endpoint: str | None = None,
+    license: LicenseChoice | None = None,
 ) -> CommitInfo:
     """Upload a complete checkpoint folder to the Hub as one commit.
 
@@ -286,6 +315,8 @@ def publish_folder(
         private: create the repository as private (an existing repository keeps its visibility).
         commit_message: summary of the commit.
         endpoint: Hub URL; defaults to HF_ENDPOINT or https://huggingface.co.
+        license: the weights' licence, recorded in training_summary.json and the card before the upload (the
+            folder's own choice, if any, is kept when None).
     Returns:
         the `CommitInfo` of the commit (a `str` equal to the commit URL; `.oid` is the commit hash).
     Raises:
@@ -295,7 +326,7 @@ def publish_folder(
         connection breaks during the commit request itself the error says the outcome is unknown.
     """
     folder = Path(folder).resolve()
-    relative_paths = prepare_folder_for_publishing(folder, repo_id)
+    relative_paths = prepare_folder_for_publishing(folder, repo_id, license)
     retry_hint = _retry_hint(folder, repo_id)
 
     if constants.is_offline_mode():
@@ -343,11 +374,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN or `hf auth login`)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE)
+    parser.add_argument(
+        "--license",
+        default=None,
+        help="Hub licence id of the weights (apache-2.0, mit, cc-by-nc-4.0, ...; other with --license-name and "
+        "--license-link), recorded in training_summary.json and the card (default: the folder's own choice, if any)",
+    )
+    parser.add_argument("--license-name", "--license_name", dest="license_name", help="with --license other: its id")
+    parser.add_argument(
+        "--license-link", "--license_link", dest="license_link", help="with --license other: LICENSE or a URL"
+    )
     args = parser.parse_args(argv)
     try:
+        license = None
+        if args.license is not None or args.license_name is not None or args.license_link is not None:
+            check_license_choice(args.license, args.license_name, args.license_link, source="", option_prefix="--")
+            license = LicenseChoice(args.license, args.license_name, args.license_link)
         commit_info = publish_folder(
-            args.folder, args.repo_id, token=args.token, private=args.private, commit_message=args.commit_message
-        )
+            args.folder, args.repo_id, token=args.token, private=args.private, commit_message=args.commit_message,
+            license=license,
+        )  # fmt: skip
+    except ModelCardInputError as error:  # a licence choice the Hub would refuse
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except PublishError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -6,8 +6,9 @@
   ProtoSeg knobs in a nested `ProtoSegSettings` (absent for other heads).
 
 Each value has one key. Every record checks its fields when built (type and range; errors name the
-file and the field) and round-trips: `Record.from_json(record.to_json()) == record`. Older key
-names are mapped in `legacy_keys.py` only. No torch.
+file and the field) and round-trips: `Record.from_json(record.to_json()) == record`. Files of package 0.1
+(older key names) are read through `legacy_keys.py` only, by `from_json` / `read`; `from_dict` takes today's
+layout. No torch.
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from .legacy_keys import upgrade_eval_results, upgrade_training_summary
+from .legacy_keys import (
+    reject_older_eval_results_names,
+    reject_older_training_summary_names,
+    upgrade_eval_results,
+    upgrade_training_summary,
+)
 from .redaction import SECRET_KEYS, publishable_path, redact_command, redact_secrets
 from .validation import (
     RecordFormatError,
+    check_license_choice,
     check_record_fields,
     require_count,
     require_fraction,
@@ -75,12 +82,16 @@ class JsonRecord:
         return json.dumps(self.to_dict(), indent=2, default=str) + "\n"
 
     @classmethod
-    def from_json(cls: type[RecordType], text: str) -> RecordType:
+    def parse_json(cls, text: str) -> Any:
+        """The JSON value of a file's text; a RecordFormatError naming the record when it is not JSON."""
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as error:
             raise RecordFormatError(f"{cls.SOURCE} is not valid JSON: {error}") from error
-        return cls.from_dict(data)
+
+    @classmethod
+    def from_json(cls: type[RecordType], text: str) -> RecordType:
+        return cls.from_dict(cls.parse_json(text))
 
 
 @dataclass(kw_only=True)
@@ -174,19 +185,18 @@ class EvalResults(JsonRecord):
         require_count(self.num_samples, f"{self.SOURCE}: 'num_samples'")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], class_names: list[str] | None = None) -> EvalResults:
-        """Build from today's or an older layout (`legacy_keys`); `class_names` convert per-class lists."""
+    def from_dict(cls, data: dict[str, Any]) -> EvalResults:
+        """Build from a dict in today's layout (an older name is an error that names the current one)."""
         if isinstance(data, dict):
-            data = upgrade_eval_results(data, class_names, cls.SOURCE)
+            reject_older_eval_results_names(data, cls.SOURCE)
         return super().from_dict(data)
 
     @classmethod
     def from_json(cls, text: str, class_names: list[str] | None = None) -> EvalResults:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise RecordFormatError(f"{cls.SOURCE} is not valid JSON: {error}") from error
-        return cls.from_dict(data, class_names)
+        """Build from a file's text in today's or the package 0.1 layout (`legacy_keys`); `class_names` name the
+        values of 0.1's per-class lists."""
+        data = cls.parse_json(text)
+        return cls.from_dict(upgrade_eval_results(data, class_names, cls.SOURCE) if isinstance(data, dict) else data)
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
         """Write `folder/eval_results.json`; returns its path."""
@@ -263,14 +273,15 @@ class TrainingSummary(JsonRecord):
     hardware: str | None = field(default=None, metadata=_label("Hardware"))
     train_runtime_seconds: float | None = field(default=None, metadata=_label("Wall time", format="duration"))
     command: str | None = None  # the command line, shown as a reproduction block
-    license: str | None = None  # Hub licence id; the card defaults to "other"
-    license_name: str | None = None
-    license_link: str | None = None
+    license: str | None = None  # Hub licence id chosen with --license (None: none chosen; see licenses.py)
+    license_name: str | None = None  # with license "other": the licence's id
+    license_link: str | None = None  # with license "other": LICENSE in the repository, or a URL
     tags: list[str] | None = None  # extra Hub tags
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_record_fields(self, self.SOURCE)
+        check_license_choice(self.license, self.license_name, self.license_link, source=f"{self.SOURCE}: ")
         self.command = redact_command(self.command)
         for name in ("dataset", "dataset_id", "encoder"):
             setattr(self, name, publishable_path(getattr(self, name)))
@@ -278,15 +289,23 @@ class TrainingSummary(JsonRecord):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingSummary:
-        """Build from today's or an older layout (`legacy_keys`); unknown keys go to `extra`, secrets are dropped."""
+        """Build from a dict in today's layout: unknown keys go to `extra`, secrets are dropped, and an older name
+        is an error that names the current one."""
         if not isinstance(data, dict):
             return super().from_dict(data)  # reports the wrong type
-        upgraded = {key: value for key, value in upgrade_training_summary(data, cls.SOURCE).items() if key not in SECRET_KEYS}
+        reject_older_training_summary_names(data, cls.SOURCE)
+        values = {key: value for key, value in data.items() if key not in SECRET_KEYS}
         known = cls.field_names()
-        unknown = {key: value for key, value in upgraded.items() if key not in known}
-        if unknown and isinstance(upgraded.get("extra", {}), dict):
-            upgraded["extra"] = {**upgraded.get("extra", {}), **unknown}
-        return super().from_dict({key: value for key, value in upgraded.items() if key in known})
+        unknown = {key: value for key, value in values.items() if key not in known}
+        if unknown and isinstance(values.get("extra", {}), dict):
+            values["extra"] = {**values.get("extra", {}), **unknown}
+        return super().from_dict({key: value for key, value in values.items() if key in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingSummary:
+        """Build from a file's text in today's or the package 0.1 layout (`legacy_keys`)."""
+        data = cls.parse_json(text)
+        return cls.from_dict(upgrade_training_summary(data, cls.SOURCE) if isinstance(data, dict) else data)
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
         """Write `folder/training_summary.json`; returns its path."""

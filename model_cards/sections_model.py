@@ -1,15 +1,16 @@
-"""Card sections about the model: title, description, details, classes, usage, limitations, citation.
+"""Card sections about the model: title, description, details, classes, usage, intended uses, limitations, citation.
 
 Each function takes the `CardInputs` and returns Markdown (no heading; template.md holds the outline).
 ProtoSeg and the built-in SegFormer baseline have their own text; any other model type is described
-from the summary's `head` and the encoder in config.json.
+from the summary's `head` and the encoder in config.json. A dataset name in prose goes through `inline_text`.
 """
 
 from __future__ import annotations
 
 from .card_inputs import CardInputs
-from .markdown import table
+from .markdown import inline_text, table
 from .naming import encoder_origin
+from .protoseg_method import pixel_class_rule
 
 PAPER = '"Rethinking Semantic Segmentation: A Prototype View", Zhou, Wang, Konukoglu and Van Gool, CVPR 2022'
 CITATION = """```bibtex
@@ -28,16 +29,22 @@ def _encoder_name(inputs: CardInputs) -> str:
     return inputs.facts.encoder_description.split(" (")[0]
 
 
-def title(inputs: CardInputs, dataset_name: str | None) -> str:
+def _data_name(inputs: CardInputs) -> str | None:
+    """The data's name as safe prose (user strings are escaped), or None."""
+    return inline_text(inputs.data.name) if inputs.data.name else None
+
+
+def title(inputs: CardInputs) -> str:
     """E.g. 'ProtoSeg with SegFormer MiT-b0 on camvid', 'Linear head with Swin Transformer on camvid'."""
     head = {"protoseg": "ProtoSeg", "segformer": "Linear SegFormer baseline"}.get(
         inputs.kind, f"{inputs.head.capitalize()} head"
     )
+    dataset_name = _data_name(inputs)
     return f"{head} with {_encoder_name(inputs)}" + (f" on {dataset_name}" if dataset_name else "")
 
 
-def _what_it_labels(inputs: CardInputs, dataset_name: str | None) -> str:
-    classes = len(inputs.facts.class_names)
+def _what_it_labels(inputs: CardInputs) -> str:
+    classes, dataset_name = len(inputs.facts.class_names), _data_name(inputs)
     return f"It labels every pixel of an image with one of {classes} classes" + (
         f" of {dataset_name}." if dataset_name else "."
     )
@@ -49,10 +56,9 @@ def _protoseg_description(inputs: CardInputs, labels_sentence: str) -> str:
 
 A usual segmentation head learns one weight vector per class. ProtoSeg instead represents each class
 by **{facts.num_prototypes_per_class} non-learnable prototypes**: the L2-normalised centres of
-sub-clusters of that class's training pixel embeddings. The encoder and decoder embed every pixel
-into a unit-length vector of size D = {facts.embedding_dim}; a pixel's score for a class is its highest
-cosine similarity to any of that class's prototypes, and the pixel takes the class of its nearest
-prototype.
+sub-clusters of that class's training pixel embeddings.
+
+**How a pixel's class is decided.** {pixel_class_rule(facts)}
 
 During training the prototypes receive no gradient. After every step, the pixels of each class are
 assigned to that class's prototypes by a few Sinkhorn-Knopp iterations (online clustering under an
@@ -77,11 +83,11 @@ def _parametric_head_description(inputs: CardInputs) -> str:
     return text
 
 
-def description(inputs: CardInputs, dataset_name: str | None) -> str:
-    """What the model is and does."""
+def description(inputs: CardInputs) -> str:
+    """What the model is and does (for ProtoSeg: exactly how a pixel's class is decided)."""
     if inputs.kind == "protoseg":
-        return _protoseg_description(inputs, _what_it_labels(inputs, dataset_name))
-    return f"{_parametric_head_description(inputs)} {_what_it_labels(inputs, dataset_name)}"
+        return _protoseg_description(inputs, _what_it_labels(inputs))
+    return f"{_parametric_head_description(inputs)} {_what_it_labels(inputs)}"
 
 
 def _architecture(inputs: CardInputs) -> str:
@@ -175,16 +181,48 @@ label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[
 ```"""
 
 
-def limitations(inputs: CardInputs, training_dataset: str | None) -> str:
-    """What the numbers do not cover, as a bullet list."""
-    split = inputs.results.eval_split
-    trained_on = f"on {training_dataset}" if training_dataset else "on a single dataset"
+def intended_uses(inputs: CardInputs) -> str:
+    """What the model is for, and what it was not made or measured for, as a bullet list."""
+    classes, dataset_name = len(inputs.facts.class_names), _data_name(inputs)
+    if inputs.data.is_synthetic:
+        uses = [
+            "Trying out and testing the code: the model was trained on the package's built-in synthetic scenes "
+            f"(textured shapes on a background, {classes} classes), not on photographs, so it is a demonstration, "
+            "not a segmenter of real images."
+        ]
+    else:
+        data = f"images like those of {dataset_name}" if dataset_name else "images like its training data"
+        uses = [
+            f"Semantic segmentation of {data} into its {classes} classes (listed above), for research and "
+            "evaluation, and comparisons with parametric segmentation heads trained the same way."
+        ]
+    if inputs.facts.has_prototypes:
+        uses.append(
+            "Inspecting how the model decides: the prototypes are in `model.prototypes`, and "
+            "`output_nearest_prototypes=True` gives each pixel's nearest prototype."
+        )
+    not_for = (
+        "Out of scope: decisions about people or safety (driving, medical or surveillance uses) without your own "
+        "validation: the evaluation above is the only measurement of this model."
+    )
+    base = inputs.base_license
+    if base is not None and base.non_commercial:
+        not_for += " Commercial use: the encoder weights' licence allows only research or evaluation (see License)."
+    return "\n".join(f"- {item}" for item in [*uses, not_for])
+
+
+def limitations(inputs: CardInputs) -> str:
+    """What the numbers do not cover, as a bullet list (only statements true of this checkpoint)."""
+    split, dataset_name = inputs.results.eval_split, _data_name(inputs)
+    trained_on = f"on {dataset_name}" if dataset_name else "on a single dataset"
     items = [
         f"Closed set: the model was trained {trained_on} and can only output its {len(inputs.facts.class_names)} "
         "classes; every pixel is given one of them, including objects of classes it has never seen.",
         "Accuracy outside the training distribution (other cameras, places, weather, image sizes) was not "
         "measured; the numbers above hold for " + (f"the {split} split only." if split else "the evaluation set named above only."),
     ]
+    if inputs.data.is_synthetic:
+        items.append("Trained and evaluated on synthetic scenes only: its accuracy on real images was never measured.")
     if inputs.facts.output_stride:
         items.append(
             f"Logits are predicted at 1/{inputs.facts.output_stride} of the input resolution and upsampled, so thin "
@@ -192,10 +230,6 @@ def limitations(inputs: CardInputs, training_dataset: str | None) -> str:
         )
     if inputs.facts.uses_remote_code:
         items.append("Loading runs the Python code stored in this repository (`trust_remote_code=True`).")
-        items.append(
-            '`pipeline("image-segmentation")` logs that the custom model class is not in its list of '
-            "supported models; the message is harmless and the output is correct."
-        )
     if any(iou is None for iou in inputs.per_class_iou):
         items.append("Some classes have no IoU (n/a): they do not occur in the evaluation set.")
     return "\n".join(f"- {item}" for item in items)

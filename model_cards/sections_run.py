@@ -41,10 +41,17 @@ def _labelled_rows(record: Any) -> list[tuple[str, str]]:
     return rows
 
 
+TRAINING_DATA_LABEL = "Training data"
+
+
 def training_rows(inputs: CardInputs) -> list[tuple[str, str]]:
-    """The training table: labelled summary fields in field order (ProtoSeg knobs inline), then `extra`."""
+    """The training table: labelled summary fields in field order (ProtoSeg knobs inline), then `extra`. The data
+    is named for what it is (a Hub dataset, local data, the built-in synthetic scenes)."""
     summary = inputs.summary
-    rows = _labelled_rows(summary)
+    rows = [
+        (label, inputs.data.described if label == TRAINING_DATA_LABEL and inputs.data.described else value)
+        for label, value in _labelled_rows(summary)
+    ]
     extra = [(name.replace("_", " ").capitalize(), plain_value(value)) for name, value in sorted(summary.extra.items())]
     return rows + [row for row in extra if row[1] not in ("", "None")]
 

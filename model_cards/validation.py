@@ -2,7 +2,8 @@
 
 `check_record_fields(record, source)` checks (and normalises: ints to float where a float is
 expected, tuples to lists, dicts to nested records) every field of a dataclass against its type
-hints; the `require_*` helpers check ranges. All raise `RecordFormatError`. No torch.
+hints; the `require_*` helpers check ranges, `check_license_choice` a licence as the Hub's metadata
+wants it. All raise `RecordFormatError`. No torch.
 """
 
 from __future__ import annotations
@@ -10,9 +11,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 import types
 import typing
 from typing import Any, Union
+
+OTHER_LICENSE = "other"
+_HUB_LICENSE_ID = re.compile(r"^[a-z0-9]+(?:[.+-][a-z0-9]+)*$")  # apache-2.0, mit, cc-by-nc-4.0, llama3.1, other
+_LICENSE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")  # the Hub's example: my-license-1.0
+_LICENSE_FILE = re.compile(r"^[\w.-]+$")  # LICENSE, LICENSE.md, ... (a file in the model repository)
 
 
 class ModelCardInputError(ValueError):
@@ -119,3 +126,52 @@ def require_present(data: dict[str, Any], required: list[str], source: str) -> N
     for name in required:
         if name not in data:
             raise RecordFormatError(f"{source}: '{name}' is required (fields found: {sorted(data)}).")
+
+
+def check_license_choice(
+    license_id: str | None, license_name: str | None, license_link: str | None, *, source: str, option_prefix: str = ""
+) -> None:
+    """Raise a RecordFormatError (a ValueError) unless the three values are a licence choice the Hub accepts: a
+    lower-case Hub licence id (apache-2.0, mit, cc-by-nc-4.0, ...); with `other`, a `license_name` (an id such as
+    my-license-1.0) and a `license_link` (LICENSE in the model repository, or a URL); name and link with nothing else.
+
+    `source` starts the message (e.g. "training_summary.json: "); `option_prefix` "--" names them as flags.
+    """
+    names = {
+        key: f"{option_prefix}{key}" if option_prefix else f"'{key}'" for key in ("license", "license_name", "license_link")
+    }
+    if license_id is None:
+        if license_name is not None or license_link is not None:
+            raise RecordFormatError(
+                f"{source}{names['license_name']} / {names['license_link']} go with {names['license']} other, got no "
+                f"{names['license']}."
+            )
+        return
+    if not _HUB_LICENSE_ID.match(license_id):
+        raise RecordFormatError(
+            f"{source}{names['license']} must be a Hub licence id in lower case (e.g. apache-2.0, mit, cc-by-nc-4.0, "
+            f"or other with a name and link; the list: https://huggingface.co/docs/hub/repositories-licenses), "
+            f"got {license_id!r}."
+        )
+    if license_id != OTHER_LICENSE:
+        if license_name is not None or license_link is not None:
+            raise RecordFormatError(
+                f"{source}{names['license_name']} / {names['license_link']} go only with {names['license']} other (the "
+                f"Hub names and links its own licences), got {names['license']} {license_id!r} with them."
+            )
+        return
+    if not license_name or not license_link:
+        raise RecordFormatError(
+            f"{source}{names['license']} other needs {names['license_name']} (an id such as my-license-1.0) and "
+            f"{names['license_link']} (LICENSE in the repository, or a URL), got name {license_name!r} and link "
+            f"{license_link!r}."
+        )
+    if not _LICENSE_NAME.match(license_name):
+        raise RecordFormatError(
+            f"{source}{names['license_name']} must be a lower-case id such as my-license-1.0, got {license_name!r}."
+        )
+    if not (license_link.startswith(("https://", "http://")) or _LICENSE_FILE.match(license_link)):
+        raise RecordFormatError(
+            f"{source}{names['license_link']} must be a URL (https://...) or the name of a file in the model "
+            f"repository (e.g. LICENSE), got {license_link!r}."
+        )

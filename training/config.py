@@ -25,6 +25,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 from transformers import HfArgumentParser
 
+from model_cards.validation import check_license_choice
 from modeling_protoseg import ProtoSegConfig
 from training.dataset_layouts import detect_layout
 from training.evaluation import EVAL_MODES, MULTISCALE_FACTORS
@@ -241,6 +242,15 @@ class OutputArguments:
     hub_model_id: Optional[str] = field(default=None, metadata={"help": "Hub repo id for --push_to_hub"})
     hub_token: Optional[str] = field(default=None, metadata={"help": "Hub token (default: the logged-in one)"})
     hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
+    license: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub licence id of the weights for the model card (apache-2.0, mit, cc-by-nc-4.0, ..., or "
+                  "other with --license_name and --license_link); recorded in training_summary.json"},
+    )  # fmt: skip
+    license_name: Optional[str] = field(default=None, metadata={"help": "with --license other: the licence's id"})
+    license_link: Optional[str] = field(
+        default=None, metadata={"help": "with --license other: LICENSE (a file in the repo) or a URL"}
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -474,6 +484,10 @@ def _finish_values(values: dict[str, Any], preset: DatasetPreset | None) -> None
         values["output_dir"] = os.path.join("outputs", f"{values['head']}-{dataset_tag}{contrast_tag}")
     if values["push_to_hub"] and not values["hub_model_id"]:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/protoseg-mit-b0-ade20k)")
+    # checked now, not when the card is written at the end of the run
+    check_license_choice(
+        values["license"], values["license_name"], values["license_link"], source="", option_prefix="--"
+    )
     if values["dataset_name"] is None and (preset is None or preset.source != "synthetic"):
         what = "the folder holding leftImg8bit/ and gtFine/" if values["preset"] == "cityscapes" else "its folder"
         raise ValueError(f"--preset {values['preset']} needs --dataset_name ({what})")

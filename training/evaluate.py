@@ -22,11 +22,12 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from model_cards import EvalResults
 from training.augmentation import build_eval_transform
 from training.config import DataArguments, parse_flags, resolve_config
 from training.data import SegmentationDataset, collate_eval
 from training.evaluation import EVAL_MODES, EVALUATION_CONFIG_FILE, MULTISCALE_FACTORS, EvaluationSetup, evaluate
-from training.export import prototype_health_json, results_json
+from training.export import eval_results, prototype_health
 from training.preprocessing import input_normalization
 from training.sources import load_dataset_splits
 
@@ -134,9 +135,9 @@ def _split_source(data: DataArguments, split: str, seed: int) -> tuple[Any, Any]
 
 def evaluate_folder(
     folder: str | Path, data: DataArguments, settings: EvaluationSettings | None = None, *, seed: int = 42
-) -> dict[str, Any]:
-    """Metrics of the model saved in `folder` on `settings.split` of the dataset `data` names, as
-    eval_results.json holds them (`mean_iou`, per-class IoU by name, `eval_mode`, `eval_split`, ...).
+) -> EvalResults:
+    """Metrics of the model saved in `folder` on `settings.split` of the dataset `data` names, as the
+    `EvalResults` record eval_results.json holds (`mean_iou`, per-class IoU by name, `eval_mode`, `eval_split`, ...).
     `seed` draws the synthetic scenes (the synthetic preset)."""
     from transformers import AutoModelForSemanticSegmentation
 
@@ -175,9 +176,9 @@ def evaluate_folder(
         device=device, show_progress=True,
     )  # fmt: skip
     split_name = getattr(source, "split_name", settings.split)
-    return results_json(
+    return eval_results(
         metrics, id2label, eval_mode=setup.eval_mode, split=split_name, dataset=splits.description,
-        prototype_health=prototype_health_json(model),
+        prototype_health=prototype_health(model),
     )  # fmt: skip
 
 
@@ -216,7 +217,7 @@ def _build_parser() -> argparse.ArgumentParser:
 _DATASET_FLAGS = {item.name for item in dataclasses.fields(DataArguments)} | {"seed"}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> EvalResults:
     """The command line: evaluation flags here, dataset flags as training's (presets apply)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     arguments, dataset_argv = _build_parser().parse_known_args(argv)
@@ -231,13 +232,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_flip=arguments.eval_flip, batch_size=arguments.batch_size, device=arguments.device,
     )  # fmt: skip
     results = evaluate_folder(arguments.folder, config.data, settings, seed=config.runtime.seed)
-    text = json.dumps(results, indent=2)
+    text = results.to_json()
     if arguments.output:
         Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
         Path(arguments.output).write_text(text)
-        logger.info("mIoU %.4f on %s: written to %s", results["mean_iou"], results["eval_split"], arguments.output)
+        logger.info("mIoU %.4f on %s: written to %s", results.mean_iou, results.eval_split, arguments.output)
     else:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(text)
     return results
 
 

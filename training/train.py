@@ -48,11 +48,11 @@ from training.distributed import (
 )
 from training.evaluation import EvaluationSetup, evaluate
 from training.export import (
+    eval_results,
     export_final_model,
-    prototype_health_json,
     hardware_description,
+    prototype_health,
     push_folder_to_hub,
-    results_json,
     save_trained_model,
     training_summary,
 )
@@ -427,9 +427,9 @@ def export(
 ) -> None:
     """Main process: write the final folder (model, processor, results, summary, card); upload it if asked."""
     id2label = data.splits.id2label
-    health = prototype_health_json(model)
+    health = prototype_health(model)
     results = {
-        f"{'eval' if role == 'validation' else role}_results.json": results_json(
+        f"{'eval' if role == 'validation' else role}_results.json": eval_results(
             values,
             id2label,
             eval_mode=config.evaluation.eval_mode,
@@ -439,14 +439,11 @@ def export(
         )
         for role, values in metrics.items()
     }
-    results["train_results.json"] = train_results
     summary = training_summary(
         config,
         dataset=data.splits.description,
         dataset_id=data.splits.hub_dataset_id,
         num_train_images=len(data.train_dataset),
-        eval_split=data.eval_split_names["validation"],
-        num_labels=len(id2label),
         encoder_pretrained=encoder.is_pretrained,
         global_batch_size=train_results["global_batch_size"],
         num_processes=accelerator.num_processes,
@@ -456,7 +453,8 @@ def export(
     )
     folder = export_final_model(
         model, output_dir=config.output.output_dir, image_processor=_image_processor(config, model), results=results,
-        summary=summary, hub_model_id=config.output.hub_model_id, evaluation_setup=evaluation_setup(config),
+        train_results=train_results, summary=summary, hub_model_id=config.output.hub_model_id,
+        evaluation_setup=evaluation_setup(config),
     )  # fmt: skip
     logger.info("saved the final model to %s", folder)
     if config.output.push_to_hub:
