@@ -25,11 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .configuration_encoders import InputNormalization, checked_input_normalization, input_normalization
 from .encoders import minimum_input_size
 from .prototypes import sinkhorn_assign_pixels
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 ImageInput = Any  # a PIL image or an (H, W, 3) array on the 0-255 scale
 MaskInput = Any  # an (H, W) boolean array (0/1 integer arrays are accepted too)
@@ -95,33 +93,64 @@ def mask_to_array(mask: MaskInput, *, image_shape: tuple[int, int], what: str = 
     return mask
 
 
+def check_processor_normalization(image_processor: Any, normalization: InputNormalization) -> None:
+    """ValueError when `image_processor` normalises with another mean/std than `normalization` (the model's): its
+    pixel values would not be what the encoder was trained on. A processor that does not normalise is not checked."""
+    if not getattr(image_processor, "do_normalize", False):
+        return
+    processor_mean = getattr(image_processor, "image_mean", None)
+    processor_std = getattr(image_processor, "image_std", None)
+    if processor_mean is None or processor_std is None:
+        return
+    if not (
+        np.allclose(np.ravel(processor_mean), normalization.mean, rtol=1e-6, atol=1e-7)
+        and np.allclose(np.ravel(processor_std), normalization.std, rtol=1e-6, atol=1e-7)
+    ):
+        raise ValueError(
+            f"the image processor normalises with mean {list(np.ravel(processor_mean))} / std "
+            f"{list(np.ravel(processor_std))}, but the model expects {list(normalization.mean)} / "
+            f"{list(normalization.std)} (config.image_mean / image_std); use the checkpoint's own processor"
+        )
+
+
 def preprocess_image(
     image: ImageInput,
     *,
+    normalization: InputNormalization | tuple[Sequence[float], Sequence[float]] | None = None,
     image_processor: Any | None = None,
     image_size: int | tuple[int, int] | None = None,
     what: str = "image",
 ) -> torch.Tensor:
     """(1, 3, H', W') float32 pixel values for the model.
 
-    With `image_processor` (e.g. the checkpoint's `SegformerImageProcessor`) the processor does
-    everything; otherwise the image is resized to `image_size` (int or (height, width); None keeps its
-    size) and normalised with the ImageNet mean/std, as the training pipeline does.
+    With `image_processor` (e.g. the checkpoint's `SegformerImageProcessor`) the processor does everything (and must
+    normalise as `normalization` says, when given); otherwise the image is resized to `image_size` (int or (height,
+    width); None keeps its size) and normalised as `(pixel / 255 - mean) / std` with `normalization`, the model's
+    (`model.config.input_normalization`), which is then required.
     """
     array = image_to_array(image, what=what)
+    if normalization is not None:
+        normalization = checked_input_normalization(*normalization, where="normalization: ")
     if image_processor is not None:
+        if normalization is not None:
+            check_processor_normalization(image_processor, normalization)
         pil_image = Image.fromarray(array.round().astype(np.uint8))
         pixel_values = image_processor(images=[pil_image], return_tensors="pt")["pixel_values"]
         pixel_values = torch.as_tensor(pixel_values, dtype=torch.float32)
         if pixel_values.ndim != 4 or pixel_values.shape[:2] != (1, 3):
             raise ValueError(f"image_processor returned pixel_values of shape {tuple(pixel_values.shape)}")
         return pixel_values
+    if normalization is None:
+        raise ValueError(
+            "preprocess_image needs the model's input normalisation without an image_processor: pass "
+            "normalization=model.config.input_normalization"
+        )
     if image_size is not None:
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         pil_image = Image.fromarray(array.round().astype(np.uint8)).resize((width, height), Image.BILINEAR)
         array = np.asarray(pil_image, dtype=np.float32)
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32) * 255.0
-    std = np.asarray(IMAGENET_STD, dtype=np.float32) * 255.0
+    mean = np.asarray(normalization.mean, dtype=np.float32) * 255.0  # (3,), on the 0-255 scale of `array`
+    std = np.asarray(normalization.std, dtype=np.float32) * 255.0
     normalised = (array - mean) / std  # (H, W, 3)
     return torch.from_numpy(normalised).permute(2, 0, 1)[None].contiguous()
 
@@ -290,7 +319,11 @@ class ProtoSegClassEnrolmentMixin:
             image_array = image_to_array(image, what=f"{what}: image")
             mask_array = mask_to_array(mask, image_shape=image_array.shape[:2], what=f"{what}: mask")
             pixel_values = preprocess_image(
-                image_array, image_processor=image_processor, image_size=image_size, what=f"{what}: image"
+                image_array,
+                normalization=input_normalization(self.config),
+                image_processor=image_processor,
+                image_size=image_size,
+                what=f"{what}: image",
             )
             minimum_size = minimum_input_size(self.config.encoder_config)
             if min(pixel_values.shape[-2:]) < minimum_size:
@@ -383,7 +416,8 @@ class ProtoSegClassEnrolmentMixin:
             examples_by_class: {"name": [(image, mask), ...]}; image a PIL image or (H, W, 3) array
                 (0-255), mask an (H, W) boolean array marking the new class's pixels.
             image_processor: e.g. the checkpoint's `SegformerImageProcessor`; it must resize the whole image
-                (no crop), as SegFormer's does. Default: ImageNet mean/std at `image_size` (None: as is).
+                (no crop), as SegFormer's does, and normalise as the model's config says (checked). Default: the
+                config's normalisation (`config.input_normalization`) at `image_size` (None: as is).
             max_clustering_rounds: cap on assignment/mean rounds of the clustering.
         Returns:
             {name: new class index}. Build a new optimizer afterwards if you fine-tune:
@@ -471,10 +505,9 @@ class ProtoSegClassEnrolmentMixin:
 
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ProtoSegClassEnrolmentMixin",
     "PrototypeSimilarityMaps",
+    "check_processor_normalization",
     "cluster_embeddings_into_prototypes",
     "image_to_array",
     "mask_to_array",

@@ -6,7 +6,9 @@ configuration modules stay light.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import numbers
+from typing import Any, NamedTuple
 
 from transformers import AutoConfig, PretrainedConfig, SegformerConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING, MODEL_FOR_BACKBONE_MAPPING_NAMES
@@ -35,6 +37,82 @@ def encoder_kind(encoder_config: PretrainedConfig) -> str:
         f"config or a transformers AutoBackbone config (or one registered with AutoBackbone.register), one of: "
         f"{', '.join(supported)}"
     )
+
+
+# The mean and std (RGB, pixel values in [0, 1]) transformers' image processors use for MiT, Swin, ResNet, ConvNeXt ...
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class InputNormalization(NamedTuple):
+    """Per-channel `(x - mean) / std` of RGB images with x = pixel / 255 in [0, 1]."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def pad_colour(self) -> tuple[int, int, int]:
+        """The 8-bit colour that normalises to 0 (what padded image borders are filled with)."""
+        return tuple(round(255 * channel_mean) for channel_mean in self.mean)
+
+
+IMAGENET_NORMALIZATION = InputNormalization(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def checked_input_normalization(mean: Any, std: Any, *, where: str = "") -> InputNormalization:
+    """`mean` and `std` as an `InputNormalization`; a ValueError naming `where` + `image_mean`/`image_std` unless each
+    holds 3 finite numbers (R, G, B) and every std is > 0."""
+    if mean is None or std is None:
+        raise ValueError(f"{where}image_mean and image_std go together, got image_mean={mean!r}, image_std={std!r}")
+    for name, values in (("image_mean", mean), ("image_std", std)):
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) != 3
+            or not all(isinstance(value, numbers.Real) and not isinstance(value, bool) for value in values)
+            or not all(math.isfinite(value) for value in values)
+        ):
+            raise ValueError(f"{where}{name} must hold 3 finite numbers (R, G, B), got {values!r}")
+    if not all(value > 0 for value in std):
+        raise ValueError(f"{where}image_std must be > 0 in every channel, got {std!r}")
+    return InputNormalization(tuple(float(value) for value in mean), tuple(float(value) for value in std))
+
+
+def input_normalization(config: PretrainedConfig) -> InputNormalization:
+    """The normalisation a model's inputs need, read from its config: the config's own `image_mean`/`image_std` when
+    it carries them, else ImageNet's (what MiT, Swin, ResNet, ... weights expect).
+
+    The one definition every consumer reads (training augmentation, evaluation, the saved image processor, class
+    enrolment, visualisation). A `ProtoSegConfig` or `ProtoSegLinearHeadConfig` always carries them (saved in
+    config.json, taken from its encoder config when built); an EfficientNet-Lite encoder config carries (0.5, 0.5),
+    as its weights expect `(x - 0.5) / 0.5`; a plain `SegformerConfig` (MiT, or the transformers linear baseline)
+    carries none unless set, so ImageNet's.
+    """
+    mean = getattr(config, "image_mean", None)
+    std = getattr(config, "image_std", None)
+    if mean is None and std is None:
+        return IMAGENET_NORMALIZATION
+    return checked_input_normalization(mean, std, where=f"{config.model_type} config: ")
+
+
+def check_model_input_normalization(config: PretrainedConfig) -> None:
+    """ValueError unless a model config's `image_mean`/`image_std` are valid and, when its `encoder_config` carries its
+    own (EfficientNet-Lite), equal to those: the encoder's weights expect one normalisation."""
+    model_normalization = checked_input_normalization(config.image_mean, config.image_std)
+    encoder_config = config.encoder_config
+    if getattr(encoder_config, "image_mean", None) is None and getattr(encoder_config, "image_std", None) is None:
+        return
+    encoder_normalization = input_normalization(encoder_config)
+    if not all(
+        math.isclose(ours, theirs, rel_tol=1e-6, abs_tol=1e-7)
+        for ours, theirs in zip((*model_normalization.mean, *model_normalization.std),
+                                (*encoder_normalization.mean, *encoder_normalization.std))
+    ):  # fmt: skip
+        raise ValueError(
+            f"image_mean/image_std {list(model_normalization.mean)} / {list(model_normalization.std)} differ from the "
+            f"{encoder_config.model_type} encoder config's {list(encoder_normalization.mean)} / "
+            f"{list(encoder_normalization.std)}, the normalisation its weights expect; leave image_mean/image_std "
+            "unset to take the encoder's"
+        )
 
 
 # Bounds on the encoder a config describes, checked before anything is built: a typo in config.json (depths
@@ -123,4 +201,16 @@ def resolve_encoder_config(encoder_config: PretrainedConfig | dict[str, Any] | N
     return encoder_config
 
 
-__all__ = ["encoder_kind", "encoder_stage_layout", "estimate_encoder_parameters", "resolve_encoder_config"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_NORMALIZATION",
+    "IMAGENET_STD",
+    "InputNormalization",
+    "check_model_input_normalization",
+    "checked_input_normalization",
+    "encoder_kind",
+    "encoder_stage_layout",
+    "estimate_encoder_parameters",
+    "input_normalization",
+    "resolve_encoder_config",
+]

@@ -13,7 +13,8 @@ from .transformers_requirement import MINIMUM_TRANSFORMERS_VERSION  # noqa: F401
 from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig  # noqa: F401 - see transformers_requirement
 from .configuration_encoders import encoder_kind as _encoder_kind
 from .configuration_encoders import MAX_MODEL_BYTES, encoder_stage_layout, estimate_encoder_parameters
-from .configuration_encoders import resolve_encoder_config
+from .configuration_encoders import InputNormalization, check_model_input_normalization, resolve_encoder_config
+from .configuration_encoders import input_normalization as _input_normalization
 
 logger = logging.get_logger(__name__)
 
@@ -92,6 +93,10 @@ class ProtoSegConfig(PretrainedConfig):
             `prototype_health()`), >= 1.
         classifier_dropout_prob (`float`): dropout after the decoder fusion.
         initializer_range (`float`): std of the truncated-normal init of weights and prototypes.
+        image_mean, image_std (`list[float]`, *optional*): the input normalisation `(x - image_mean) / image_std`
+            (RGB, x = pixel / 255) the model expects. Left unset, the encoder's: its config's own (EfficientNet-Lite:
+            0.5 / 0.5), else ImageNet's (MiT, Swin, ...). Saved in config.json; `config.input_normalization` is what
+            training, evaluation, the saved image processor, class enrolment and visualisation use.
     """
 
     model_type = "protoseg"
@@ -128,10 +133,17 @@ class ProtoSegConfig(PretrainedConfig):
         dead_prototype_patience: int = 100,
         classifier_dropout_prob: float = 0.1,
         initializer_range: float = 0.02,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
         **kwargs: Any,
     ) -> None:
         encoder_config = resolve_encoder_config(encoder_config)
         self.encoder_config = encoder_config
+        if image_mean is None and image_std is None:  # the encoder's own, else ImageNet's
+            image_mean, image_std = _input_normalization(encoder_config)
+        # lists, as config.json holds them; checked in _validate_method_values (a missing one there too)
+        self.image_mean = list(image_mean) if isinstance(image_mean, tuple) else image_mean
+        self.image_std = list(image_std) if isinstance(image_std, tuple) else image_std
 
         self.decoder_hidden_size = decoder_hidden_size
         self.embedding_dim = embedding_dim
@@ -219,6 +231,7 @@ class ProtoSegConfig(PretrainedConfig):
                 f"{self.num_prototypes_per_class} * {self.embedding_dim} float32 prototypes take {bank_bytes:,} bytes, "
                 f"more than the limit of {MAX_PROTOTYPE_BANK_BYTES:,} (4 GiB); lower one of them"
             )
+        check_model_input_normalization(self)
         self._check_model_size()
         if 0 <= self.semantic_loss_ignore_index < self.num_labels:
             raise ValueError(
@@ -263,6 +276,11 @@ class ProtoSegConfig(PretrainedConfig):
     def encoder_kind(self) -> str:
         """"segformer" for MiT encoders, "backbone" for transformers AutoBackbone encoders."""
         return _encoder_kind(self.encoder_config)
+
+    @property
+    def input_normalization(self) -> InputNormalization:
+        """(mean, std) of the `(x - mean) / std` input normalisation, from `image_mean` / `image_std`."""
+        return _input_normalization(self)
 
 
 __all__ = ["ProtoSegConfig"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig
+from .configuration_encoders import input_normalization
 from .modeling_efficientnet_lite import ProtoSegEfficientNetLiteBackbone
 
 # EfficientNet-PyTorch module names -> this backbone's (the parameter/buffer suffix is kept).
@@ -85,8 +86,9 @@ def save_image_processor(folder: Path, config: ProtoSegEfficientNetLiteConfig) -
     """A `SegformerImageProcessorPil` with the backbone's own normalisation, so a pipeline finds a processor."""
     from transformers import SegformerImageProcessorPil
 
+    mean, std = input_normalization(config)  # the config's own: (0.5, 0.5, 0.5) / (0.5, 0.5, 0.5)
     SegformerImageProcessorPil(
-        do_resize=False, do_normalize=True, image_mean=config.image_mean, image_std=config.image_std
+        do_resize=False, do_normalize=True, image_mean=list(mean), image_std=list(std)
     ).save_pretrained(folder)
 
 

@@ -223,19 +223,6 @@ def minimum_input_size(encoder_config: PretrainedConfig) -> int:
     return size
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def encoder_image_normalization(encoder_config: PretrainedConfig) -> tuple[list[float], list[float]]:
-    """(mean, std) of the `(x - mean) / std` input normalisation an encoder's weights expect, x in [0, 1]: the
-    config's own `image_mean`/`image_std` when it carries them (EfficientNet-Lite: 0.5, 0.5), else ImageNet's
-    (MiT, Swin, ResNet, ... as their image processors)."""
-    mean = getattr(encoder_config, "image_mean", None) or IMAGENET_MEAN
-    std = getattr(encoder_config, "image_std", None) or IMAGENET_STD
-    return list(mean), list(std)
-
-
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)
 
 
@@ -399,7 +386,6 @@ __all__ = [
     "encoder_feature_maps",
     "encoder_has_attentions",
     "encoder_outputs",
-    "encoder_image_normalization",
     "four_stage_backbone_config",
     "freeze_unused_final_norm",
     "hidden_state_indices",

@@ -114,7 +114,9 @@ def embed_image(
 ) -> dict[str, torch.Tensor]:
     """Run one (H, W, 3) image: {"embeddings" (D, h, w), "prediction" (h, w), "nearest_class" (h, w),
     "nearest_index" (h, w)}."""
-    pixel_values = preprocess_image(image, image_processor=image_processor, image_size=image_size)
+    pixel_values = preprocess_image(
+        image, normalization=model.config.input_normalization, image_processor=image_processor, image_size=image_size
+    )
     model.eval()
     outputs = model(
         pixel_values=pixel_values.to(model.device, dtype=model.dtype),
@@ -168,7 +170,12 @@ def render_prototype_assignment(
     image_array = image_to_array(image)
     height, width = image_array.shape[:2]
     class_id = model.resolve_class_id(class_name)
-    pixel_values = preprocess_image(image_array, image_processor=image_processor, image_size=image_size)
+    pixel_values = preprocess_image(
+        image_array,
+        normalization=model.config.input_normalization,
+        image_processor=image_processor,
+        image_size=image_size,
+    )
     maps = model.prototype_similarity_maps(pixel_values.to(model.dtype), class_id)
     class_similarities = maps.class_similarities[0].cpu()  # (K, h, w)
     num_prototypes = class_similarities.shape[0]
@@ -364,7 +371,7 @@ def render_all(
     """Load a checkpoint folder and write the three figures; returns {figure name: path}."""
     model, image_processor = load_checkpoint(checkpoint)
     if image_size is not None:
-        image_processor = None  # an explicit size means ImageNet normalisation at that size
+        image_processor = None  # an explicit size: the config's normalisation at that size
     model.resolve_class_id(class_name)  # fail early on an unknown class
     map_path, assignment_path = render_prototype_assignment(
         model, images[0], class_name, output_dir, image_processor=image_processor, image_size=image_size
@@ -411,8 +418,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         "--image-size",
         type=int,
         default=None,
-        help="resize to this square size with ImageNet normalisation instead of the "
-        "checkpoint's image processor (default: the processor, or the image as is)",
+        help="resize to this square size, normalised as the checkpoint's config says (image_mean / image_std), "
+        "instead of using its image processor (default: the processor, or the image as is)",
     )
     parser.add_argument("--num-samples", type=int, default=2000, help="pixels drawn for the projection")
     parser.add_argument("--max-classes", type=int, default=20, help="classes shown in the self-similarity figure")

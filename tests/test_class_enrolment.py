@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from isolated_python import run_python_without_repository
-from tiny_models import tiny_protoseg_config
+from tiny_models import tiny_efficientnet_lite_encoder_config, tiny_protoseg_config
 from transformers import SegformerImageProcessor
 
 from modeling_protoseg import ProtoSegForSemanticSegmentation, sinkhorn_assign_pixels
@@ -70,7 +70,8 @@ def assert_unchanged(model: ProtoSegForSemanticSegmentation, snapshot: tuple[dic
 def reference_cell_embeddings(model, image: np.ndarray, cell_mask: np.ndarray) -> torch.Tensor:
     """(N, D) embeddings of the output cells in `cell_mask` (h, w), via a plain forward pass."""
     with torch.no_grad():
-        embeddings = model(preprocess_image(image), output_pixel_embeddings=True).pixel_embeddings[0]
+        pixel_values = preprocess_image(image, normalization=model.config.input_normalization)
+        embeddings = model(pixel_values, output_pixel_embeddings=True).pixel_embeddings[0]
     return embeddings.permute(1, 2, 0)[torch.from_numpy(cell_mask)]
 
 
@@ -164,7 +165,7 @@ def test_add_classes_extends_config_and_class_norm_with_the_mean_entry():
     torch.testing.assert_close(model.class_score_norm.weight.detach(), torch.tensor([1.0, 2.0, 3.0, 2.0, 2.0]))
     torch.testing.assert_close(model.class_score_norm.bias.detach(), torch.tensor([0.3, 0.0, -0.6, -0.1, -0.1]))
     assert model.class_score_norm.weight.requires_grad
-    logits = model(preprocess_image(image)).logits
+    logits = model(preprocess_image(image, normalization=model.config.input_normalization)).logits
     assert logits.shape == (1, 5, 8, 8)
 
 
@@ -177,7 +178,8 @@ def test_enrolled_class_is_predicted_where_the_embedding_separates_it():
     assert model.config.id2label == {0: "noise", 1: "red"}
     test_image, test_mask = noise_scene(5, slice(12, 28))  # another image, the band elsewhere
     with torch.no_grad():
-        prediction = model(preprocess_image(test_image)).logits.argmax(dim=1)[0]  # (8, 8)
+        pixel_values = preprocess_image(test_image, normalization=model.config.input_normalization)
+        prediction = model(pixel_values).logits.argmax(dim=1)[0]  # (8, 8)
     cells = mask_to_feature_grid(test_mask, (8, 8))
     assert (prediction[cells] == 1).float().mean() == 1.0
     assert (prediction[~cells] == 0).float().mean() >= 0.9
@@ -196,6 +198,57 @@ def test_add_classes_through_an_image_processor_and_pil_images():
     red_cells = embeddings.permute(1, 2, 0)[:4]  # rows 0-23 of 48 = output rows 0-3 of 8
     expected = cluster_embeddings_into_prototypes(red_cells.reshape(-1, 8), 4)
     torch.testing.assert_close(model.prototypes[3], expected, atol=1e-5, rtol=0)
+
+
+def capture_encoder_inputs(model: ProtoSegForSemanticSegmentation) -> list[torch.Tensor]:
+    """The pixel values every forward of `model.encoder` receives, appended as it runs."""
+    seen: list[torch.Tensor] = []
+
+    def capture(module, args, kwargs):
+        seen.append(kwargs.get("pixel_values", args[0] if args else None).detach().clone())
+
+    model.encoder.register_forward_pre_hook(capture, with_kwargs=True)
+    return seen
+
+
+# (encoder config, mean, std) written out by hand: EfficientNet-Lite's weights expect (x - 0.5) / 0.5, MiT's ImageNet's
+NORMALISATION_CASES = {
+    "efficientnet_lite": (tiny_efficientnet_lite_encoder_config, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "mit": (lambda: None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+@pytest.mark.parametrize("encoder", sorted(NORMALISATION_CASES))
+def test_enrolment_feeds_the_encoder_the_normalisation_of_the_config(encoder):
+    encoder_config, mean, std = NORMALISATION_CASES[encoder]
+    model = tiny_model(encoder_config=encoder_config())
+    seen = capture_encoder_inputs(model)
+    image, mask = noise_scene(0, slice(0, 16))
+    model.add_classes({"red": [(image, mask)]})
+    # by hand, in float64: (pixel / 255 - mean) / std per channel, as (1, 3, H, W)
+    expected = (image.astype(np.float64) / 255.0 - np.array(mean)) / np.array(std)
+    expected = torch.from_numpy(expected).permute(2, 0, 1)[None].float()
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], expected, atol=1e-5, rtol=0)
+    if encoder == "efficientnet_lite":
+        assert seen[0].min() < -0.99 and seen[0].max() > 0.99  # a 0-255 noise image spans [-1, 1]
+
+
+def test_preprocessing_without_a_normalisation_or_with_another_processors_is_refused():
+    model = tiny_model(encoder_config=tiny_efficientnet_lite_encoder_config())
+    image, mask = noise_scene(0, slice(0, 16))
+    with pytest.raises(ValueError, match="normalization=model.config.input_normalization"):
+        preprocess_image(image)
+    imagenet_processor = SegformerImageProcessor(size={"height": 32, "width": 32})  # ImageNet mean/std
+    with pytest.raises(ValueError, match=r"the model expects \[0.5, 0.5, 0.5\] / \[0.5, 0.5, 0.5\]"):
+        model.add_classes({"red": [(image, mask)]}, image_processor=imagenet_processor)
+    assert model.config.num_labels == 3
+    half = [0.5, 0.5, 0.5]
+    lite_processor = SegformerImageProcessor(size={"height": 32, "width": 32}, image_mean=half, image_std=half)
+    seen = capture_encoder_inputs(model)
+    model.add_classes({"red": [(image, mask)]}, image_processor=lite_processor)
+    expected = torch.from_numpy(image / 127.5 - 1.0).permute(2, 0, 1)[None].float()  # (x - 0.5) / 0.5 by hand
+    torch.testing.assert_close(seen[0], expected, atol=1e-5, rtol=0)
 
 
 def test_enrolment_changes_no_batchnorm_statistics_and_keeps_the_training_mode():
@@ -217,7 +270,7 @@ def test_enrolled_model_saves_and_loads_with_the_new_class_count(tmp_path):
     assert loaded.config.label2id["red"] == 3
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    pixel_values = preprocess_image(noise_scene(3, slice(4, 8))[0])
+    pixel_values = preprocess_image(noise_scene(3, slice(4, 8))[0], normalization=model.config.input_normalization)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits)
 
@@ -227,7 +280,7 @@ def test_enrolled_model_loads_as_remote_code_without_the_package(tmp_path):
     model.add_classes({"red": [noise_scene(0, slice(0, 16))]})
     model.save_pretrained(tmp_path / "checkpoint")
     assert (tmp_path / "checkpoint" / "class_enrolment.py").is_file()
-    pixel_values = preprocess_image(noise_scene(3, slice(4, 8))[0])
+    pixel_values = preprocess_image(noise_scene(3, slice(4, 8))[0], normalization=model.config.input_normalization)
     with torch.no_grad():
         torch.save({"pixel_values": pixel_values, "logits": model(pixel_values).logits}, tmp_path / "reference.pt")
     script = """

@@ -121,13 +121,52 @@ def test_lite0_stage_layout_matches_the_reference_blocks():
 
 
 def test_image_normalization_is_the_encoders_own_or_imagenets():
-    from modeling_protoseg.encoders import encoder_image_normalization
+    from modeling_protoseg.configuration_encoders import input_normalization
 
-    assert encoder_image_normalization(ProtoSegEfficientNetLiteConfig()) == ([0.5] * 3, [0.5] * 3)
-    assert encoder_image_normalization(tiny_segformer_encoder_config()) == (
-        [0.485, 0.456, 0.406],
-        [0.229, 0.224, 0.225],
-    )
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # as transformers' image processors for MiT, Swin
+    assert input_normalization(ProtoSegEfficientNetLiteConfig()) == ((0.5,) * 3, (0.5,) * 3)
+    assert input_normalization(tiny_segformer_encoder_config()) == imagenet
+    assert input_normalization(tiny_swin_encoder_config()) == imagenet
+
+
+@pytest.mark.parametrize(
+    "encoder_config, mean, std",
+    [
+        (tiny_efficientnet_lite_encoder_config, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+        (tiny_segformer_encoder_config, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        (tiny_swin_encoder_config, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ],
+)
+@pytest.mark.parametrize("config_class", [ProtoSegConfig, ProtoSegLinearHeadConfig])
+def test_the_model_config_carries_its_normalisation_into_config_json(tmp_path, config_class, encoder_config, mean, std):
+    config = config_class(encoder_config=encoder_config(), id2label={0: "a", 1: "b"})
+    assert (config.image_mean, config.image_std) == (mean, std)
+    assert config.input_normalization == (tuple(mean), tuple(std))
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["image_mean"], saved["image_std"]) == (mean, std)
+    assert config_class.from_pretrained(tmp_path).input_normalization == (tuple(mean), tuple(std))
+    # a config.json written before the config carried them: the encoder's, as before
+    del saved["image_mean"], saved["image_std"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert config_class.from_pretrained(tmp_path).input_normalization == (tuple(mean), tuple(std))
+
+
+def test_a_normalisation_other_than_the_encoders_or_a_malformed_one_is_refused():
+    expected = r"differ from the protoseg_efficientnet_lite encoder config's \[0.5, 0.5, 0.5\]"
+    with pytest.raises(ValueError, match=expected):
+        ProtoSegConfig(encoder_config=tiny_efficientnet_lite_encoder_config(), id2label={0: "a", 1: "b"},
+                       image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # fmt: skip
+    for mean, std, message in [
+        ([0.5, 0.5], [0.5, 0.5, 0.5], "image_mean must hold 3 finite numbers"),
+        ([0.5, 0.5, float("nan")], [0.5, 0.5, 0.5], "image_mean must hold 3 finite numbers"),
+        ([0.5, 0.5, 0.5], [0.5, 0.0, 0.5], "image_std must be > 0"),
+        ([0.5, 0.5, 0.5], None, "image_mean and image_std go together"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ProtoSegConfig(id2label={0: "a", 1: "b"}, image_mean=mean, image_std=std)
+    custom = ProtoSegConfig(id2label={0: "a", 1: "b"}, image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25])
+    assert custom.input_normalization == ((0.5,) * 3, (0.25,) * 3)  # MiT carries none of its own: any valid one
 
 
 def test_swin_final_norm_stays_frozen(tmp_path):

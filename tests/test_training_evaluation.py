@@ -152,6 +152,38 @@ def test_multiscale_flip_matches_a_view_by_view_reference_on_a_tiny_protoseg() -
     assert metrics["overall_accuracy"] == 1.0
 
 
+@pytest.mark.parametrize(
+    "encoder, mean, std",
+    [  # written out by hand: EfficientNet-Lite's weights expect (x - 0.5) / 0.5, MiT's the ImageNet statistics
+        ("efficientnet_lite", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+        ("mit", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ],
+)
+def test_the_saved_processor_normalises_as_the_saved_config_says(tmp_path, encoder, mean, std) -> None:
+    import json
+
+    import numpy as np
+    from tiny_models import tiny_efficientnet_lite_encoder_config, tiny_protoseg_config
+    from transformers import AutoImageProcessor
+
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+    from training.config import parse_config
+    from training.train import _image_processor
+
+    encoder_config = tiny_efficientnet_lite_encoder_config() if encoder == "efficientnet_lite" else None
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config(encoder_config=encoder_config))
+    run_config = parse_config(["--base_size", "24", "--output_dir", str(tmp_path / "run")])
+    model.save_pretrained(tmp_path)
+    _image_processor(run_config, model).save_pretrained(tmp_path)  # as train.py exports it
+    saved_config = json.loads((tmp_path / "config.json").read_text())
+    saved_processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved_config["image_mean"] == saved_processor["image_mean"] == mean
+    assert saved_config["image_std"] == saved_processor["image_std"] == std
+    image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)  # already at base size
+    processed = AutoImageProcessor.from_pretrained(tmp_path)(images=image, return_tensors="np")["pixel_values"][0]
+    np.testing.assert_allclose(processed.transpose(1, 2, 0), (image / 255.0 - mean) / std, atol=1e-5)
+
+
 def test_normalisation_follows_the_encoder_config_in_training_evaluation_and_the_processor() -> None:
     import numpy as np
     from tiny_models import tiny_protoseg_config, tiny_segformer_encoder_config

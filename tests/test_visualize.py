@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import tiny_protoseg_config
+from tiny_models import tiny_efficientnet_lite_encoder_config, tiny_protoseg_config
 from transformers import SegformerImageProcessor
 
 from modeling_protoseg import ProtoSegForSemanticSegmentation, visualize
@@ -136,6 +136,41 @@ def test_unknown_class_and_missing_checkpoint_are_clear_errors(checkpoint: Path,
                 str(tmp_path / "out"),
             ]
         )
+
+
+@pytest.mark.parametrize(
+    "encoder, mean, std",
+    [  # written out by hand: EfficientNet-Lite's weights expect (x - 0.5) / 0.5, MiT's the ImageNet statistics
+        ("efficientnet_lite", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ("mit", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ],
+)
+def test_figures_feed_the_encoder_the_normalisation_of_the_checkpoints_config(
+    encoder, mean, std, tmp_path, monkeypatch
+):
+    encoder_config = tiny_efficientnet_lite_encoder_config() if encoder == "efficientnet_lite" else None
+    checkpoint = tmp_path / "checkpoint"  # saved without a preprocessor_config.json: the config alone says how
+    ProtoSegForSemanticSegmentation(tiny_protoseg_config(encoder_config=encoder_config)).save_pretrained(checkpoint)
+    seen: list[torch.Tensor] = []
+    load_checkpoint = visualize.load_checkpoint
+
+    def load_and_watch_the_encoder(folder):
+        model, image_processor = load_checkpoint(folder)
+        model.encoder.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs.get("pixel_values", args[0] if args else None).clone()),
+            with_kwargs=True,
+        )
+        return model, image_processor
+
+    monkeypatch.setattr(visualize, "load_checkpoint", load_and_watch_the_encoder)
+    image_path = write_image(tmp_path)
+    visualize.main(["--checkpoint", str(checkpoint), "--image", str(image_path), "--class-name", "class_0",
+                    "--output-dir", str(tmp_path / "figures"), "--num-samples", "50"])  # fmt: skip
+    pixels = np.asarray(Image.open(image_path), dtype=np.float64)  # (40, 56, 3), 0-255
+    expected = torch.from_numpy((pixels / 255.0 - np.array(mean)) / np.array(std)).permute(2, 0, 1)[None].float()
+    assert len(seen) >= 2  # the prototype map and assignment, the embedding projection
+    for pixel_values in seen:
+        torch.testing.assert_close(pixel_values, expected, atol=1e-5, rtol=0)
 
 
 def test_prototype_map_hue_is_the_closest_prototype_and_brightness_its_similarity():
