@@ -7,9 +7,28 @@ A class's score for a pixel is the cosine similarity to the nearest of the class
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .configuration_protoseg import CLASS_SCORE_NORMS
+
+
+class ClassScoreNormModeError(ValueError):
+    """A checkpoint's class-score parameters were trained in another `class_score_norm` mode than the config's."""
+
+
+def mode_mismatch_message(checkpoint_mode: str, config_mode: str) -> str:
+    """What a user reads when a checkpoint's class-score parameters meet a config of the other mode."""
+    return (
+        f"class_score_norm: the checkpoint's class-score parameters (class_score_norm.weight / .bias) were trained "
+        f"with class_score_norm={checkpoint_mode!r}, but the config asks for class_score_norm={config_mode!r}. "
+        f"They mean something else in the other mode (the logits would change silently): set class_score_norm back "
+        f"to {checkpoint_mode!r} in config.json (or leave it out of the from_pretrained arguments), or build a new "
+        f"model and train its class scores in {config_mode!r} mode"
+    )
 
 
 class ProtoSegClassScoreNorm(nn.Module):
@@ -21,14 +40,70 @@ class ProtoSegClassScoreNorm(nn.Module):
             confidence grows with the margin between classes, for any number of classes.
         "layer_norm": the official code's `LayerNorm(C)` over the scores. With C = 2 it maps any two scores
             that differ by more than ~0.01 to -1/+1 (constant confidence, vanishing gradient).
-    The parameters are named as `nn.LayerNorm`'s, so checkpoints of either mode load the same way.
+    The parameters are named as `nn.LayerNorm`'s in both modes; the persistent buffer `mode_index` (the mode's index
+    in `CLASS_SCORE_NORMS`) is saved beside them, so a checkpoint's parameters never load into the other mode:
+    `load_state_dict` refuses them (`ClassScoreNormModeError`), and `from_pretrained` checks `check_loaded_mode()`.
+    A state dict saved before the mode was recorded loads as the mode of the module it is loaded into.
     """
 
     def __init__(self, *, num_classes: int, mode: str, scale: float = 1.0, eps: float = 1e-5) -> None:
         super().__init__()
+        if mode not in CLASS_SCORE_NORMS:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, CLASS_SCORE_NORMS))}, got {mode!r}")
         self.mode, self.eps = mode, eps
         self.weight = nn.Parameter(torch.full((num_classes,), scale if mode == "affine" else 1.0))
         self.bias = nn.Parameter(torch.zeros(num_classes))
+        # () int64: the mode the parameters belong to, saved with them (an integer: dtype casts leave it alone)
+        self.register_buffer("mode_index", torch.tensor(self.expected_mode_index, dtype=torch.long), persistent=True)
+
+    @property
+    def expected_mode_index(self) -> int:
+        """The index of this module's mode in `CLASS_SCORE_NORMS`, what `mode_index` must hold."""
+        return CLASS_SCORE_NORMS.index(self.mode)
+
+    @staticmethod
+    def mode_name(mode_index: int) -> str:
+        """The mode an index in `CLASS_SCORE_NORMS` stands for; ValueError on an index no mode has."""
+        if not 0 <= mode_index < len(CLASS_SCORE_NORMS):
+            raise ValueError(
+                f"class_score_norm.mode_index: {mode_index} names no class_score_norm mode; expected 0..."
+                f"{len(CLASS_SCORE_NORMS) - 1} for {', '.join(map(repr, CLASS_SCORE_NORMS))}"
+            )
+        return CLASS_SCORE_NORMS[mode_index]
+
+    def check_loaded_mode(self) -> None:
+        """`ClassScoreNormModeError` when the loaded `mode_index` says the parameters belong to another mode."""
+        loaded_mode = self.mode_name(int(self.mode_index))
+        if loaded_mode != self.mode:
+            raise ClassScoreNormModeError(mode_mismatch_message(loaded_mode, self.mode))
+
+    def check_state_dict_mode(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """`ClassScoreNormModeError` when `state_dict` records (at `prefix + "mode_index"`) another mode than this
+        module's; nothing when it records none (saved before the mode was recorded)."""
+        recorded = state_dict.get(prefix + "mode_index")
+        if recorded is not None and self.mode_name(int(recorded)) != self.mode:
+            raise ClassScoreNormModeError(mode_mismatch_message(self.mode_name(int(recorded)), self.mode))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # `load_state_dict` (resuming, a user's own loading) passes through here; the ProtoSeg model checks the
+        # mode before any of its tensors is copied, and transformers' `from_pretrained` (which does not come here)
+        # calls `check_loaded_mode()` after loading.
+        self.check_state_dict_mode(state_dict, prefix)
+        key = prefix + "mode_index"
+        if key not in state_dict:  # saved before the mode was recorded: the parameters take this module's mode
+            state_dict[key] = torch.tensor(self.expected_mode_index, dtype=torch.long)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @property
     def num_classes(self) -> int:
@@ -105,4 +180,4 @@ def nearest_prototype_scores(
     return scores
 
 
-__all__ = ["ProtoSegClassScoreNorm", "nearest_prototype_scores"]
+__all__ = ["ClassScoreNormModeError", "ProtoSegClassScoreNorm", "mode_mismatch_message", "nearest_prototype_scores"]

@@ -218,6 +218,28 @@ class ProtoSegPreTrainedModel(ProtoSegEncoderCheckpointMixin, ProtoSegEncoderAtt
     supports_gradient_checkpointing = True
     _keep_in_fp32_modules_strict = ["prototype_bank"]
     _keys_to_ignore_on_load_unexpected = [r"prototype_bank\.reseed_counts"]  # written before re-seeding was removed
+    # written before the class-score mode was recorded: such a checkpoint's parameters take its config's mode
+    _keys_to_ignore_on_load_missing = [r"class_score_norm\.mode_index"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; a `ClassScoreNormModeError` (a ValueError) when the checkpoint's
+        class-score parameters were trained in another `class_score_norm` mode than the config's (config.json
+        edited by hand, or a `class_score_norm=` argument)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) with output_loading_info
+        for module in model.modules():
+            if isinstance(module, ProtoSegClassScoreNorm):
+                module.check_loaded_mode()
+        return loaded
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # `load_state_dict` loads this module before its children: refuse class scores of another mode here, before
+        # any of the model's tensors (encoder first) is copied.
+        for name, module in self.named_modules():
+            if isinstance(module, ProtoSegClassScoreNorm):
+                module.check_state_dict_mode(state_dict, f"{prefix}{name}.")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -230,6 +252,7 @@ class ProtoSegPreTrainedModel(ProtoSegEncoderCheckpointMixin, ProtoSegEncoderAtt
         elif isinstance(module, ProtoSegClassScoreNorm):
             init.constant_(module.weight, self.config.class_score_scale if module.mode == "affine" else 1.0)
             init.zeros_(module.bias)
+            init.constant_(module.mode_index, module.expected_mode_index)  # kept when the checkpoint has one
 
 
 class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTrainedModel):

@@ -587,6 +587,89 @@ def test_a_decoder_too_large_to_allocate_is_refused_by_name(tmp_path: Path) -> N
         ProtoSegForSemanticSegmentation.from_pretrained(tmp_path, ignore_mismatched_sizes=True, decoder_hidden_size=65536)
 
 
+def _model_with_trained_class_scores(mode: str):
+    """A tiny model in eval mode whose class-score weight and bias are far from their initial values."""
+    model = _tiny_model(class_score_norm=mode).eval()
+    with torch.no_grad():
+        model.class_score_norm.weight.copy_(torch.tensor([3.0, 0.5, 7.0]))
+        model.class_score_norm.bias.copy_(torch.tensor([0.2, -0.4, 0.1]))
+    return model
+
+
+CLASS_SCORE_MODE_EDITS = [("affine", "layer_norm"), ("layer_norm", "affine")]
+
+
+@pytest.mark.parametrize("saved_mode, edited_mode", CLASS_SCORE_MODE_EDITS)
+def test_a_class_score_norm_edited_in_config_json_is_refused_naming_both_modes(
+    saved_mode: str, edited_mode: str, tmp_path: Path
+) -> None:
+    """The trained class-score weight and bias belong to one mode: loaded into the other, the logits changed
+    silently."""
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+
+    model = _model_with_trained_class_scores(saved_mode)
+    model.save_pretrained(tmp_path)
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected_logits = model(pixel_values).logits
+        loaded = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path).eval()  # the unedited round trip
+        assert loaded.config.class_score_norm == saved_mode
+        assert torch.equal(loaded(pixel_values).logits, expected_logits)
+
+    message = (
+        rf"class_score_norm: .* trained with class_score_norm='{saved_mode}', but the config asks for "
+        rf"class_score_norm='{edited_mode}'.* set class_score_norm back to '{saved_mode}' in config\.json"
+    )
+    with pytest.raises(ValueError, match=message):
+        ProtoSegForSemanticSegmentation.from_pretrained(tmp_path, class_score_norm=edited_mode)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "class_score_norm": edited_mode}))
+    with pytest.raises(ValueError, match=message):
+        ProtoSegForSemanticSegmentation.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("saved_mode, edited_mode", CLASS_SCORE_MODE_EDITS)
+def test_load_state_dict_refuses_class_scores_of_the_other_mode_before_copying_anything(
+    saved_mode: str, edited_mode: str
+) -> None:
+    other_mode_state = _model_with_trained_class_scores(saved_mode).state_dict()
+    model = _tiny_model(class_score_norm=edited_mode)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"trained with class_score_norm='{saved_mode}', but the config asks"):
+        model.load_state_dict(other_mode_state)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_a_checkpoint_saved_before_the_mode_was_recorded_loads_in_its_configs_mode(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+
+    model = _model_with_trained_class_scores("layer_norm")
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["class_score_norm.mode_index"]  # as written before the mode was recorded
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loaded, loading_info = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path, output_loading_info=True)
+    assert not loading_info["missing_keys"]  # the record is not reported missing
+    assert int(loaded.class_score_norm.mode_index) == 1  # "layer_norm", the config's
+    state_without_mode = dict(model.state_dict())
+    del state_without_mode["class_score_norm.mode_index"]
+    strictly_loaded = _tiny_model(class_score_norm="layer_norm").eval()
+    strictly_loaded.load_state_dict(state_without_mode)  # strict: the missing record is not a missing key
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+        assert torch.equal(strictly_loaded.state_dict()[name], tensor), name
+    with torch.no_grad():
+        expected_logits = model(pixel_values).logits
+        assert torch.equal(strictly_loaded(pixel_values).logits, expected_logits)
+        # equal weights; the rewritten file maps them at other byte offsets, whose alignment moves the float sums
+        # by ~1e-5 (so does rewriting the file with its key kept). The other mode moves these logits by ~1.
+        torch.testing.assert_close(loaded.eval()(pixel_values).logits, expected_logits, atol=1e-4, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------ 7. what is published does not leak
 
 
