@@ -294,12 +294,12 @@ def test_evaluate_reuses_the_runs_sliding_windows_unless_told_otherwise(tmp_path
 
     data = DataArguments(preset="synthetic", synthetic_num_train=4, synthetic_num_validation=2, synthetic_image_size=48)
     as_trained = evaluate_folder(output_dir, data, EvaluationSettings(split="validation", device="cpu"))
-    assert as_trained["eval_mode"] == "slide"
-    assert as_trained["mean_iou"] == pytest.approx(eval_results["mean_iou"], abs=1e-6)
+    assert as_trained.eval_mode == "slide"
+    assert as_trained.mean_iou == pytest.approx(eval_results["mean_iou"], abs=1e-6)
     whole = evaluate_folder(output_dir, data, EvaluationSettings(split="validation", eval_mode="whole", device="cpu"))
-    assert whole["eval_mode"] == "whole"
-    assert whole["mean_iou"] == pytest.approx(eval_results["whole_image_mean_iou"], abs=1e-6)
+    assert whole.eval_mode == "whole"
+    assert whole.mean_iou == pytest.approx(eval_results["whole_image_mean_iou"], abs=1e-6)
 
     (output_dir / EVALUATION_CONFIG_FILE).unlink()  # a folder written before the file existed
     older = evaluate_folder(output_dir, data, EvaluationSettings(split="validation", eval_stride=[16], device="cpu"))
-    assert older["eval_mode"] == "slide" and older["mean_iou"] == pytest.approx(eval_results["mean_iou"], abs=1e-6)
+    assert older.eval_mode == "slide" and older.mean_iou == pytest.approx(eval_results["mean_iou"], abs=1e-6)
