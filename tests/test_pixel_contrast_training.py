@@ -139,6 +139,16 @@ def test_optimizer_gives_the_projection_head_the_head_learning_rate() -> None:
         assert group["lr"] == pytest.approx(1e-4 if ids <= encoder else 1e-3)
     assert projection <= {id(p) for g in optimizer.param_groups if g["lr"] == pytest.approx(1e-3) for p in g["params"]}
     assert segmentation_model_of(wrapper) is wrapper.segmentation_model
+
+    class OtherWrapper(torch.nn.Module):  # the optimizer finds the encoder by module, under any attribute name
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = tiny_segformer()
+
+    other = OtherWrapper()
+    optimizer = build_optimizer(other, OptimizationArguments(learning_rate=1e-4, head_lr_multiplier=10))
+    encoder = {id(p) for p in other.inner.segformer.parameters()}
+    assert encoder == {id(p) for g in optimizer.param_groups if g["lr"] == pytest.approx(1e-4) for p in g["params"]}
     assert with_pixel_contrast(wrapper.segmentation_model, PixelContrastArguments(), micro_batches_per_step=1) is (
         wrapper.segmentation_model
     )

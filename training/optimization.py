@@ -6,19 +6,26 @@ import torch
 from torch import nn
 
 from training.config import OptimizationArguments
-from training.pixel_contrast import WRAPPED_MODEL_PREFIX
+
+ENCODER_ATTRIBUTES = ("encoder", "segformer")  # ProtoSeg's and the linear head's encoder, SegFormer's
 
 
 def build_optimizer(model: nn.Module, config: OptimizationArguments) -> torch.optim.Optimizer:
     """AdamW or SGD with 4 parameter groups: (encoder | head) x (decay | no decay on norms and biases).
     The head (decoder, projection, classifier; the pixel-contrast projection head too) learns `head_lr_multiplier`
     times faster."""
-    encoder_prefixes = ("encoder.", "segformer.")  # ProtoSeg's and SegFormer's encoder attributes
+    # by module, not by name: a training wrapper (e.g. pixel contrast's) may hold the model under any attribute
+    encoder_parameters = {
+        id(parameter)
+        for module_name, module in model.named_modules()
+        if module_name.rsplit(".", 1)[-1] in ENCODER_ATTRIBUTES
+        for parameter in module.parameters()
+    }
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        is_encoder = name.removeprefix(WRAPPED_MODEL_PREFIX).startswith(encoder_prefixes)
+        is_encoder = id(parameter) in encoder_parameters
         decays = parameter.ndim > 1 and "pos_block" not in name
         groups.setdefault((is_encoder, decays), []).append(parameter)
     param_groups = [

@@ -37,8 +37,6 @@ from modeling_protoseg.pixel_contrast import (
 )
 from training.config import PixelContrastArguments
 
-WRAPPED_MODEL_PREFIX = "segmentation_model."  # parameter names inside the wrapper start with it
-
 
 class PixelContrastProjectionHead(nn.Module):
     """ContrastiveSeg's "convmlp" projection (1x1 conv, BatchNorm, ReLU, 1x1 conv, L2 norm), applied to the pixels the
