@@ -108,14 +108,19 @@ def upgrade_training_summary(data: dict[str, Any], source: str) -> dict[str, Any
     return upgraded
 
 
-def reject_older_eval_results_names(data: dict[str, Any], source: str) -> None:
-    """An eval_results dict built in code must use today's layout: an older name or a per-class list is an error."""
-    for old, current in EVAL_RESULTS_RENAMED.items():
+def _reject_renamed(data: dict[str, Any], renamed: dict[str, str], source: str, record: str) -> None:
+    """RecordFormatError for the first package 0.1 key name in `data`, naming today's."""
+    for old, current in renamed.items():
         if old in data:
             raise RecordFormatError(
                 f"{source}: '{old}' is the package 0.1 name of '{current}'; use '{current}' (only files are read "
-                "in the 0.1 layout, by EvalResults.read / from_json)."
+                f"in the 0.1 layout, by {record}.read / from_json)."
             )
+
+
+def reject_older_eval_results_names(data: dict[str, Any], source: str) -> None:
+    """An eval_results dict built in code must use today's layout: an older name or a per-class list is an error."""
+    _reject_renamed(data, EVAL_RESULTS_RENAMED, source, "EvalResults")
     for key in PER_CATEGORY_KEYS:
         if isinstance(data.get(key), (list, tuple)):
             raise RecordFormatError(
@@ -126,12 +131,7 @@ def reject_older_eval_results_names(data: dict[str, Any], source: str) -> None:
 
 def reject_older_training_summary_names(data: dict[str, Any], source: str) -> None:
     """A training summary dict built in code must use today's layout: an older name is an error naming the current one."""
-    for old, current in TRAINING_SUMMARY_RENAMED.items():
-        if old in data:
-            raise RecordFormatError(
-                f"{source}: '{old}' is the package 0.1 name of '{current}'; use '{current}' (only files are read "
-                "in the 0.1 layout, by TrainingSummary.read / from_json)."
-            )
+    _reject_renamed(data, TRAINING_SUMMARY_RENAMED, source, "TrainingSummary")
     flat = sorted(key for key in PROTOSEG_FLAT_KEYS if key in data)
     if flat:
         raise RecordFormatError(f"{source}: the ProtoSeg knobs {flat} go in the nested 'protoseg' record, not at the top level.")
