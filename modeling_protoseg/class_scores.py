@@ -109,9 +109,14 @@ class ProtoSegClassScoreNorm(nn.Module):
     def num_classes(self) -> int:
         return self.weight.shape[0]
 
-    def forward(self, class_scores: torch.Tensor) -> torch.Tensor:
+    def forward(self, class_scores: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:
+        """(N, C) scores -> (N, C) logits; `in_place` ("affine" mode, no autograd): written over `class_scores`."""
         if self.mode == "layer_norm":
             return F.layer_norm(class_scores, (self.num_classes,), self.weight, self.bias, self.eps)
+        if in_place:
+            if torch.is_grad_enabled():
+                raise RuntimeError("ProtoSegClassScoreNorm(in_place=True) is for inference: call it without autograd")
+            return class_scores.mul_(self.weight).add_(self.bias)
         return torch.addcmul(self.bias, class_scores, self.weight)
 
     def resized(self, keep_rows: torch.Tensor, *, num_added: int) -> "ProtoSegClassScoreNorm":
@@ -133,7 +138,7 @@ class ProtoSegClassScoreNorm(nn.Module):
         return f"{self.num_classes}, mode={self.mode!r}"
 
 
-def _exporting() -> bool:
+def is_exporting() -> bool:
     """True while torch.jit tracing or ONNX export records the forward (no data-dependent chunking)."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
@@ -143,6 +148,7 @@ def nearest_prototype_scores(
     flat_prototypes: torch.Tensor,
     num_classes: int,
     *,
+    matching_dtype: torch.dtype | None = None,
     chunk_bytes: int = 64 * 2**20,
 ) -> torch.Tensor:
     """max over each class's K prototypes of the (N, C*K) cosine similarities.
@@ -151,33 +157,48 @@ def nearest_prototype_scores(
     inference never holds all of them (4.4 GB for 847 classes, batch 8, 512x512); each chunk's product and
     maximum are written into one reused chunk buffer and the preallocated result (a fresh 64 MiB block per
     chunk cost +17% at 150-847 classes in page faults). With autograd, or while an exporter records the graph,
-    in one product.
+    in one product of the inputs' dtype.
 
     Arguments:
         pixel_embeddings: (N, D); flat_prototypes: (C*K, D).
+        matching_dtype: the dtype of the inference product (e.g. torch.bfloat16, `config.prototype_matching_dtype`);
+            None: the embeddings' dtype. The scores keep the embeddings' dtype.
     Returns:
         (N, C) class scores.
     """
     num_pixels, num_columns = pixel_embeddings.shape[0], flat_prototypes.shape[0]
-    rows_per_chunk = max(64, chunk_bytes // (pixel_embeddings.element_size() * num_columns))
-    if pixel_embeddings.requires_grad or flat_prototypes.requires_grad or _exporting() or num_pixels <= rows_per_chunk:
+    if pixel_embeddings.requires_grad or flat_prototypes.requires_grad or is_exporting():
         return (pixel_embeddings @ flat_prototypes.T).view(num_pixels, num_classes, -1).amax(dim=-1)
-    prototypes_t = flat_prototypes.T.contiguous()  # (D, C*K)
-    if torch.is_autocast_enabled(pixel_embeddings.device.type) or pixel_embeddings.dtype != prototypes_t.dtype:
+    product_dtype = matching_dtype or pixel_embeddings.dtype
+    prototypes_t = flat_prototypes.T.to(product_dtype).contiguous()  # (D, C*K)
+    element_size = torch.finfo(product_dtype).bits // 8
+    rows_per_chunk = max(64, chunk_bytes // (element_size * num_columns))
+    if torch.is_autocast_enabled(pixel_embeddings.device.type) or pixel_embeddings.dtype != flat_prototypes.dtype:
         # autocast does not cast ops given out=: let each chunk's product pick its dtype
         chunks = [
-            (chunk @ prototypes_t).view(chunk.shape[0], num_classes, -1).amax(dim=-1)
+            (chunk.to(product_dtype) @ prototypes_t).view(chunk.shape[0], num_classes, -1).amax(dim=-1)
             for chunk in pixel_embeddings.split(rows_per_chunk)
         ]
-        return torch.cat(chunks)
-    similarities = pixel_embeddings.new_empty(rows_per_chunk, num_columns)  # reused by every chunk
+        return torch.cat(chunks)  # in the dtype autocast chose
+    similarities = prototypes_t.new_empty(min(rows_per_chunk, num_pixels), num_columns)  # reused by every chunk
+    chunk_scores = similarities.new_empty(similarities.shape[0], num_classes)  # reused when a cast is needed
     scores = pixel_embeddings.new_empty(num_pixels, num_classes)  # (N, C)
     for start in range(0, num_pixels, rows_per_chunk):
         rows = min(rows_per_chunk, num_pixels - start)
         chunk_similarities = similarities[:rows]  # a row prefix of a contiguous tensor: contiguous
-        torch.matmul(pixel_embeddings[start : start + rows], prototypes_t, out=chunk_similarities)
-        torch.amax(chunk_similarities.view(rows, num_classes, -1), dim=-1, out=scores[start : start + rows])
+        torch.matmul(pixel_embeddings[start : start + rows].to(product_dtype), prototypes_t, out=chunk_similarities)
+        if product_dtype == scores.dtype:
+            torch.amax(chunk_similarities.view(rows, num_classes, -1), dim=-1, out=scores[start : start + rows])
+        else:  # the maximum in the product's dtype (exact), then widened into the result
+            torch.amax(chunk_similarities.view(rows, num_classes, -1), dim=-1, out=chunk_scores[:rows])
+            scores[start : start + rows].copy_(chunk_scores[:rows])
     return scores
 
 
-__all__ = ["ClassScoreNormModeError", "ProtoSegClassScoreNorm", "mode_mismatch_message", "nearest_prototype_scores"]
+__all__ = [
+    "ClassScoreNormModeError",
+    "ProtoSegClassScoreNorm",
+    "is_exporting",
+    "mode_mismatch_message",
+    "nearest_prototype_scores",
+]

@@ -22,6 +22,7 @@ logger = logging.get_logger(__name__)
 CLASS_SCORE_NORMS = ("affine", "layer_norm")
 PROTOTYPE_INITS = ("data", "random")
 PROTOTYPE_UPDATE_PIXELS = ("correct_else_all", "correct", "all")
+PROTOTYPE_MATCHING_DTYPES = ("float32", "bfloat16")
 
 # Upper bounds that no sensible configuration reaches: they turn a typo (10**9 iterations, a prototype bank of
 # terabytes) into an error naming the field instead of a hang or an allocation failure deep inside a forward.
@@ -91,6 +92,14 @@ class ProtoSegConfig(PretrainedConfig):
         dead_prototype_patience (`int`): a prototype counts as dead once its class had labelled pixels in
             this many consecutive training steps without any of them moving it (reported by
             `prototype_health()`), >= 1.
+        prototype_matching_dtype (`str`): the dtype of the inference product between pixel embeddings and
+            prototypes (the class scores without autograd). `"float32"` (default): in the embeddings' own dtype
+            (float32 unless the model was cast). `"bfloat16"`: the
+            embeddings and prototypes are rounded to bfloat16 for the product (accumulated in float32 by the
+            matrix-multiply kernels, each similarity rounded to bfloat16: at most 2^-8 + 2^-9 ~ 6e-3 off) and the class scores
+            are returned in float32; the prototypes stay float32 in the model and the checkpoint. Faster only where
+            the hardware multiplies bfloat16 natively (GPUs, CPUs with AVX512-BF16 or AMX); training, the nearest-
+            prototype outputs and exported graphs (ONNX, `torch.jit.trace`) always match in float32.
         classifier_dropout_prob (`float`): dropout after the decoder fusion.
         initializer_range (`float`): std of the truncated-normal init of weights and prototypes.
         image_mean, image_std (`list[float]`, *optional*): the input normalisation `(x - image_mean) / image_std`
@@ -131,6 +140,7 @@ class ProtoSegConfig(PretrainedConfig):
         class_score_scale: float = 10.0,
         prototype_init: str = "data",
         dead_prototype_patience: int = 100,
+        prototype_matching_dtype: str = "float32",
         classifier_dropout_prob: float = 0.1,
         initializer_range: float = 0.02,
         image_mean: list[float] | None = None,
@@ -173,6 +183,7 @@ class ProtoSegConfig(PretrainedConfig):
         self.class_score_scale = class_score_scale
         self.prototype_init = prototype_init
         self.dead_prototype_patience = dead_prototype_patience
+        self.prototype_matching_dtype = prototype_matching_dtype
         self.classifier_dropout_prob = classifier_dropout_prob
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
@@ -214,6 +225,7 @@ class ProtoSegConfig(PretrainedConfig):
             ("class_score_norm", self.class_score_norm, CLASS_SCORE_NORMS),
             ("prototype_init", self.prototype_init, PROTOTYPE_INITS),
             ("prototype_update_pixels", self.prototype_update_pixels, PROTOTYPE_UPDATE_PIXELS),
+            ("prototype_matching_dtype", self.prototype_matching_dtype, PROTOTYPE_MATCHING_DTYPES),
         ]
         for field, value, allowed in choices:
             if value not in allowed:

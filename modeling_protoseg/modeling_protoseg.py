@@ -23,7 +23,7 @@ from transformers.utils import ModelOutput
 
 from .batch_norm_statistics import BatchNormStatisticsGuard
 from .class_enrolment import ProtoSegClassEnrolmentMixin
-from .class_scores import ProtoSegClassScoreNorm, nearest_prototype_scores
+from .class_scores import ProtoSegClassScoreNorm, is_exporting, nearest_prototype_scores
 from .configuration_protoseg import ProtoSegConfig
 from .encoders import (
     ProtoSegEncoderAttentionMixin,
@@ -82,6 +82,28 @@ def _channels_last_norm(norm: nn.Module, channels_last: torch.Tensor) -> torch.T
     return norm(channels_last.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+def _eval_batch_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift) of shape (C,) in float32 with `norm(x) == x * scale + shift` per channel, when the BatchNorm
+    normalises with its running statistics (eval mode); None when it uses the batch's (training mode, or no
+    running statistics), or when the norm is not a BatchNorm (a user's replacement)."""
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.training or norm.running_var is None:
+        return None
+    scale = torch.rsqrt(norm.running_var.float() + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.float()
+    shift = -norm.running_mean.float() * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.float()
+    return scale, shift
+
+
+def _unit_length_(embeddings: torch.Tensor) -> torch.Tensor:
+    """`F.normalize(embeddings, dim=-1)`, in place when no autograd records it (one (N, D) block fewer)."""
+    if embeddings.requires_grad:
+        return F.normalize(embeddings, dim=-1)
+    return embeddings.div_(torch.linalg.vector_norm(embeddings, dim=-1, keepdim=True).clamp_min_(1e-12))
+
+
 class ProtoSegDecodeHead(nn.Module):
     """SegFormer's all-MLP decoder without its classifier: fuse 4 maps at stride 4.
 
@@ -90,7 +112,8 @@ class ProtoSegDecodeHead(nn.Module):
     upsampling on space only (its weights sum to 1, so it commutes with the affine maps). So each map is
     taken straight to the output width by the folded matrix `fuse_block_i @ projection_i` at its own
     resolution and then upsampled, and the (hidden x 4*hidden) fusion at stride 4 is never run.
-    All activations are channels-last, (B, h, w, C), so no layout copies are made.
+    All activations are channels-last, (B, h, w, C), so no layout copies are made. In eval mode the BatchNorm
+    (then a fixed per-channel affine map) is folded into the same matrices, so no pass at stride 4 applies it.
     """
 
     def __init__(self, *, in_channels: list[int], hidden_size: int, dropout_prob: float) -> None:
@@ -108,23 +131,32 @@ class ProtoSegDecodeHead(nn.Module):
         num_maps = len(feature_maps)
         target_size = feature_maps[0].shape[-2:]  # (H/4, W/4)
         fuse_weight = self.linear_fuse.weight.flatten(1)  # (hidden, num_maps * hidden); maps concatenated in reverse
+        eval_affine = _eval_batch_norm_affine(self.batch_norm)
+        if eval_affine is not None:  # BatchNorm(sum_i W_i x_i + b_i) = sum_i (s * W_i) x_i + (s * b_i) + t
+            scale, shift = eval_affine
+            fuse_weight = fuse_weight * scale.to(fuse_weight.dtype)[:, None]
         fused = None
         for index, (feature_map, projection) in enumerate(zip(feature_maps, self.linear_projections)):
             block = fuse_weight[:, (num_maps - 1 - index) * hidden_size : (num_maps - index) * hidden_size]
             folded_weight = block @ projection.weight.flatten(1)  # (hidden, C_i)
             folded_bias = block @ projection.bias  # (hidden,)
+            if eval_affine is not None and index == 0:
+                folded_bias = folded_bias + shift.to(folded_bias.dtype)  # the BatchNorm's shift, added once
             mapped = F.linear(feature_map.permute(0, 2, 3, 1), folded_weight, folded_bias)  # (B, H_i, W_i, hidden)
             if mapped.shape[1:3] != target_size:
                 mapped = F.interpolate(
                     mapped.permute(0, 3, 1, 2), size=target_size, mode="bilinear", align_corners=False
                 ).permute(0, 2, 3, 1)
             fused = mapped if fused is None else fused + mapped
-        decoded = self.dropout(self.activation(_channels_last_norm(self.batch_norm, fused)))  # (B, h, w, hidden)
+        normalised = fused if eval_affine is not None else _channels_last_norm(self.batch_norm, fused)
+        decoded = self.dropout(self.activation(normalised))  # (B, h, w, hidden)
         return decoded.permute(0, 3, 1, 2)
 
 
 class ProtoSegProjectionHead(nn.Module):
-    """Two-layer 1x1-conv MLP from the decoder to D-dim pixel embeddings, L2-normalised along channels."""
+    """Two-layer 1x1-conv MLP from the decoder to D-dim pixel embeddings, LayerNorm then L2-normalised along
+    channels. In eval mode the BatchNorm is folded into the first 1x1 map, and without autograd the L2
+    normalisation divides the LayerNorm's output in place."""
 
     def __init__(self, *, hidden_size: int, embedding_dim: int) -> None:
         super().__init__()
@@ -136,10 +168,17 @@ class ProtoSegProjectionHead(nn.Module):
 
     def forward(self, decoded: torch.Tensor) -> torch.Tensor:
         """(B, hidden, h, w) -> (B, D, h, w) unit-length embeddings, a channels-last view."""
-        hidden = _linear_1x1(self.hidden, decoded.permute(0, 2, 3, 1))  # (B, h, w, hidden)
-        hidden = self.activation(_channels_last_norm(self.batch_norm, hidden))
-        embeddings = self.layer_norm(_linear_1x1(self.output, hidden))  # (B, h, w, D)
-        return F.normalize(embeddings, dim=-1).permute(0, 3, 1, 2)  # unit length along D, not along the width
+        channels_last = decoded.permute(0, 2, 3, 1)  # (B, h, w, hidden)
+        eval_affine = _eval_batch_norm_affine(self.batch_norm)
+        if eval_affine is None:
+            hidden = _channels_last_norm(self.batch_norm, _linear_1x1(self.hidden, channels_last))
+        else:  # BatchNorm(W x + b) = (s * W) x + (s * b + t)
+            scale, shift = eval_affine
+            weight, bias = self.hidden.weight.flatten(1), self.hidden.bias
+            folded_bias = (bias.float() * scale + shift).to(bias.dtype)
+            hidden = F.linear(channels_last, weight * scale.to(weight.dtype)[:, None], folded_bias)
+        embeddings = self.layer_norm(_linear_1x1(self.output, self.activation(hidden)))  # (B, h, w, D)
+        return _unit_length_(embeddings).permute(0, 3, 1, 2)  # unit length along D, not along the width
 
 
 class ProtoSegPrototypeBank(nn.Module):
@@ -282,6 +321,11 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         self.post_init()
 
     @property
+    def _matching_dtype(self) -> torch.dtype | None:
+        """The dtype of the inference class-score product: None (the embeddings' own) or bfloat16."""
+        return torch.bfloat16 if self.config.prototype_matching_dtype == "bfloat16" else None
+
+    @property
     def prototypes(self) -> torch.Tensor:
         """(C, K, D) float32 L2-normalised prototypes (the persistent buffer itself)."""
         return self.prototype_bank.prototypes
@@ -401,8 +445,13 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
             similarities = pixel_embeddings @ flat_prototypes.T
             class_scores = similarities.view(-1, num_classes, num_prototypes).amax(dim=-1)  # (N, C)
         else:
-            class_scores = nearest_prototype_scores(pixel_embeddings, flat_prototypes, num_classes)  # (N, C)
-        pixel_logits = self.class_score_norm(class_scores.to(pixel_embeddings.dtype))  # (N, C)
+            class_scores = nearest_prototype_scores(
+                pixel_embeddings, flat_prototypes, num_classes, matching_dtype=self._matching_dtype
+            )  # (N, C)
+        class_scores = class_scores.to(pixel_embeddings.dtype)
+        # without autograd the logits overwrite the fresh scores: one (N, C) block fewer (444 MB at 847 classes)
+        overwrite_scores = similarities is None and not torch.is_grad_enabled() and not is_exporting()
+        pixel_logits = self.class_score_norm(class_scores, in_place=overwrite_scores)
         # (B, C, h, w) as a channels-last view of the (N, C) rows: no copy
         logits = pixel_logits.view(batch_size, height, width, num_classes).permute(0, 3, 1, 2)
 

@@ -16,6 +16,7 @@ from tiny_models import (
 from transformers import SegformerForSemanticSegmentation
 
 from modeling_protoseg import ProtoSegConfig, ProtoSegForSemanticSegmentation
+from modeling_protoseg.class_scores import ProtoSegClassScoreNorm
 from test_prototypes import reference_sinkhorn, reference_update
 
 
@@ -359,6 +360,86 @@ def test_chunked_class_scores_equal_the_full_similarity_path():
     torch.testing.assert_close(uneven, full)
     assert autocast_chunked.dtype == torch.bfloat16
     torch.testing.assert_close(autocast_chunked, autocast_full)
+
+
+def test_bfloat16_matching_rounds_the_product_not_the_scores_dtype():
+    from modeling_protoseg.class_scores import nearest_prototype_scores
+
+    embeddings = F.normalize(torch.randn(1000, 16), dim=-1)
+    prototypes = F.normalize(torch.randn(5 * 4, 16), dim=-1)
+    exact = (embeddings @ prototypes.T).view(1000, 5, 4).amax(dim=-1)
+    # reference computed another way: the bf16-rounded inputs multiplied in float64, the products rounded to bf16
+    rounded = embeddings.bfloat16().double() @ prototypes.bfloat16().double().T
+    reference = rounded.bfloat16().float().view(1000, 5, 4).amax(dim=-1)
+    with torch.no_grad():
+        scores = nearest_prototype_scores(embeddings, prototypes, 5, matching_dtype=torch.bfloat16, chunk_bytes=100 * 20 * 2)
+    assert scores.dtype == torch.float32
+    assert torch.equal(scores.bfloat16().float(), scores)  # each score is a bf16 value, widened
+    torch.testing.assert_close(scores, reference, rtol=0, atol=2**-8)  # one bf16 rounding step apart at most
+    assert (scores - exact).abs().max() <= 2**-9 + 2**-8  # output rounding + both inputs rounded
+    assert (scores - exact).abs().max() > 0  # the option really changes the product
+
+
+def test_bfloat16_matching_is_saved_in_the_config_and_keeps_float32_prototypes(tmp_path):
+    config = tiny_protoseg_config(num_classes=5)
+    exact_model = ProtoSegForSemanticSegmentation(config).eval()
+    exact_model.save_pretrained(tmp_path)
+    model = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path, prototype_matching_dtype="bfloat16").eval()
+    model.save_pretrained(tmp_path / "bf16")
+    reloaded = ProtoSegForSemanticSegmentation.from_pretrained(tmp_path / "bf16").eval()
+    assert reloaded.config.prototype_matching_dtype == "bfloat16"
+    assert reloaded.prototypes.dtype == torch.float32
+    torch.testing.assert_close(reloaded.prototypes, exact_model.prototypes, rtol=0, atol=0)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        exact_logits, logits = exact_model(pixel_values).logits, reloaded(pixel_values).logits
+    assert logits.dtype == torch.float32
+    scale = reloaded.class_score_norm.weight.abs().max()
+    assert 0 < (logits - exact_logits).abs().max() <= (2**-9 + 2**-8) * scale + 1e-5
+    with pytest.raises(ValueError, match="prototype_matching_dtype must be one of 'float32', 'bfloat16', got 'int8'"):
+        tiny_protoseg_config(prototype_matching_dtype="int8")
+
+
+def test_eval_mode_heads_fold_their_batch_norms_exactly():
+    model = ProtoSegForSemanticSegmentation(tiny_protoseg_config())
+    for norm in (model.decode_head.batch_norm, model.projection_head.batch_norm):  # statistics of a trained model
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    feature_maps = [torch.randn(2, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate([8, 16, 24, 32])]
+    head, projection = model.decode_head, model.projection_head
+    # SegFormer's order, the BatchNorm applied as a module: project, upsample, concatenate in reverse, fuse, BN, ReLU
+    projected = [
+        F.interpolate(linear(feature_map), size=(32, 32), mode="bilinear", align_corners=False)
+        for feature_map, linear in zip(feature_maps, head.linear_projections)
+    ]
+    expected = head.activation(head.batch_norm(head.linear_fuse(torch.cat(projected[::-1], 1))))
+    hidden = projection.activation(projection.batch_norm(projection.hidden(expected)))
+    expected_embeddings = F.normalize(
+        projection.layer_norm(projection.output(hidden).permute(0, 2, 3, 1)).permute(0, 3, 1, 2), dim=1
+    )
+    with torch.no_grad():
+        decoded = head(feature_maps)
+        embeddings = projection(decoded)
+    torch.testing.assert_close(decoded, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(embeddings, expected_embeddings, rtol=1e-4, atol=1e-5)
+    # with autograd the folded forward is still differentiable in the BatchNorm's own parameters
+    head(feature_maps).sum().backward()
+    assert head.batch_norm.weight.grad is not None and head.batch_norm.weight.grad.abs().sum() > 0
+
+
+def test_class_score_norm_in_place_is_for_inference_only():
+    norm = ProtoSegClassScoreNorm(num_classes=3, mode="affine", scale=2.0)
+    norm.bias.data.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    scores = torch.rand(4, 3)
+    expected = scores * 2.0 + norm.bias.detach()
+    with torch.no_grad():
+        logits = norm(scores.clone(), in_place=True)
+    torch.testing.assert_close(logits, expected)
+    with pytest.raises(RuntimeError, match="for inference"):
+        norm(scores.clone(), in_place=True)
 
 
 def test_inference_logits_equal_with_and_without_autograd():
