@@ -631,6 +631,18 @@ def test_test_split_and_the_evaluate_command_agree_and_normalise_as_the_encoder_
     )
     assert multiscale.eval_mode == "multiscale" and multiscale.num_samples == 6
 
+    from training.evaluate import _build_parser, prepare_folder_evaluation
+
+    arguments, _ = _build_parser().parse_known_args([str(output_dir), "--prototype_matching_dtype", "bfloat16"])
+    rounded = prepare_folder_evaluation(
+        output_dir, DataArguments(preset="synthetic", synthetic_num_train=24, synthetic_num_validation=6,
+                                  synthetic_image_size=32),
+        EvaluationSettings(split="test", device="cpu"),
+        model_kwargs={"prototype_matching_dtype": arguments.prototype_matching_dtype},
+    )  # fmt: skip
+    assert rounded.model.config.prototype_matching_dtype == "bfloat16"
+    assert rounded.model.prototypes.dtype == torch.float32 and len(rounded.loader.dataset) == 6
+
 
 def test_help_starts_without_a_torchvision_warning() -> None:
     """The package builds the PIL image processor, which needs nothing missing here: no fallback warning."""

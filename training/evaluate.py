@@ -133,12 +133,29 @@ def _split_source(data: DataArguments, split: str, seed: int) -> tuple[Any, Any]
     return (splits.validation if is_validation else splits.test), splits
 
 
-def evaluate_folder(
-    folder: str | Path, data: DataArguments, settings: EvaluationSettings | None = None, *, seed: int = 42
-) -> EvalResults:
-    """Metrics of the model saved in `folder` on `settings.split` of the dataset `data` names, as the
-    `EvalResults` record eval_results.json holds (`mean_iou`, per-class IoU by name, `eval_mode`, `eval_split`, ...).
-    `seed` draws the synthetic scenes (the synthetic preset)."""
+@dataclasses.dataclass
+class FolderEvaluation:
+    """What evaluating a saved folder needs: the model (eval mode, on its device), the split's batches, and the setup."""
+
+    model: torch.nn.Module
+    loader: torch.utils.data.DataLoader
+    setup: EvaluationSetup
+    id2label: dict[int, str]
+    split_name: str
+    dataset_description: str
+    device: torch.device
+
+
+def prepare_folder_evaluation(
+    folder: str | Path,
+    data: DataArguments,
+    settings: EvaluationSettings | None = None,
+    *,
+    seed: int = 42,
+    model_kwargs: dict[str, Any] | None = None,
+) -> FolderEvaluation:
+    """Load the model saved in `folder` (`model_kwargs` go to `from_pretrained`, e.g. a config field) and the
+    batches of `settings.split`, resized and normalised as the run evaluated. `seed` draws the synthetic scenes."""
     from transformers import AutoModelForSemanticSegmentation
 
     import modeling_protoseg  # noqa: F401  (registers "protoseg" with the Auto classes)
@@ -152,7 +169,7 @@ def evaluate_folder(
         setup.crop_size, setup.eval_stride, saved_source, "; changed by the options given" if setup != saved else "",
     )  # fmt: skip
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = AutoModelForSemanticSegmentation.from_pretrained(folder).to(device).eval()
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder, **(model_kwargs or {})).to(device).eval()
     id2label = {int(index): name for index, name in model.config.id2label.items()}
 
     source, splits = _split_source(data, settings.split, seed)
@@ -170,15 +187,33 @@ def evaluate_folder(
         label_mapping=splits.label_mapping,
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, collate_fn=collate_eval)
-    metrics = evaluate(
-        model, loader, num_labels=len(id2label), ignore_index=data.ignore_index, mode=setup.eval_mode,
-        crop_size=setup.crop_size, stride=setup.eval_stride, scales=setup.eval_scales, flip=setup.eval_flip,
-        device=device, show_progress=True,
+    return FolderEvaluation(
+        model=model, loader=loader, setup=setup, id2label=id2label, dataset_description=splits.description,
+        split_name=getattr(source, "split_name", settings.split), device=device,
     )  # fmt: skip
-    split_name = getattr(source, "split_name", settings.split)
+
+
+def evaluate_folder(
+    folder: str | Path,
+    data: DataArguments,
+    settings: EvaluationSettings | None = None,
+    *,
+    seed: int = 42,
+    model_kwargs: dict[str, Any] | None = None,
+) -> EvalResults:
+    """Metrics of the model saved in `folder` on `settings.split` of the dataset `data` names, as the
+    `EvalResults` record eval_results.json holds (`mean_iou`, per-class IoU by name, `eval_mode`, `eval_split`, ...).
+    `seed` draws the synthetic scenes (the synthetic preset); `model_kwargs` go to `from_pretrained`."""
+    prepared = prepare_folder_evaluation(folder, data, settings, seed=seed, model_kwargs=model_kwargs)
+    setup = prepared.setup
+    metrics = evaluate(
+        prepared.model, prepared.loader, num_labels=len(prepared.id2label), ignore_index=data.ignore_index,
+        mode=setup.eval_mode, crop_size=setup.crop_size, stride=setup.eval_stride, scales=setup.eval_scales,
+        flip=setup.eval_flip, device=prepared.device, show_progress=True,
+    )  # fmt: skip
     return eval_results(
-        metrics, id2label, eval_mode=setup.eval_mode, split=split_name, dataset=splits.description,
-        prototype_health=prototype_health(model),
+        metrics, prepared.id2label, eval_mode=setup.eval_mode, split=prepared.split_name,
+        dataset=prepared.dataset_description, prototype_health=prototype_health(prepared.model),
     )  # fmt: skip
 
 
@@ -210,6 +245,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", help="default: cuda when available, else cpu")
+    parser.add_argument(
+        "--prototype_matching_dtype", choices=("float32", "bfloat16"),
+        help="ProtoSeg: the dtype of the class-score product (default: the saved config's)",
+    )
     parser.add_argument("--output", help="write the JSON here (default: print it)")
     return parser
 
@@ -231,7 +270,11 @@ def main(argv: list[str] | None = None) -> EvalResults:
         crop_size=arguments.crop_size, eval_stride=arguments.eval_stride, eval_scales=arguments.eval_scales,
         eval_flip=arguments.eval_flip, batch_size=arguments.batch_size, device=arguments.device,
     )  # fmt: skip
-    results = evaluate_folder(arguments.folder, config.data, settings, seed=config.runtime.seed)
+    model_kwargs = {"prototype_matching_dtype": arguments.prototype_matching_dtype}
+    model_kwargs = {name: value for name, value in model_kwargs.items() if value is not None}
+    results = evaluate_folder(
+        arguments.folder, config.data, settings, seed=config.runtime.seed, model_kwargs=model_kwargs
+    )
     text = results.to_json()
     if arguments.output:
         Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
