@@ -97,6 +97,11 @@ def _eval_batch_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor
     return scale, shift
 
 
+def _relu(values: torch.Tensor) -> torch.Tensor:
+    """ReLU, in place when no autograd records it (no fresh (B, h, w, 256) block at stride 4)."""
+    return F.relu(values, inplace=not values.requires_grad)
+
+
 def _unit_length_(embeddings: torch.Tensor) -> torch.Tensor:
     """`F.normalize(embeddings, dim=-1)`, in place when no autograd records it (one (N, D) block fewer)."""
     if embeddings.requires_grad:
@@ -122,7 +127,6 @@ class ProtoSegDecodeHead(nn.Module):
         self.linear_projections = nn.ModuleList(nn.Conv2d(c, hidden_size, kernel_size=1) for c in in_channels)
         self.linear_fuse = nn.Conv2d(hidden_size * len(in_channels), hidden_size, kernel_size=1, bias=False)
         self.batch_norm = nn.BatchNorm2d(hidden_size)
-        self.activation = nn.ReLU()
         self.dropout = nn.Dropout(dropout_prob)
 
     def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
@@ -147,9 +151,10 @@ class ProtoSegDecodeHead(nn.Module):
                 mapped = F.interpolate(
                     mapped.permute(0, 3, 1, 2), size=target_size, mode="bilinear", align_corners=False
                 ).permute(0, 2, 3, 1)
-            fused = mapped if fused is None else fused + mapped
+            # in place: neither the product nor the resize needs its output for backward
+            fused = mapped if fused is None else fused.add_(mapped)
         normalised = fused if eval_affine is not None else _channels_last_norm(self.batch_norm, fused)
-        decoded = self.dropout(self.activation(normalised))  # (B, h, w, hidden)
+        decoded = self.dropout(_relu(normalised))  # (B, h, w, hidden)
         return decoded.permute(0, 3, 1, 2)
 
 
@@ -162,7 +167,6 @@ class ProtoSegProjectionHead(nn.Module):
         super().__init__()
         self.hidden = nn.Conv2d(hidden_size, hidden_size, kernel_size=1)
         self.batch_norm = nn.BatchNorm2d(hidden_size)
-        self.activation = nn.ReLU()
         self.output = nn.Conv2d(hidden_size, embedding_dim, kernel_size=1)
         self.layer_norm = nn.LayerNorm(embedding_dim)
 
@@ -177,7 +181,7 @@ class ProtoSegProjectionHead(nn.Module):
             weight, bias = self.hidden.weight.flatten(1), self.hidden.bias
             folded_bias = (bias.float() * scale + shift).to(bias.dtype)
             hidden = F.linear(channels_last, weight * scale.to(weight.dtype)[:, None], folded_bias)
-        embeddings = self.layer_norm(_linear_1x1(self.output, self.activation(hidden)))  # (B, h, w, D)
+        embeddings = self.layer_norm(_linear_1x1(self.output, _relu(hidden)))  # (B, h, w, D)
         return _unit_length_(embeddings).permute(0, 3, 1, 2)  # unit length along D, not along the width
 
 

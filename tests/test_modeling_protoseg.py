@@ -332,12 +332,12 @@ def test_folded_channels_last_heads_equal_segformers_formulation():
         for feature_map, projection in zip(feature_maps, head.linear_projections)
     ]
     reference_head = copy.deepcopy(head)
-    expected = reference_head.activation(reference_head.batch_norm(reference_head.linear_fuse(torch.cat(projected[::-1], 1))))
+    expected = F.relu(reference_head.batch_norm(reference_head.linear_fuse(torch.cat(projected[::-1], 1))))
     decoded = head(feature_maps)
     torch.testing.assert_close(decoded, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(head.batch_norm.running_mean, reference_head.batch_norm.running_mean)
     projection = model.projection_head
-    hidden = projection.activation(projection.batch_norm(projection.hidden(expected)))
+    hidden = F.relu(projection.batch_norm(projection.hidden(expected)))
     reference_embeddings = F.normalize(
         projection.layer_norm(projection.output(hidden).permute(0, 2, 3, 1)).permute(0, 3, 1, 2), dim=1
     )
@@ -415,8 +415,8 @@ def test_eval_mode_heads_fold_their_batch_norms_exactly():
         F.interpolate(linear(feature_map), size=(32, 32), mode="bilinear", align_corners=False)
         for feature_map, linear in zip(feature_maps, head.linear_projections)
     ]
-    expected = head.activation(head.batch_norm(head.linear_fuse(torch.cat(projected[::-1], 1))))
-    hidden = projection.activation(projection.batch_norm(projection.hidden(expected)))
+    expected = F.relu(head.batch_norm(head.linear_fuse(torch.cat(projected[::-1], 1))))
+    hidden = F.relu(projection.batch_norm(projection.hidden(expected)))
     expected_embeddings = F.normalize(
         projection.layer_norm(projection.output(hidden).permute(0, 2, 3, 1)).permute(0, 3, 1, 2), dim=1
     )
