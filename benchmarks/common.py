@@ -206,6 +206,72 @@ def mit_feature_maps(encoder: torch.nn.Module, pixel_values: torch.Tensor) -> tu
     return tuple(encoder(pixel_values, output_hidden_states=True).hidden_states)
 
 
+def build_linear_head(num_classes: int) -> torch.nn.Module:
+    """The package's own parametric baseline on the same MiT-B0: `ProtoSegLinearHeadForSemanticSegmentation` (the
+    folded SegFormer decoder and a 1x1 classifier), a second baseline named as such, not SegFormer."""
+    from modeling_protoseg import ProtoSegLinearHeadConfig, ProtoSegLinearHeadForSemanticSegmentation
+
+    torch.manual_seed(0)
+    encoder_config = SegformerConfig()
+    config = ProtoSegLinearHeadConfig(
+        encoder_config=encoder_config, id2label=class_names(num_classes),
+        decoder_hidden_size=encoder_config.decoder_hidden_size, semantic_loss_ignore_index=IGNORE_INDEX,
+    )  # fmt: skip
+    return ProtoSegLinearHeadForSemanticSegmentation(config)
+
+
+def package_at_commit(commit: str, work_dir: Path = Path("/tmp")) -> Any:
+    """The `modeling_protoseg` package as it was at `commit`, imported beside this one under the name
+    `modeling_protoseg_<commit>` from a detached git worktree (created once under `work_dir`), for A/B timings in
+    one process. Its relative imports resolve inside the alias; its Auto-class registrations are restored after."""
+    import importlib.util
+
+    from transformers import AutoConfig, AutoModelForSemanticSegmentation
+
+    worktree = work_dir / f"protoseg-code-{commit}"
+    if not worktree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=REPO_ROOT, check=True,
+                       capture_output=True)  # fmt: skip
+    name = f"modeling_protoseg_{commit}"
+    if name in sys.modules:
+        return sys.modules[name]
+    package_dir = worktree / "modeling_protoseg"
+    spec = importlib.util.spec_from_file_location(
+        name, package_dir / "__init__.py", submodule_search_locations=[str(package_dir)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    # the old package registered its own classes for "protoseg": give the name back to this checkout's
+    AutoConfig.register(ProtoSegConfig.model_type, ProtoSegConfig, exist_ok=True)
+    AutoModelForSemanticSegmentation.register(ProtoSegConfig, ProtoSegForSemanticSegmentation, exist_ok=True)
+    return module
+
+
+def build_protoseg_at_commit(commit: str, num_classes: int) -> torch.nn.Module:
+    """`build_protoseg(num_classes)` with the model classes of the package at `commit` (`package_at_commit`)."""
+    package = package_at_commit(commit)
+    torch.manual_seed(0)
+    encoder_config = SegformerConfig()
+    config = package.ProtoSegConfig(
+        encoder_config=encoder_config, id2label=class_names(num_classes), num_prototypes_per_class=10,
+        decoder_hidden_size=encoder_config.decoder_hidden_size, embedding_dim=encoder_config.decoder_hidden_size,
+        semantic_loss_ignore_index=IGNORE_INDEX,
+    )  # fmt: skip
+    return package.ProtoSegForSemanticSegmentation(config)
+
+
+def operation_count(model: torch.nn.Module, pixel_values: torch.Tensor) -> int:
+    """Floating-point operations of one eval-mode forward (matrix products, convolutions, attention), counted by
+    `torch.utils.flop_counter.FlopCounterMode`; element-wise work (norms, activations, resizing) is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(pixel_values=pixel_values)
+    return counter.get_total_flops()
+
+
 MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"protoseg": build_protoseg, "segformer": build_segformer}
 
 
