@@ -7,6 +7,7 @@ both mIoUs and their difference, the fraction of labelled pixels whose predicted
 logit difference at the model's output resolution.
 
     python -m benchmarks.matching_precision FOLDER [FOLDER ...] --preset camvid --dataset_name ../shared/datasets/camvid
+    python -m benchmarks.matching_precision --report_only   # rebuild the .md from the JSON
 
 Results: benchmarks/results/matching_precision.{json,md} (the folders' names and the runs' commits are recorded).
 """
@@ -14,6 +15,7 @@ Results: benchmarks/results/matching_precision.{json,md} (the folders' names and
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -78,13 +80,13 @@ def report(payload: dict[str, Any]) -> str:
     """The Markdown page of the results."""
     rows = [
         [run["folder"], run["split"], run["num_images"], f"{run['mean_iou_float32']:.4f}",
-         f"{run['mean_iou_bfloat16']:.4f}", f"{run['mean_iou_change']:+.4f}", f"{100 * run['pixel_agreement']:.3f} %",
+         f"{run['mean_iou_bfloat16']:.4f}", f"{run['mean_iou_change']:+.5f}", f"{100 * run['pixel_agreement']:.3f} %",
          f"{run['largest_logit_change']:.3f}"]
         for run in payload["runs"]
     ]  # fmt: skip
     changes = [abs(run["mean_iou_change"]) for run in payload["runs"]]
     verdict = (
-        f"Largest |mIoU change| {max(changes):.4f}: "
+        f"Largest |mIoU change| {max(changes):.5f}: "
         + ("below" if max(changes) < MIOU_TOLERANCE else "**not** below")
         + f" the {MIOU_TOLERANCE} the issue allows for making bfloat16 the inference default."
     )
@@ -109,21 +111,28 @@ def report(payload: dict[str, Any]) -> str:
         "",
         verdict,
         "",
-        f"Mean change over runs: {statistics.mean(run['mean_iou_change'] for run in payload['runs']):+.4f}.",
+        f"Mean change over runs: {statistics.mean(run['mean_iou_change'] for run in payload['runs']):+.5f}.",
         "",
     ])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folders", nargs="+", type=Path, help="saved ProtoSeg run folders")
+    parser.add_argument("folders", nargs="*", type=Path, help="saved ProtoSeg run folders")
     parser.add_argument("--preset", default="camvid")
-    parser.add_argument("--dataset_name", required=True)
+    parser.add_argument("--dataset_name")
+    parser.add_argument("--report_only", action="store_true", help="rebuild the .md from the JSON")
     parser.add_argument("--split", default="test")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     parser.add_argument("--note", default="", help="where the folders' models come from (written into the results)")
     args = parser.parse_args()
+    if args.report_only:
+        payload = json.loads((args.output / f"{RESULTS_NAME}.json").read_text())
+        (args.output / f"{RESULTS_NAME}.md").write_text(report(payload))
+        return
+    if not args.folders or not args.dataset_name:
+        parser.error("give the run folders and --dataset_name (or --report_only)")
     set_threads(args.threads)
     machine = machine_description(torch.device("cpu"))
     dataset_flags = {"preset": args.preset, "dataset_name": args.dataset_name}
