@@ -25,6 +25,7 @@ from training import config as training_config  # noqa: E402
 from training import train as train_script  # noqa: E402
 from training.checkpointing import find_latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
 from training.export import eval_results, export_final_model, training_summary  # noqa: E402
+from training.loop import STEP_DELAY_VARIABLE  # noqa: E402
 from training.models import build_linear_baseline, build_model  # noqa: E402
 from training.optimization import PolyWithWarmup, build_optimizer  # noqa: E402
 from training.preprocessing import IMAGENET_NORMALIZATION, build_image_processor  # noqa: E402
@@ -229,8 +230,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
 
     # A slow copy of the same run (sleeping after each step), killed with SIGKILL once checkpoint-3 exists.
     process = subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), *common, "--output_dir", str(interrupted), "--step_delay_seconds", "1.0"],
-        env=_environment(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, str(TRAIN_SCRIPT), *common, "--output_dir", str(interrupted)],
+        env={**_environment(), STEP_DELAY_VARIABLE: "1.0"}, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 240
     while find_latest_checkpoint(interrupted / "checkpoints") is None:
@@ -501,52 +503,55 @@ def test_export_writes_the_typed_records_and_the_model_card(tmp_path: Path) -> N
 # ------------------------------------------------------------------------------ settings declared once
 
 
-def test_every_protoseg_config_knob_is_a_flag_with_its_default_and_new_knobs_appear() -> None:
+# The method flags a user sets; every other ProtoSegConfig parameter is set elsewhere or an internal.
+METHOD_FLAGS = {
+    "decoder_hidden_size", "embedding_dim", "num_prototypes_per_class", "prototype_momentum", "sinkhorn_iterations",
+    "sinkhorn_epsilon", "ppc_temperature", "ppc_loss_weight", "ppd_loss_weight", "prototype_update_pixels",
+    "class_score_norm", "prototype_init",
+}  # fmt: skip
+
+
+def test_every_protoseg_config_parameter_is_a_flag_with_its_default_set_elsewhere_or_a_named_internal() -> None:
     import inspect
-    from typing import Literal, Optional
 
     from modeling_protoseg import ProtoSegConfig
 
-    method_fields = {field.name: field for field in dataclasses.fields(training_config.ProtoSegArguments)}
-    for name, parameter in inspect.signature(ProtoSegConfig.__init__).parameters.items():
-        if name in ("self", "kwargs", "encoder_config", "semantic_loss_ignore_index"):
-            continue
-        if name in ("image_mean", "image_std"):  # the encoder's input normalisation, set from it: no flag
-            assert name not in method_fields
-            continue
-        assert method_fields[name].default == parameter.default, name
+    parameters = set(inspect.signature(ProtoSegConfig.__init__).parameters) - {"self", "kwargs"}
+    flags = {field.name: field for field in dataclasses.fields(training_config.ProtoSegArguments)}
+    elsewhere, internals = set(training_config.PROTOSEG_SET_ELSEWHERE), set(training_config.PROTOSEG_INTERNALS)
+    assert set(flags) == METHOD_FLAGS
+    assert not (set(flags) & elsewhere or set(flags) & internals or elsewhere & internals)
+    unclassified = parameters - set(flags) - elsewhere - internals
+    assert not unclassified, f"classify {sorted(unclassified)}: a ProtoSegArguments flag, or set elsewhere / internal"
+    assert set(flags) | elsewhere | internals == parameters
+    defaults = ProtoSegConfig()
+    for name, field in flags.items():
+        assert field.default == getattr(defaults, name), name
+    assert not internals & set(training_config.FIELD_GROUPS)
+    # A run leaves the internals at ProtoSegConfig's defaults.
+    model = build_model(_resolve(*TINY_RUN), resolve_encoder("mit-test"), {0: "a", 1: "b"})
+    for name in internals:
+        assert getattr(model.config, name) == getattr(defaults, name), name
 
-    class ExtendedConfig(ProtoSegConfig):
-        """Arguments:
-        class_score_normalization (`str`): how class scores become logits.
-        prototype_initialization (`str`, *optional*): e.g. "kmeans".
-        """
 
-        def __init__(
-            self,
-            class_score_normalization: Literal["layer_norm", "cosine"] = "layer_norm",
-            prototype_initialization: Optional[str] = None,
-            initialization_pixels: int | None = 4096,
-            use_extra_loss: bool = False,
-            prototype_shape: tuple = (1, 2),  # not a flag
-            **kwargs,
-        ) -> None:
-            super().__init__(**kwargs)
-
-    extended = training_config.method_arguments_class(ExtendedConfig)
-    fields = {field.name: field for field in dataclasses.fields(extended)}
-    assert "prototype_shape" not in fields and "kwargs" not in fields
-    assert fields["class_score_normalization"].default == "layer_norm"
-    assert fields["initialization_pixels"].default == 4096
-    assert fields["class_score_normalization"].metadata["help"] == "how class scores become logits."
-    from transformers import HfArgumentParser
-
-    (parsed,) = HfArgumentParser(extended).parse_args_into_dataclasses(
-        args=["--class_score_normalization", "cosine", "--prototype_initialization", "kmeans",
-              "--initialization_pixels", "8", "--use_extra_loss"]
-    )  # fmt: skip
-    assert (parsed.class_score_normalization, parsed.prototype_initialization) == ("cosine", "kmeans")
-    assert parsed.initialization_pixels == 8 and parsed.use_extra_loss is True
+def test_help_lists_exactly_the_settings_and_a_retired_flag_says_what_it_became(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    with pytest.raises(SystemExit):
+        _resolve("--help")
+    listed = re.findall(r"^  --(\w+)", capsys.readouterr().out, flags=re.MULTILINE)
+    negations = {"no_photometric_jitter", "no_eval_flip"}  # HfArgumentParser's for bools that default to True
+    assert len(listed) == len(set(listed)) and set(listed) == set(training_config.FIELD_GROUPS) | negations
+    assert METHOD_FLAGS <= set(listed) and not set(training_config.RETIRED_FLAGS) & set(listed)
+    for arguments in (["--class_score_scale", "5"], ["--class-score-scale=5"]):  # an older run's command line
+        with pytest.raises(SystemExit) as stopped:
+            _resolve("--max_steps", "3", *arguments)
+        assert stopped.value.code == 2
+        message = "--class_score_scale is no longer a flag: an internal of ProtoSegConfig now; a run keeps its default"
+        assert f"{message}, 10.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _resolve("--step_delay_seconds", "1")
+    assert "the PROTOSEG_TEST_STEP_DELAY_SECONDS environment variable" in capsys.readouterr().err
 
 
 def test_presets_fill_only_what_no_flag_gave_and_help_prints_the_values_used(capsys: pytest.CaptureFixture) -> None:

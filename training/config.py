@@ -1,9 +1,10 @@
 """The settings of a training run, each declared once.
 
-- The method's knobs come from `ProtoSegConfig.__init__` itself (`ProtoSegArguments`, built at import time
-  from its signature and docstring): a knob added there is a `train.py` flag with the same default.
-- Everything else lives in a few argument dataclasses with their real defaults (data, augmentation, model,
-  optimisation, runtime, evaluation, output).
+- The flags are the fields of a few argument dataclasses with their real defaults (data, augmentation, model,
+  method, pixel contrast, optimisation, runtime, evaluation, output).
+- The method flags (`ProtoSegArguments`) are the `ProtoSegConfig.__init__` parameters a user sets, their
+  defaults read from it. Its other parameters are set from another flag or are internals a run leaves at their
+  default (`PROTOSEG_SET_ELSEWHERE`, `PROTOSEG_INTERNALS`); a test checks every parameter is one of the three.
 - `resolve_config` fills every setting in layers, each overriding the one before:
   defaults < SGD's defaults (with --optimizer sgd) < the named encoder's decoder width < dataset preset
   < the paper's method values (with --method paper) < flags given on the command line. `--help` prints the default and each preset's value.
@@ -16,17 +17,16 @@ import dataclasses
 import inspect
 import logging
 import os
-import re
-import types
-import typing
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
 from transformers import HfArgumentParser
 
 from model_cards.validation import check_license_choice
 from modeling_protoseg import ProtoSegConfig
+from modeling_protoseg.configuration_protoseg import CLASS_SCORE_NORMS, PROTOTYPE_INITS, PROTOTYPE_UPDATE_PIXELS
 from training.dataset_layouts import detect_layout
 from training.evaluation import EVAL_MODES, MULTISCALE_FACTORS
 from training.presets import DATASET_PRESETS, ENCODER_CONFIGS, DatasetPreset, get_dataset_preset
@@ -196,9 +196,6 @@ class RuntimeArguments:
     )
     seed: int = field(default=42, metadata={"help": "base seed (process i uses seed + i for dropout etc.)"})
     num_threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads per process"})
-    step_delay_seconds: float = field(
-        default=0.0, metadata={"help": "testing aid: sleep after every step so a test can kill the run mid-way"}
-    )
 
 
 @dataclass
@@ -254,74 +251,84 @@ class OutputArguments:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The method's knobs, from ProtoSegConfig
+# The method's knobs: parameters of ProtoSegConfig
+
+# ProtoSegConfig.__init__'s defaults by parameter: the method flags take theirs from here, so each method default
+# is written once, in ProtoSegConfig.
+PROTOSEG_DEFAULTS: dict[str, Any] = {
+    name: parameter.default
+    for name, parameter in inspect.signature(ProtoSegConfig.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+# Every ProtoSegConfig parameter is a method flag (ProtoSegArguments) or named here (a test checks it), so a new
+# parameter has to be classified. Set from another flag or from the data:
+PROTOSEG_SET_ELSEWHERE: dict[str, str] = {
+    "encoder_config": "--encoder",
+    "semantic_loss_ignore_index": "--ignore_index",
+    "image_mean": "the encoder's input normalisation",
+    "image_std": "the encoder's input normalisation",
+}
+# Internals: a run keeps ProtoSegConfig's default; Python code and a saved config.json can still set them.
+PROTOSEG_INTERNALS: tuple[str, ...] = (
+    "class_score_scale",  # only the initial scale of the "affine" class scores (a learned parameter)
+    "dead_prototype_patience",  # when prototype_health() counts a prototype as dead (a report, not training)
+    "classifier_dropout_prob",  # SegFormer's decoder dropout, as the linear baseline keeps it
+    "initializer_range",  # std of the random weight init
+)
+# Flags of earlier versions: a command line that still names one stops with what became of it.
+RETIRED_FLAGS: dict[str, str] = {
+    **{
+        name: f"an internal of ProtoSegConfig now; a run keeps its default, {PROTOSEG_DEFAULTS[name]}"
+        for name in PROTOSEG_INTERNALS
+    },
+    "step_delay_seconds": "a test hook now, the PROTOSEG_TEST_STEP_DELAY_SECONDS environment variable",
+}
 
 
-# Parameters of ProtoSegConfig that are not method flags: the encoder comes from --encoder, the ignore index
-# from --ignore_index (a property of the data), the class names from the dataset.
-_NOT_METHOD_FLAGS = {"self", "encoder_config", "semantic_loss_ignore_index", "id2label", "label2id", "num_labels"}
-_SCALAR_TYPES = (bool, int, float, str)
+def _method_flag(name: str, help_text: str, choices: tuple[str, ...] | None = None) -> Any:
+    """The field of ProtoSegConfig's parameter `name`: its default from `PROTOSEG_DEFAULTS`, a help text."""
+    metadata: dict[str, Any] = {"help": help_text}
+    if choices is not None:
+        metadata["choices"] = list(choices)
+    return field(default=PROTOSEG_DEFAULTS[name], metadata=metadata)
 
 
-def _argument_docs(docstring: str | None) -> dict[str, str]:
-    """`name (`type`): text` entries of a transformers-style "Arguments:" docstring, continuation lines joined."""
-    docs: dict[str, str] = {}
-    current, indent = None, 0
-    for line in (docstring or "").splitlines():
-        match = re.match(r"^(\s*)(\w+) \(`[^`]*`[^)]*\):\s*(.*)$", line)
-        if match:
-            current, indent = match.group(2), len(match.group(1))
-            docs[current] = match.group(3).strip()
-        elif current and line.strip() and len(line) - len(line.lstrip()) > indent:
-            docs[current] += " " + line.strip()
-        else:
-            current = None
-    return docs
+@dataclass
+class ProtoSegArguments:
+    """ProtoSeg's knobs a user sets: parameters of `ProtoSegConfig.__init__`, with its defaults."""
 
+    decoder_hidden_size: int = _method_flag(
+        "decoder_hidden_size", "width of the all-MLP decoder that fuses the four feature maps (both heads)"
+    )
+    embedding_dim: int = _method_flag("embedding_dim", "size D of the pixel embeddings and of the prototypes")
+    num_prototypes_per_class: int = _method_flag("num_prototypes_per_class", "K, prototypes per class")
+    prototype_momentum: float = _method_flag(
+        "prototype_momentum", "mu of the prototype update p <- mu * p + (1 - mu) * mean, in [0, 1)"
+    )
+    sinkhorn_iterations: int = _method_flag("sinkhorn_iterations", "Sinkhorn-Knopp iterations of the clustering")
+    sinkhorn_epsilon: float = _method_flag("sinkhorn_epsilon", "kappa, the entropy weight of the clustering, > 0")
+    ppc_temperature: float = _method_flag("ppc_temperature", "tau of the pixel-prototype contrastive loss, > 0")
+    ppc_loss_weight: float = _method_flag("ppc_loss_weight", "lambda1, weight of the pixel-prototype contrastive loss")
+    ppd_loss_weight: float = _method_flag("ppd_loss_weight", "lambda2, weight of the pixel-prototype distance loss")
+    prototype_update_pixels: str = _method_flag(
+        "prototype_update_pixels",
+        "which assigned pixels move a prototype: correct (the paper: the correctly classified ones), "
+        "correct_else_all (the same, but all of them in a class with no pixel classified right), all",
+        PROTOTYPE_UPDATE_PIXELS,
+    )
+    class_score_norm: str = _method_flag(
+        "class_score_norm",
+        "how the cosine class scores become logits: affine (a learned per-class scale and bias) or layer_norm "
+        "(the paper's LayerNorm over the classes; degenerate for two classes)",
+        CLASS_SCORE_NORMS,
+    )
+    prototype_init: str = _method_flag(
+        "prototype_init",
+        "data (a prototype's first update sets it to the mean of its pixels) or random (the paper: momentum "
+        "from the random start)",
+        PROTOTYPE_INITS,
+    )
 
-def _flag_type(parameter: inspect.Parameter, namespace: dict[str, Any]) -> Any | None:
-    """The flag type of a signature parameter (bool, int, float, str, a Literal, or Optional of one), or None
-    when it cannot be a command-line flag (a dict, a config, a list ...)."""
-    annotation = parameter.annotation
-    if isinstance(annotation, str):
-        try:
-            annotation = eval(annotation, {**vars(typing), **namespace})  # noqa: S307 - the class's own annotations
-        except Exception:  # noqa: BLE001 - an annotation this module cannot evaluate: fall back to the default's type
-            annotation = inspect.Parameter.empty
-    if annotation is inspect.Parameter.empty:
-        annotation = type(parameter.default) if isinstance(parameter.default, _SCALAR_TYPES) else None
-    optional = parameter.default is None
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
-        optional = optional or len(arguments) < len(typing.get_args(annotation))
-        annotation = arguments[0] if len(arguments) == 1 else None
-    is_literal = typing.get_origin(annotation) is Literal
-    if not (is_literal or annotation in _SCALAR_TYPES):
-        return None
-    return Optional[annotation] if optional else annotation
-
-
-def method_arguments_class(config_class: type = ProtoSegConfig) -> type:
-    """A dataclass with one field per method knob of `config_class.__init__` (bool, int, float, str, Literal or
-    Optional of one): its name, type, default, and the help text of its docstring entry."""
-    namespace = vars(inspect.getmodule(config_class))
-    docs = _argument_docs(config_class.__doc__)
-    fields = []
-    for name, parameter in inspect.signature(config_class.__init__).parameters.items():
-        if name in _NOT_METHOD_FLAGS or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
-            continue
-        flag_type = _flag_type(parameter, namespace)
-        if flag_type is None or parameter.default is inspect.Parameter.empty:
-            continue
-        help_text = docs.get(name) or f"{config_class.__name__}.{name}"
-        fields.append((name, flag_type, field(default=parameter.default, metadata={"help": help_text})))
-    arguments_class = dataclasses.make_dataclass("ProtoSegArguments", fields)
-    arguments_class.__doc__ = f"The method's knobs: the parameters of `{config_class.__name__}.__init__`, its defaults."
-    arguments_class.__module__ = __name__
-    return arguments_class
-
-
-ProtoSegArguments = method_arguments_class(ProtoSegConfig)
 
 ARGUMENT_GROUPS: dict[str, type] = {
     "data": DataArguments,
@@ -349,7 +356,7 @@ class TrainingConfig:
     data: DataArguments
     augmentation: AugmentationArguments
     model: ModelArguments
-    method: Any  # ProtoSegArguments
+    method: ProtoSegArguments
     contrast: PixelContrastArguments
     optimization: OptimizationArguments
     runtime: RuntimeArguments
@@ -586,9 +593,18 @@ class _NotGiven:
 _NOT_GIVEN = _NotGiven()
 
 
+def _refuse_retired_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Stop as argparse does (exit status 2) at a flag of an earlier version, saying what became of it."""
+    for argument in argv:
+        name = argument.removeprefix("--").split("=", 1)[0].replace("-", "_")
+        if argument.startswith("--") and name in RETIRED_FLAGS:
+            parser.error(f"--{name} is no longer a flag: {RETIRED_FLAGS[name]}")
+
+
 def parse_flags(argv: list[str] | None = None) -> dict[str, Any]:
     """Only the flags given on the command line, parsed and typed, by name (defaults left out)."""
     parser = build_parser()
+    _refuse_retired_flags(parser, sys.argv[1:] if argv is None else argv)
     not_given = argparse.Namespace(**dict.fromkeys(FIELD_GROUPS, _NOT_GIVEN))
     namespace = parser.parse_args(argv, namespace=not_given)
     return {name: value for name, value in vars(namespace).items() if value is not _NOT_GIVEN}

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from training.tracker_images import log_prediction_images
 logger = logging.getLogger("protoseg.train")
 
 LOSS_TERMS = ("loss", "ce_loss", "ppc_loss", "ppd_loss", "contrast_loss")
+# Test hook, not a setting: seconds to sleep after every step, so a test can kill a run mid-way.
+STEP_DELAY_VARIABLE = "PROTOSEG_TEST_STEP_DELAY_SECONDS"
 
 
 def iterate_forever(
@@ -302,12 +305,13 @@ def train_steps(
     state.model.train()
     train_start = time.perf_counter()
     running = RunningMeans()
+    step_delay_seconds = float(os.environ.get(STEP_DELAY_VARIABLE, "0"))
     for step in progress:
         optimizer_step(config, accelerator, state, running)
         completed_steps = step + 1
         is_last = completed_steps == config.optimization.max_steps
-        if config.runtime.step_delay_seconds > 0:
-            time.sleep(config.runtime.step_delay_seconds)
+        if step_delay_seconds > 0:
+            time.sleep(step_delay_seconds)
         if completed_steps % config.output.logging_steps == 0 or is_last:
             _log(completed_steps, accelerator, state, running, progress)
         if config.evaluation.eval_steps and completed_steps % config.evaluation.eval_steps == 0 and not is_last:
