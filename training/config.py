@@ -267,6 +267,9 @@ PROTOSEG_SET_ELSEWHERE: dict[str, str] = {
     "semantic_loss_ignore_index": "--ignore_index",
     "image_mean": "the encoder's input normalisation",
     "image_std": "the encoder's input normalisation",
+    # an inference choice, not a training one: from_pretrained(..., prototype_matching_dtype=...) or
+    # `python -m training.evaluate FOLDER --prototype_matching_dtype bfloat16`
+    "prototype_matching_dtype": "training.evaluate's --prototype_matching_dtype",
 }
 # Internals: a run keeps ProtoSegConfig's default; Python code and a saved config.json can still set them.
 PROTOSEG_INTERNALS: tuple[str, ...] = (
