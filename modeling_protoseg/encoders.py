@@ -91,7 +91,7 @@ def load_pretrained_encoder(encoder_name_or_path: str) -> nn.Module:
 
     Reads SegFormer/MiT checkpoints (also `SegformerForSemanticSegmentation` ones: the `segformer.` prefix is
     stripped), any AutoBackbone's model or backbone checkpoint (`SwinModel`, `SwinBackbone`, ...), and folders
-    written by `python -m modeling_protoseg.convert_efficientnet_lite0`.
+    written by `python -m protoseg_tools.convert_efficientnet_lite0`.
     """
     encoder_config = AutoConfig.from_pretrained(encoder_name_or_path)
     if encoder_kind(encoder_config) == "segformer":

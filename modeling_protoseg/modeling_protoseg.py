@@ -246,7 +246,7 @@ class ProtoSegForSemanticSegmentation(ProtoSegClassEnrolmentMixin, ProtoSegPreTr
         cls, encoder_name_or_path: str, **config_kwargs
     ) -> "ProtoSegForSemanticSegmentation":
         """A new ProtoSeg model whose encoder weights come from a SegFormer/MiT, Swin or other backbone
-        checkpoint (Hub id or local folder, e.g. one written by `modeling_protoseg.convert_efficientnet_lite0`);
+        checkpoint (Hub id or local folder, e.g. one written by `protoseg_tools.convert_efficientnet_lite0`);
         decoder, projection head and prototypes are freshly initialised.
 
         `config_kwargs` go to `ProtoSegConfig` (e.g. `id2label`, `num_prototypes_per_class`).

