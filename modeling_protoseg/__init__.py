@@ -7,7 +7,9 @@ Importing the package registers with the Auto classes, and marks for remote code
                                   parametric baseline on any encoder)
     "protoseg_efficientnet_lite"  ProtoSegEfficientNetLiteConfig / ProtoSegEfficientNetLiteBackbone (AutoBackbone)
 The EfficientNet-Lite classes register themselves with AutoConfig / AutoBackbone in their own modules, because
-a remote-code checkpoint imports those copied modules without this file.
+a remote-code checkpoint imports those copied modules without this file. Only this file imports them: the model
+code finds encoders through AutoConfig / AutoBackbone, so only a checkpoint whose encoder is EfficientNet-Lite carries
+their files (`remote_code_encoders.py`). Tools live in `protoseg_tools`, training-only code in `training`.
 """
 
 from transformers import AutoConfig, AutoModelForSemanticSegmentation

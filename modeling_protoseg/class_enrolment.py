@@ -49,7 +49,7 @@ class PrototypeSimilarityMaps(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------------
-# Input preparation (shared with `visualize.py`)
+# Input preparation (shared with `protoseg_tools/visualize.py`)
 
 
 def image_to_array(image: ImageInput, *, what: str = "image") -> np.ndarray:

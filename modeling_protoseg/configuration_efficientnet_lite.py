@@ -116,6 +116,23 @@ class ProtoSegEfficientNetLiteConfig(BackboneConfigMixin, PretrainedConfig):
         self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
         super().__init__(**kwargs)
 
+    # The fields that set the depth and the width of a stage, as the ProtoSeg configs' size checks name them.
+    stage_layout_fields = ("num_repeats / depth_coefficient", "out_channels / width_coefficient")
+
+    def stage_layout(self) -> list[tuple[int, int, float]]:
+        """(blocks, width, expansion ratio) of each block stage after scaling: what the ProtoSeg configs read to bound
+        and estimate the encoder's size before anything is built (`configuration_encoders.encoder_stage_layout`)."""
+        last = len(self.num_repeats) - 1
+        stages = zip(self.num_repeats, self.out_channels, self.expand_ratios)
+        return [
+            (
+                repeats if stage in (0, last) else round_repeats(repeats, self.depth_coefficient),
+                round_channels(channels, self.width_coefficient, self.depth_divisor),
+                float(ratio),
+            )
+            for stage, (repeats, channels, ratio) in enumerate(stages)
+        ]
+
     @property
     def block_layout(self) -> list[dict[str, int]]:
         """One dict per MBConv block, after scaling: in_channels, out_channels, kernel_size, stride, expand_ratio."""

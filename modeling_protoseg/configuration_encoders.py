@@ -13,12 +13,6 @@ from typing import Any, NamedTuple
 from transformers import AutoConfig, PretrainedConfig, SegformerConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING, MODEL_FOR_BACKBONE_MAPPING_NAMES
 
-from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig
-
-# Backbones defined in this package: accepted even before their modeling module has registered them with
-# AutoBackbone (a remote-code checkpoint builds its config before it loads the modeling files).
-PACKAGE_BACKBONE_MODEL_TYPES = (ProtoSegEfficientNetLiteConfig.model_type,)
-
 
 def encoder_kind(encoder_config: PretrainedConfig) -> str:
     """ "segformer" for a SegFormer (MiT) config, "backbone" for an AutoBackbone config (built into transformers or
@@ -27,11 +21,10 @@ def encoder_kind(encoder_config: PretrainedConfig) -> str:
         return "segformer"
     if (
         encoder_config.model_type in MODEL_FOR_BACKBONE_MAPPING_NAMES
-        or encoder_config.model_type in PACKAGE_BACKBONE_MODEL_TYPES
         or type(encoder_config) in MODEL_FOR_BACKBONE_MAPPING  # registered backbones
     ):
         return "backbone"
-    supported = ["segformer", *sorted({*MODEL_FOR_BACKBONE_MAPPING_NAMES, *PACKAGE_BACKBONE_MODEL_TYPES})]
+    supported = ["segformer", *sorted(MODEL_FOR_BACKBONE_MAPPING_NAMES)]
     raise ValueError(
         f"encoder_config: unsupported encoder type {encoder_config.model_type!r}; expected a SegFormer (MiT) "
         f"config or a transformers AutoBackbone config (or one registered with AutoBackbone.register), one of: "
@@ -135,17 +128,9 @@ def encoder_stage_layout(encoder_config: PretrainedConfig) -> list[tuple[int, in
     whose config names no depths and widths this function knows. A ValueError naming the field when the depths
     or widths exceed `MAX_ENCODER_LAYERS` / `MAX_ENCODER_WIDTH`."""
     config = encoder_config
-    if config.model_type == "protoseg_efficientnet_lite":
-        from .configuration_efficientnet_lite import round_channels, round_repeats
-
-        last = len(config.num_repeats) - 1
-        depth_field, width_field = "num_repeats / depth_coefficient", "out_channels / width_coefficient"
-        depths = [
-            repeats if stage in (0, last) else round_repeats(repeats, config.depth_coefficient)
-            for stage, repeats in enumerate(config.num_repeats)
-        ]
-        widths = [round_channels(c, config.width_coefficient, config.depth_divisor) for c in config.out_channels]
-        ratios = [float(ratio) for ratio in config.expand_ratios]
+    if callable(getattr(config, "stage_layout", None)):  # a config that describes its own stages (EfficientNet-Lite)
+        depths, widths, ratios = (list(values) for values in zip(*config.stage_layout()))
+        depth_field, width_field = config.stage_layout_fields
     else:
         depth_field = "depths" if getattr(config, "depths", None) is not None else "num_hidden_layers"
         depths = _integer_list(getattr(config, depth_field, None))

@@ -10,11 +10,11 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import logging
 
 from .transformers_requirement import MINIMUM_TRANSFORMERS_VERSION  # noqa: F401 - first: checks the version
-from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig  # noqa: F401 - see transformers_requirement
 from .configuration_encoders import encoder_kind as _encoder_kind
 from .configuration_encoders import MAX_MODEL_BYTES, encoder_stage_layout, estimate_encoder_parameters
 from .configuration_encoders import InputNormalization, check_model_input_normalization, resolve_encoder_config
 from .configuration_encoders import input_normalization as _input_normalization
+from .remote_code_encoders import RemoteCodeEncoderConfigMixin
 
 logger = logging.get_logger(__name__)
 
@@ -50,7 +50,7 @@ def _check_type(field: str, value: Any, *, integer: bool) -> None:
         raise ValueError(f"{field} must be a finite real number, got {value!r} ({type(value).__name__})")
 
 
-class ProtoSegConfig(PretrainedConfig):
+class ProtoSegConfig(RemoteCodeEncoderConfigMixin, PretrainedConfig):
     r"""
     Configuration of [`ProtoSegForSemanticSegmentation`].
 

@@ -7,12 +7,12 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 from .transformers_requirement import MINIMUM_TRANSFORMERS_VERSION  # noqa: F401 - first: checks the version
-from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig  # noqa: F401 - see transformers_requirement
 from .configuration_encoders import InputNormalization, check_model_input_normalization, encoder_kind
 from .configuration_encoders import input_normalization, resolve_encoder_config
+from .remote_code_encoders import RemoteCodeEncoderConfigMixin
 
 
-class ProtoSegLinearHeadConfig(PretrainedConfig):
+class ProtoSegLinearHeadConfig(RemoteCodeEncoderConfigMixin, PretrainedConfig):
     r"""
     Configuration of [`ProtoSegLinearHeadForSemanticSegmentation`]: the ProtoSeg encoder and decoder with
     SegFormer's linear classifier, the parametric baseline on any encoder.

@@ -21,22 +21,13 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 from transformers.utils import logging
 
 from .configuration_encoders import encoder_kind
-from .modeling_efficientnet_lite import ProtoSegEfficientNetLiteBackbone
 
-# This package's backbones, found by model_type rather than by config class: loaded as remote code, the
-# configuration and modeling files are imported into two module folders, so the config object's class is a
-# different copy from the one the modeling copy registered with AutoBackbone.
 logger = logging.get_logger(__name__)
-
-PACKAGE_BACKBONES: dict[str, type[PreTrainedModel]] = {
-    ProtoSegEfficientNetLiteBackbone.config_class.model_type: ProtoSegEfficientNetLiteBackbone,
-}
 
 
 def _backbone_class(encoder_config: PretrainedConfig) -> type[PreTrainedModel]:
-    """The AutoBackbone class of a backbone config (this package's, built in, or registered)."""
-    if encoder_config.model_type in PACKAGE_BACKBONES:
-        return PACKAGE_BACKBONES[encoder_config.model_type]
+    """The AutoBackbone class of a backbone config: built into transformers or registered (this package's
+    EfficientNet-Lite registers itself; as remote code, `remote_code_encoders.load_encoder_code` registers it)."""
     try:
         return MODEL_FOR_BACKBONE_MAPPING[type(encoder_config)]
     except KeyError as error:
@@ -100,7 +91,7 @@ def load_pretrained_encoder(encoder_name_or_path: str) -> nn.Module:
 
     Reads SegFormer/MiT checkpoints (also `SegformerForSemanticSegmentation` ones: the `segformer.` prefix is
     stripped), any AutoBackbone's model or backbone checkpoint (`SwinModel`, `SwinBackbone`, ...), and folders
-    written by `python -m modeling_protoseg.convert_efficientnet_lite0`.
+    written by `python -m protoseg_tools.convert_efficientnet_lite0`.
     """
     encoder_config = AutoConfig.from_pretrained(encoder_name_or_path)
     if encoder_kind(encoder_config) == "segformer":

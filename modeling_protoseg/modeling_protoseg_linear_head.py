@@ -18,6 +18,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .batch_norm_statistics import BatchNormStatisticsGuard
 from .configuration_protoseg_linear_head import ProtoSegLinearHeadConfig
+from .decode_head import ProtoSegDecodeHead
 from .encoders import (
     ProtoSegEncoderAttentionMixin,
     ProtoSegEncoderCheckpointMixin,
@@ -29,7 +30,6 @@ from .encoders import (
     select_hidden_states,
 )
 from .losses import pixel_binary_cross_entropy, pixel_cross_entropy
-from .modeling_protoseg import ProtoSegDecodeHead
 from .pipeline_registration import register_for_segmentation_pipeline
 
 

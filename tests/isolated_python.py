@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 # Top-level packages of this repository that a remote-code check must never import.
-REPOSITORY_PACKAGES = ("modeling_protoseg", "model_cards", "training")
+REPOSITORY_PACKAGES = ("modeling_protoseg", "model_cards", "training", "protoseg_tools")
 
 IMPORT_BLOCKER = f"""
 import importlib.abc as _importlib_abc

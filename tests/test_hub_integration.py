@@ -111,33 +111,6 @@ def test_pipeline_returns_one_labelled_mask_per_present_class_at_image_size(tmp_
         assert np.array_equal(np.array(result["mask"]) > 0, expected == class_index)
 
 
-def test_remote_code_loads_in_a_python_without_the_package(tmp_path):
-    model = save_checkpoint(tmp_path / "checkpoint")
-    assert {"modeling_protoseg.py", "configuration_protoseg.py", "prototypes.py", "losses.py"} <= set(
-        os.listdir(tmp_path / "checkpoint")
-    )
-    pixel_values = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        torch.save({"pixel_values": pixel_values, "logits": model(pixel_values).logits}, tmp_path / "reference.pt")
-    script = """
-        import sys, torch
-        from transformers import AutoModelForSemanticSegmentation
-        model = AutoModelForSemanticSegmentation.from_pretrained("checkpoint", trust_remote_code=True).eval()
-        assert "modeling_protoseg" not in sys.modules
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        reference = torch.load("reference.pt")
-        with torch.no_grad():
-            logits = model(reference["pixel_values"]).logits
-        torch.testing.assert_close(logits, reference["logits"])
-        print("REMOTE-OK", type(model).__module__)
-        """
-    completed = run_python_without_repository(
-        script, cwd=tmp_path, environment={"HF_MODULES_CACHE": str(tmp_path / "modules")}
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "REMOTE-OK transformers_modules" in completed.stdout
-
-
 # ------------------------------------------------------------------------------ the minimum transformers version
 
 

@@ -1,4 +1,4 @@
-"""The pixel-contrast objective (modeling_protoseg/pixel_contrast.py) against straightforward per-class references."""
+"""The pixel-contrast objective (training/pixel_contrast_objective.py) against straightforward per-class references."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_protoseg.pixel_contrast import (
+from training.pixel_contrast_objective import (
     memory_contents,
     nearest_labels,
     pixel_contrast_loss,

@@ -325,7 +325,7 @@ def test_a_skipped_step_restores_every_buffer_but_the_self_guarded_memory() -> N
 
 
 def test_memory_entries_use_the_running_batch_norm_statistics_and_leave_them_unchanged() -> None:
-    from modeling_protoseg.pixel_contrast import segment_means
+    from training.pixel_contrast_objective import segment_means
 
     wrapper = PixelContrastTrainingModel(tiny_segformer(), PixelContrastArguments(**CONTRAST, **MEMORY)).train()
     wrapper(*batch(5)[:1], labels=batch(5)[1])  # one training forward: running statistics move off their start

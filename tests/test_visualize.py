@@ -13,8 +13,9 @@ from PIL import Image
 from tiny_models import tiny_efficientnet_lite_encoder_config, tiny_protoseg_config
 from transformers import SegformerImageProcessor
 
-from modeling_protoseg import ProtoSegForSemanticSegmentation, visualize
-from modeling_protoseg.visualize import (
+from modeling_protoseg import ProtoSegForSemanticSegmentation
+from protoseg_tools import visualize
+from protoseg_tools.visualize import (
     ASSIGNMENT_FIGURE_INCHES,
     PROJECTION_FIGURE_INCHES,
     figure_pixel_size,
@@ -85,7 +86,7 @@ def test_command_runs_as_a_module_with_a_processor_and_labels(checkpoint: Path, 
         [
             sys.executable,
             "-m",
-            "modeling_protoseg.visualize",
+            "protoseg_tools.visualize",
             "--checkpoint",
             str(checkpoint),
             "--image",

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling_protoseg.pixel_contrast import (
+from training.pixel_contrast_objective import (
     gather_from_processes,
     memory_contents,
     nearest_labels,

