@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 from transformers import HfArgumentParser
 
-from model_cards.validation import check_license_choice
+from model_cards.records import check_license_choice
 from modeling_protoseg import ProtoSegConfig
 from training.dataset_layouts import detect_layout
 from training.evaluation import EVAL_MODES, MULTISCALE_FACTORS
