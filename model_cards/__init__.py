@@ -49,14 +49,8 @@ if TYPE_CHECKING:
         prepare_folder_for_publishing,
         publish_folder,
     )
-    from .records import (
-        EvalResults,
-        ModelCardInputError,
-        PrototypeHealth,
-        ProtoSegSettings,
-        RecordFormatError,
-        TrainingSummary,
-    )
+    from .records import EvalResults, PrototypeHealth, ProtoSegSettings, TrainingSummary
+    from .records import ModelCardInputError, RecordFormatError
 
 
 def __getattr__(name: str) -> Any:

@@ -10,9 +10,9 @@ Inputs, read and checked by `card_inputs.gather_card_inputs`:
 
 Any model type gets a card: ProtoSeg and the built-in SegFormer baseline have their own description;
 other heads are described from the summary's `head` and the encoder. `template.md` holds the outline; each of
-its slots is filled by the function of the same name below, which takes the `CardInputs` and returns Markdown
-(no heading). Only recorded facts are shown: a field that is None is left out, never filled in. A user string
-in prose (a dataset name, ...) goes through `inline_text`.
+its slots is filled by the function (or constant) of that name below; a section function takes the `CardInputs`
+and returns Markdown (no heading). Only recorded facts are shown: a field that is None is left out, never filled
+in. A user string in prose (a dataset name, ...) goes through `inline_text`.
 
 The licence stated is the one chosen (`train.py --license`, `python -m model_cards.publish --license`,
 `TrainingSummary.license*`), else the base weights' licence when it is known (`card_inputs.BaseWeightsLicense`),
@@ -185,7 +185,6 @@ def metadata_license(summary: TrainingSummary, base: BaseWeightsLicense | None) 
     return UNKNOWN_LICENSE, None, None
 
 
-
 # ---- Sections about the model: title, description, details, classes, usage, intended uses, limitations.
 # ProtoSeg and the built-in SegFormer baseline have their own text; any other model type is described
 # from the summary's `head` and the encoder in config.json.
@@ -278,7 +277,8 @@ def _architecture(inputs: CardInputs) -> str:
 
 def _logits_size(facts: CheckpointFacts) -> str:
     """The logits' height and width, e.g. 'height / 4, width / 4'."""
-    return f"height / {facts.output_stride}, width / {facts.output_stride}" if facts.output_stride else "height', width'"
+    stride = facts.output_stride
+    return f"height / {stride}, width / {stride}" if stride else "height', width'"
 
 
 def model_details(inputs: CardInputs) -> str:
@@ -414,7 +414,6 @@ def limitations(inputs: CardInputs) -> str:
     if any(iou is None for iou in inputs.per_class_iou):
         items.append("Some classes have no IoU (n/a): they do not occur in the evaluation set.")
     return bullet_list(items)
-
 
 
 # ---- The ProtoSeg method, read from a checkpoint's config.json and weights: how a pixel's class is decided
@@ -759,7 +758,6 @@ def _data_terms(inputs: CardInputs, data_name: str | None) -> str:
 
 
 # ---- Rendering and writing the card
-
 
 def as_training_summary(training_summary: SummaryInput) -> TrainingSummary | None:
     """A TrainingSummary from a record, a dict in today's layout (`TrainingSummary.from_dict`), or None."""

@@ -74,7 +74,7 @@ class CheckpointFacts:
     other_weight_values: int | None  # None when the folder has no readable weights
     # The oldest transformers the saved model code runs on (its transformers_requirement.py), if it says
     minimum_transformers_version: str | None = None
-    # ProtoSeg: the PROTOSEG_METHOD_KEYS of config.json (0.1's filled in: upgrade_protoseg_config); None for other models
+    # ProtoSeg: the PROTOSEG_METHOD_KEYS of config.json (0.1's filled in by upgrade_protoseg_config); else None
     method: dict[str, Any] | None = None
     # the weights hold a BatchNorm in the projection head (`projection_head.batch_norm.*`)
     projection_batch_norm: bool = False
@@ -356,7 +356,6 @@ def base_weights_license(summary: TrainingSummary, facts: CheckpointFacts) -> Ba
             "not recorded."
         )
     return None
-
 
 
 # ---- Everything one card is rendered from
