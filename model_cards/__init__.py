@@ -23,9 +23,8 @@ _EXPORTS = {
     "PrototypeHealth": "records",
     "ProtoSegSettings": "records",
     "TrainingSummary": "records",
-    "ModelCardInputError": "validation",
-    "RecordFormatError": "validation",
-    "read_eval_results": "card",
+    "ModelCardInputError": "records",
+    "RecordFormatError": "records",
     "render_model_card": "card",
     "write_model_card": "card",
     "IncompleteCheckpointError": "publish",
@@ -40,7 +39,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .card import read_eval_results, render_model_card, write_model_card
+    from .card import render_model_card, write_model_card
     from .publish import (
         IncompleteCheckpointError,
         LicenseChoice,
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
         publish_folder,
     )
     from .records import EvalResults, PrototypeHealth, ProtoSegSettings, TrainingSummary
-    from .validation import ModelCardInputError, RecordFormatError
+    from .records import ModelCardInputError, RecordFormatError
 
 
 def __getattr__(name: str) -> Any:

@@ -36,9 +36,8 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants, ge
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from .card import CARD_FILE, is_generated_card, write_model_card
-from .checkpoint import read_safetensors_shapes
-from .records import EVAL_RESULTS_FILE, TrainingSummary
-from .validation import ModelCardInputError, check_license_choice
+from .card_inputs import read_safetensors_shapes
+from .records import EVAL_RESULTS_FILE, ModelCardInputError, TrainingSummary, check_license_choice
 
 DEFAULT_COMMIT_MESSAGE = "Upload ProtoSeg model (weights with prototypes, remote code, processor, card)"
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModelForSemanticSegmentation")

@@ -39,7 +39,8 @@ TRAINING_SUMMARY: dict[str, Any] = {
     "learning_rate": 6e-5,
     "train_runtime_seconds": 3725.0,
 }
-# The same facts as a package 0.1 training_summary.json held them (older key names, read through legacy_keys).
+# The same facts as a package 0.1 training_summary.json held them (older key names, read through the
+# "Files of package 0.1" section of model_cards/records.py).
 PACKAGE_0_1_TRAINING_SUMMARY: dict[str, Any] = {
     "dataset_name": "camvid",
     "encoder_name": "nvidia/mit-b0",

@@ -402,7 +402,7 @@ def test_records_read_the_files_training_writes_today(checkpoint: Path) -> None:
 
 
 def test_package_0_1_files_still_load_and_render(checkpoint: Path) -> None:
-    """Folders written by package 0.1 hold older key names; they are read through legacy_keys, and only as files."""
+    """Folders written by package 0.1 hold older key names; records.py reads them, only from files."""
     # checkpoint_folder writes eval_results.json as 0.1 did: `split`, `dataset_name`, per-class lists in class-id order
     with pytest.raises(RecordFormatError, match="'per_category_iou' is a list in class-id order"):
         EvalResults.read(checkpoint)

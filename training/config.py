@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 
 from transformers import HfArgumentParser
 
-from model_cards.validation import check_license_choice
+from model_cards.records import check_license_choice
 from modeling_protoseg import ProtoSegConfig
 from modeling_protoseg.configuration_protoseg import CLASS_SCORE_NORMS, PROTOTYPE_INITS, PROTOTYPE_UPDATE_PIXELS
 from training.dataset_layouts import detect_layout
