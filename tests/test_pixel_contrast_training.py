@@ -21,7 +21,8 @@ from modeling_protoseg import ProtoSegForSemanticSegmentation
 from test_training_run import TINY_RUN, run_training
 from training.config import OptimizationArguments, PixelContrastArguments
 from training.optimization import build_optimizer
-from training.pixel_contrast import PixelContrastTrainingModel, segmentation_model_of, with_pixel_contrast
+from training.models import segmentation_model_of
+from training.pixel_contrast import PixelContrastTrainingModel, with_pixel_contrast
 
 # Small enough for 32x32 crops (8x8 feature maps): a class needs > 4 pixels there to be an anchor group.
 CONTRAST = dict(pixel_contrast=True, pixel_contrast_max_views=4, pixel_contrast_dim=8)

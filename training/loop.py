@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from training.checkpointing import save_checkpoint
 from training.config import TrainingConfig
 from training.data import ResumableShardedSampler
-from training.pixel_contrast import segmentation_model_of
+from training.models import segmentation_model_of
 from training.tracker_images import log_prediction_images
 
 logger = logging.getLogger("protoseg.train")

@@ -11,6 +11,13 @@ from training.config import TrainingConfig
 from training.presets import EncoderSpec
 
 
+def segmentation_model_of(model: nn.Module) -> nn.Module:
+    """The segmentation model a training wrapper holds (its `segmentation_model` attribute, e.g. pixel contrast's
+    `PixelContrastTrainingModel`); any other model as it is. The loop unwraps plug-ins through this, without
+    importing them."""
+    return getattr(model, "segmentation_model", model)
+
+
 def build_model(config: TrainingConfig, encoder: EncoderSpec, id2label: dict[int, str]) -> nn.Module:
     """ProtoSeg, or the linear-classifier baseline, on the chosen encoder. ProtoSeg takes every method knob of
     `config.method` (the `ProtoSegConfig` parameters) as it is."""

@@ -303,8 +303,3 @@ def with_pixel_contrast(model: nn.Module, settings: PixelContrastArguments, *, m
     if not settings.pixel_contrast:
         return model
     return PixelContrastTrainingModel(model, settings, micro_batches_per_step=micro_batches_per_step)
-
-
-def segmentation_model_of(model: nn.Module) -> nn.Module:
-    """The segmentation model inside a `PixelContrastTrainingModel`; any other model as it is."""
-    return model.segmentation_model if isinstance(model, PixelContrastTrainingModel) else model

@@ -57,10 +57,10 @@ from training.export import (
     training_summary,
 )
 from training.loop import TrainingState, iterate_forever, log_evaluation, train_steps
-from training.models import build_model
+from training.models import build_model, segmentation_model_of
 from training.output_folder import check_output_dir, model_code_file_names, remove_previous_run
 from training.optimization import PolyWithWarmup, build_optimizer, set_schedule_step
-from training.pixel_contrast import segmentation_model_of, with_pixel_contrast
+from training.pixel_contrast import with_pixel_contrast
 from training.preprocessing import (
     IMAGENET_NORMALIZATION,
     Normalization,
