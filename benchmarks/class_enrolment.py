@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import REPO_ROOT
+from benchmarks.common import REPO_ROOT, machine_description
 from modeling_protoseg import ProtoSegForSemanticSegmentation
 from modeling_protoseg.class_enrolment import preprocess_image
 from training.metrics import ConfusionMatrix
@@ -170,6 +170,16 @@ def evaluate(
 # 3. The experiment
 
 
+def scene_size(image_processor: Any) -> int:
+    """The side of the synthetic scenes a checkpoint was trained on: its processor's resize size (saved
+    processors resize the short side, `{"shortest_edge": n}`; older ones saved `{"height": n, "width": n}`)."""
+    size = image_processor.size
+    side = size.get("shortest_edge") or size.get("height")
+    if side is None:
+        raise ValueError(f"the checkpoint's image processor has no resize size ({size}): cannot tell the scene size")
+    return int(side)
+
+
 def enrolment_pool(
     scenes: Any, held_out: int, *, pool_size: int, min_pixels: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -209,7 +219,7 @@ def run_held_out_class(args: argparse.Namespace, class_name: str) -> dict[str, A
     if class_name in model.config.id2label.values():
         raise ValueError(f"{output_dir} already knows the class {class_name!r}: not a held-out checkpoint")
     train_scenes, validation_scenes = synthetic_splits(
-        num_train=10_000, num_validation=args.num_validation, image_size=image_processor.size["height"], seed=args.seed
+        num_train=10_000, num_validation=args.num_validation, image_size=scene_size(image_processor), seed=args.seed
     )
     validation = [validation_scenes.generate(index) for index in range(len(validation_scenes))]
     images = [image for image, _ in validation]
@@ -275,6 +285,7 @@ def run_held_out_class(args: argparse.Namespace, class_name: str) -> dict[str, A
         "checkpoint": str(output_dir),
         "train_results": json.loads(train_results_path.read_text()) if train_results_path.is_file() else None,
         "num_prototypes_per_class": model.config.num_prototypes_per_class,
+        "class_score_norm": model.config.class_score_norm,
         "validation_scenes": len(images),
         "pool_size": len(pool),
         "trials": args.trials,
@@ -299,7 +310,7 @@ def write_example_figure(experiment: dict[str, Any], args: argparse.Namespace, p
     model = ProtoSegForSemanticSegmentation.from_pretrained(experiment["checkpoint"]).eval()
     image_processor = AutoImageProcessor.from_pretrained(experiment["checkpoint"])
     train_scenes, validation_scenes = synthetic_splits(
-        num_train=10_000, num_validation=args.num_validation, image_size=image_processor.size["height"], seed=args.seed
+        num_train=10_000, num_validation=args.num_validation, image_size=scene_size(image_processor), seed=args.seed
     )
     pool = enrolment_pool(train_scenes, held_out, pool_size=args.pool_size, min_pixels=args.min_pixels)
     draw = next(run for run in experiment["runs"] if run["shots"] == shots)
@@ -393,6 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - start,
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
         "command": " ".join(["python -m benchmarks.class_enrolment", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_description(torch.device("cpu")),  # its command, commit and date index the result
     }
     if args.example_figure:
         print("example figure:", write_example_figure(experiments[0], args, Path(args.example_figure)))
@@ -457,7 +469,8 @@ def experiment_report(results: dict[str, Any]) -> list[str]:
     ]
     lines.append(
         "- Where the old classes' loss comes from: taking the enrolled model's argmax over the old classes only "
-        f"(so only the LayerNorm over C + 1 scores differs from before) changes their mIoU by "
+        f"(so only the class-score normalisation, `{results.get('class_score_norm', 'layer_norm')}`, over C + 1 scores "
+        "differs from before) changes their mIoU by "
         f"{', '.join(f'{100 * shift:+.2f}' for shift in shifts)} points ({', '.join(results['summary'])} images): the "
         "loss is old-class pixels now predicted as the new class, not the re-normalisation of the class scores."
     )
