@@ -162,6 +162,11 @@ def find_missing_files(folder: str | os.PathLike[str]) -> list[str]:
         for module in _remote_code_modules(folder, auto_map):
             if not (folder / f"{module}.py").is_file():
                 missing.append(f"{module}.py (modeling code needed by trust_remote_code)")
+        # an encoder whose code is not in transformers (EfficientNet-Lite, a user's backbone) names its own files
+        encoder_auto_map = (config.get("encoder_config") or {}).get("auto_map") or {}
+        for module in _remote_code_modules(folder, encoder_auto_map):
+            if not (folder / f"{module}.py").is_file():
+                missing.append(f"{module}.py (the encoder's code, named by config.json encoder_config.auto_map)")
 
     index_path = folder / "model.safetensors.index.json"
     if not (folder / "model.safetensors").is_file() and not index_path.is_file():

@@ -396,6 +396,25 @@ def test_remote_code_relative_imports_must_be_in_the_folder(checkpoint: Path, hu
     assert _routes(hub) == []
 
 
+def test_an_encoder_file_named_by_the_nested_auto_map_must_be_in_the_folder(tmp_path: Path) -> None:
+    from tiny_models import tiny_efficientnet_lite_encoder_config, tiny_protoseg_config
+
+    from model_cards.publish import find_missing_files
+    from modeling_protoseg import ProtoSegForSemanticSegmentation
+
+    folder = tmp_path / "protoseg-lite"
+    config = tiny_protoseg_config(encoder_config=tiny_efficientnet_lite_encoder_config())
+    ProtoSegForSemanticSegmentation(config).save_pretrained(folder)
+    encoder_auto_map = json.loads((folder / "config.json").read_text())["encoder_config"]["auto_map"]
+    backbone_module = encoder_auto_map["AutoBackbone"].rsplit(".", 1)[0]
+    complete = find_missing_files(folder)
+    assert not any(backbone_module in line for line in complete)
+    (folder / f"{backbone_module}.py").unlink()
+    assert f"{backbone_module}.py (the encoder's code, named by config.json encoder_config.auto_map)" in (
+        find_missing_files(folder)
+    )
+
+
 def test_weights_without_prototypes_are_refused(checkpoint: Path, hub: HubStandIn) -> None:
     from safetensors.torch import load_file, save_file
 
