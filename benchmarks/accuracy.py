@@ -42,7 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_description, machine_line, markdown_table, write_json
+from benchmarks.common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    machine_description,
+    machine_line,
+    markdown_table,
+    worktree_at,
+    write_json,
+)
 
 CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
 PACKAGE_0_1_COMMIT = "3eae069"
@@ -156,12 +164,7 @@ def converted_lite0(work_dir: Path) -> Path:
 
 def code_root(head: Head, work_dir: Path) -> Path:
     """Where the head's training code lives: this checkout, or a worktree of the pinned commit."""
-    if head.commit is None:
-        return REPO_ROOT
-    worktree = work_dir / f"code-{head.commit}"
-    if not worktree.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), head.commit], cwd=REPO_ROOT, check=True)
-    return worktree
+    return REPO_ROOT if head.commit is None else worktree_at(head.commit, work_dir)
 
 
 def train(

@@ -174,12 +174,17 @@ def class_names(num_classes: int) -> dict[int, str]:
 
 
 def build_protoseg(
-    num_classes: int, *, num_prototypes_per_class: int = 10, encoder_config: SegformerConfig | None = None
-) -> ProtoSegForSemanticSegmentation:
-    """ProtoSeg on MiT-B0 (SegformerConfig defaults), decoder 256, embeddings 256, K prototypes per class."""
+    num_classes: int,
+    *,
+    num_prototypes_per_class: int = 10,
+    encoder_config: SegformerConfig | None = None,
+    package: Any = modeling_protoseg,
+) -> torch.nn.Module:
+    """ProtoSeg on MiT-B0 (SegformerConfig defaults), decoder 256, embeddings 256, K prototypes per class; `package`:
+    this checkout's `modeling_protoseg`, or an older one from `package_at_commit` (A/B timings)."""
     torch.manual_seed(0)
     encoder_config = encoder_config or SegformerConfig()
-    config = ProtoSegConfig(
+    config = package.ProtoSegConfig(
         encoder_config=encoder_config,
         id2label=class_names(num_classes),
         num_prototypes_per_class=num_prototypes_per_class,
@@ -187,7 +192,7 @@ def build_protoseg(
         embedding_dim=encoder_config.decoder_hidden_size,
         semantic_loss_ignore_index=IGNORE_INDEX,
     )
-    return ProtoSegForSemanticSegmentation(config)
+    return package.ProtoSegForSemanticSegmentation(config)
 
 
 def build_segformer(num_classes: int, *, encoder_config: SegformerConfig | None = None) -> SegformerForSemanticSegmentation:
@@ -220,22 +225,27 @@ def build_linear_head(num_classes: int) -> torch.nn.Module:
     return ProtoSegLinearHeadForSemanticSegmentation(config)
 
 
+def worktree_at(commit: str, work_dir: Path) -> Path:
+    """A detached git worktree of this repository at `commit` under `work_dir` (created once, then reused)."""
+    worktree = work_dir / f"code-{commit}"
+    if not worktree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=REPO_ROOT, check=True,
+                       capture_output=True)  # fmt: skip
+    return worktree
+
+
 def package_at_commit(commit: str, work_dir: Path = Path("/tmp")) -> Any:
     """The `modeling_protoseg` package as it was at `commit`, imported beside this one under the name
-    `modeling_protoseg_<commit>` from a detached git worktree (created once under `work_dir`), for A/B timings in
-    one process. Its relative imports resolve inside the alias; its Auto-class registrations are restored after."""
+    `modeling_protoseg_<commit>` from `worktree_at(commit, work_dir)`, for A/B timings in one process. Its relative
+    imports resolve inside the alias; its Auto-class registrations are given back to this checkout after."""
     import importlib.util
 
     from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
-    worktree = work_dir / f"protoseg-code-{commit}"
-    if not worktree.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=REPO_ROOT, check=True,
-                       capture_output=True)  # fmt: skip
     name = f"modeling_protoseg_{commit}"
     if name in sys.modules:
         return sys.modules[name]
-    package_dir = worktree / "modeling_protoseg"
+    package_dir = worktree_at(commit, work_dir) / "modeling_protoseg"
     spec = importlib.util.spec_from_file_location(
         name, package_dir / "__init__.py", submodule_search_locations=[str(package_dir)]
     )
@@ -246,19 +256,6 @@ def package_at_commit(commit: str, work_dir: Path = Path("/tmp")) -> Any:
     AutoConfig.register(ProtoSegConfig.model_type, ProtoSegConfig, exist_ok=True)
     AutoModelForSemanticSegmentation.register(ProtoSegConfig, ProtoSegForSemanticSegmentation, exist_ok=True)
     return module
-
-
-def build_protoseg_at_commit(commit: str, num_classes: int) -> torch.nn.Module:
-    """`build_protoseg(num_classes)` with the model classes of the package at `commit` (`package_at_commit`)."""
-    package = package_at_commit(commit)
-    torch.manual_seed(0)
-    encoder_config = SegformerConfig()
-    config = package.ProtoSegConfig(
-        encoder_config=encoder_config, id2label=class_names(num_classes), num_prototypes_per_class=10,
-        decoder_hidden_size=encoder_config.decoder_hidden_size, embedding_dim=encoder_config.decoder_hidden_size,
-        semantic_loss_ignore_index=IGNORE_INDEX,
-    )  # fmt: skip
-    return package.ProtoSegForSemanticSegmentation(config)
 
 
 def operation_count(model: torch.nn.Module, pixel_values: torch.Tensor) -> int:

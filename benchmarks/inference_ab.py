@@ -20,7 +20,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     Summary,
     build_protoseg,
-    build_protoseg_at_commit,
+    package_at_commit,
     machine_description,
     machine_line,
     make_inference,
@@ -40,7 +40,7 @@ def measure(commits: list[str], num_classes: int, batch_size: int, image_size: i
     pixel_values, _ = synthetic_batch(batch_size, image_size, 2, device=CPU)
     candidates = {"this checkout": make_inference(build_protoseg(num_classes), pixel_values)}
     for commit in commits:
-        candidates[commit] = make_inference(build_protoseg_at_commit(commit, num_classes), pixel_values)
+        candidates[commit] = make_inference(build_protoseg(num_classes, package=package_at_commit(commit)), pixel_values)
     load_before = os.getloadavg()[0]
     times = time_interleaved(candidates, repetitions=repetitions)
     return {

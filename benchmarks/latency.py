@@ -29,7 +29,7 @@ from benchmarks.common import (
     base_argument_parser,
     build_linear_head,
     build_protoseg,
-    build_protoseg_at_commit,
+    package_at_commit,
     build_segformer,
     free_memory,
     machine_line,
@@ -101,7 +101,7 @@ def measure_batch(
             model.config.prototype_matching_dtype = "bfloat16"
             candidates[f"protoseg-bf16/{num_classes}"] = make_inference(model.to(device), pixel_values)
         if baseline_commit:
-            old_model = build_protoseg_at_commit(baseline_commit, num_classes).to(device)
+            old_model = build_protoseg(num_classes, package=package_at_commit(baseline_commit)).to(device)
             candidates[f"protoseg@{baseline_commit}/{num_classes}"] = make_inference(old_model, pixel_values)
     load_before = os.getloadavg()[0]
     times = time_interleaved(candidates, repetitions=repetitions, device=device)

@@ -1,7 +1,7 @@
 """What bfloat16 prototype matching does to a trained model's predictions (issue 17, item 2).
 
-For each saved ProtoSeg run folder, the same model is loaded twice, with `prototype_matching_dtype` "float32" (its
-saved default) and "bfloat16", and both predict every image of a split with the run's own evaluation setup
+For each saved ProtoSeg run folder, the model (its saved `prototype_matching_dtype`, "float32") and a copy set to
+"bfloat16" predict every image of a split with the run's own evaluation setup
 (`training.evaluate.prepare_folder_evaluation`: the same resizing, normalisation, windows). Reported per folder:
 both mIoUs and their difference, the fraction of labelled pixels whose predicted class agrees, and the largest
 logit difference at the model's output resolution.
@@ -15,6 +15,7 @@ Results: benchmarks/results/matching_precision.{json,md} (the folders' names and
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -39,9 +40,15 @@ def compare_folder(folder: Path, dataset_flags: dict[str, Any], split: str) -> d
     data = resolve_config(dataset_flags).data
     settings = EvaluationSettings(split=split, device="cpu")
     exact = prepare_folder_evaluation(folder, data, settings)
-    rounded = prepare_folder_evaluation(folder, data, settings, model_kwargs={"prototype_matching_dtype": "bfloat16"})
+    rounded_model = copy.deepcopy(exact.model)  # the same weights; only the matching dtype differs
+    rounded_model.config.prototype_matching_dtype = "bfloat16"
+    models = {"float32": exact.model, "bfloat16": rounded_model}
+    # every forward's logits (1, C, h/4, w/4), recorded by a hook: the evaluation's own forwards, none added
+    recorded: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+    for name, model in models.items():
+        model.register_forward_hook(lambda module, inputs, output, name=name: recorded[name].append(output.logits))
     setup, num_labels = exact.setup, len(exact.id2label)
-    confusions = {name: ConfusionMatrix(num_labels, ignore_index=data.ignore_index) for name in ("float32", "bfloat16")}
+    confusions = {name: ConfusionMatrix(num_labels, ignore_index=data.ignore_index) for name in models}
     agreeing = labelled = 0
     largest_logit_change = 0.0
     started = time.perf_counter()
@@ -49,7 +56,8 @@ def compare_folder(folder: Path, dataset_flags: dict[str, Any], split: str) -> d
         for image, label in zip(batch["pixel_values"], batch["labels"], strict=True):
             pixel_values, labels = image[None], label[None]  # (1, 3, h, w), (1, H, W)
             predictions = {}
-            for name, model in (("float32", exact.model), ("bfloat16", rounded.model)):
+            for name, model in models.items():
+                recorded[name].clear()
                 predictions[name] = predict_segmentation(
                     model, pixel_values, tuple(label.shape), mode=setup.eval_mode, crop_size=setup.crop_size,
                     stride=setup.eval_stride, scales=setup.eval_scales, flip=setup.eval_flip,
@@ -58,8 +66,8 @@ def compare_folder(folder: Path, dataset_flags: dict[str, Any], split: str) -> d
             counted = labels != data.ignore_index
             agreeing += int((predictions["float32"] == predictions["bfloat16"])[counted].sum())
             labelled += int(counted.sum())
-            logits = [model(pixel_values).logits for model in (exact.model, rounded.model)]  # (1, C, h/4, w/4)
-            largest_logit_change = max(largest_logit_change, float((logits[0] - logits[1]).abs().max()))
+            for exact_logits, rounded_logits in zip(recorded["float32"], recorded["bfloat16"], strict=True):
+                largest_logit_change = max(largest_logit_change, float((exact_logits - rounded_logits).abs().max()))
     mean_ious = {name: float(confusion.compute()["mean_iou"]) for name, confusion in confusions.items()}
     return {
         "folder": folder.name,

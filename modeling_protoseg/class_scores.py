@@ -171,8 +171,7 @@ def nearest_prototype_scores(
         return (pixel_embeddings @ flat_prototypes.T).view(num_pixels, num_classes, -1).amax(dim=-1)
     product_dtype = matching_dtype or pixel_embeddings.dtype
     prototypes_t = flat_prototypes.T.to(product_dtype).contiguous()  # (D, C*K)
-    element_size = torch.finfo(product_dtype).bits // 8
-    rows_per_chunk = max(64, chunk_bytes // (element_size * num_columns))
+    rows_per_chunk = max(64, chunk_bytes // (product_dtype.itemsize * num_columns))
     if torch.is_autocast_enabled(pixel_embeddings.device.type) or pixel_embeddings.dtype != flat_prototypes.dtype:
         # autocast does not cast ops given out=: let each chunk's product pick its dtype
         chunks = [
@@ -181,13 +180,14 @@ def nearest_prototype_scores(
         ]
         return torch.cat(chunks)  # in the dtype autocast chose
     similarities = prototypes_t.new_empty(min(rows_per_chunk, num_pixels), num_columns)  # reused by every chunk
-    chunk_scores = similarities.new_empty(similarities.shape[0], num_classes)  # reused when a cast is needed
     scores = pixel_embeddings.new_empty(num_pixels, num_classes)  # (N, C)
+    # the maxima in the product's dtype, widened into `scores` (bf16 matching); else written there directly
+    chunk_scores = similarities.new_empty(similarities.shape[0], num_classes) if product_dtype != scores.dtype else None
     for start in range(0, num_pixels, rows_per_chunk):
         rows = min(rows_per_chunk, num_pixels - start)
         chunk_similarities = similarities[:rows]  # a row prefix of a contiguous tensor: contiguous
         torch.matmul(pixel_embeddings[start : start + rows].to(product_dtype), prototypes_t, out=chunk_similarities)
-        if product_dtype == scores.dtype:
+        if chunk_scores is None:
             torch.amax(chunk_similarities.view(rows, num_classes, -1), dim=-1, out=scores[start : start + rows])
         else:  # the maximum in the product's dtype (exact), then widened into the result
             torch.amax(chunk_similarities.view(rows, num_classes, -1), dim=-1, out=chunk_scores[:rows])

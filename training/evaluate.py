@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from model_cards import EvalResults
+from modeling_protoseg.configuration_protoseg import PROTOTYPE_MATCHING_DTYPES
 from training.augmentation import build_eval_transform
 from training.config import DataArguments, parse_flags, resolve_config
 from training.data import SegmentationDataset, collate_eval
@@ -156,9 +157,7 @@ def prepare_folder_evaluation(
 ) -> FolderEvaluation:
     """Load the model saved in `folder` (`model_kwargs` go to `from_pretrained`, e.g. a config field) and the
     batches of `settings.split`, resized and normalised as the run evaluated. `seed` draws the synthetic scenes."""
-    from transformers import AutoModelForSemanticSegmentation
-
-    import modeling_protoseg  # noqa: F401  (registers "protoseg" with the Auto classes)
+    from transformers import AutoModelForSemanticSegmentation  # "protoseg" registered by importing modeling_protoseg
 
     folder, settings = check_model_folder(folder), settings or EvaluationSettings()
     base_size = settings.base_size or _base_size(folder)
@@ -246,7 +245,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument(
-        "--prototype_matching_dtype", choices=("float32", "bfloat16"),
+        "--prototype_matching_dtype", choices=PROTOTYPE_MATCHING_DTYPES,
         help="ProtoSeg: the dtype of the class-score product (default: the saved config's)",
     )
     parser.add_argument("--output", help="write the JSON here (default: print it)")
