@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_models import (
     tiny_efficientnet_lite_encoder_config,
+    tiny_linear_head_config,
     tiny_protoseg_config,
     tiny_resnet_encoder_config,
     tiny_segformer_encoder_config,
@@ -49,14 +50,9 @@ needs_reference_packages = pytest.mark.skipif(
 
 
 def linear_head_config(num_classes: int = 3, encoder_config=None, **overrides) -> ProtoSegLinearHeadConfig:
-    values = dict(
-        encoder_config=encoder_config if encoder_config is not None else tiny_efficientnet_lite_encoder_config(),
-        id2label={index: f"class_{index}" for index in range(num_classes)},
-        decoder_hidden_size=16,
-        classifier_dropout_prob=0.0,
-    )
-    values.update(overrides)
-    return ProtoSegLinearHeadConfig(**values)
+    """`tiny_linear_head_config` on the tiny EfficientNet-Lite unless another encoder is given."""
+    encoder_config = encoder_config if encoder_config is not None else tiny_efficientnet_lite_encoder_config()
+    return tiny_linear_head_config(num_classes, encoder_config, **overrides)
 
 
 def make_batch(batch_size: int = 2, height: int = 64, width: int = 64, num_classes: int = 3, seed: int = 0):
